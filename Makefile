@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds its own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned to the releases this workplace keeps on local disk.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= demo_out
+
+.PHONY: venv demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh $(BIN)
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Sub-commands of the `pixelrec` tool, one module each (see `pixelrec.cli`)."""
