@@ -1,0 +1,7 @@
+"""Item encoders, registered by name: id (and, in later modules, features and pixels)."""
+
+from pixelrec.registry import Registry
+
+ITEM_ENCODERS: Registry = Registry("item encoder")
+
+from pixelrec.items import id as _id  # noqa: E402,F401  (registers "id")

@@ -1,0 +1,23 @@
+"""`pixelrec evaluate`: re-evaluate a run's best checkpoint with full ranking."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by `pixelrec train`")
+    parser.add_argument("--split", choices=["valid", "test", "both"], default="both")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    parser.add_argument("--data", help="evaluate on another prepared dataset with the same items")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pixelrec.evaluate.run import evaluate_run
+
+    splits = ["valid", "test"] if args.split == "both" else [args.split]
+    metrics = evaluate_run(Path(args.run), splits, args.checkpoint, args.data)
+    print(json.dumps(metrics, indent=2))
+    return 0

@@ -1,0 +1,305 @@
+"""Typed, validated configuration: defaults -> YAML files -> command-line flags -> `--set key=value`.
+
+The resolved configuration is a `Config` of plain dataclasses. Unknown keys get a "did you mean"
+hint and bad values name the key and the expected type. The `model` section is checked against the
+chosen backbone's constructor, so each backbone declares its own hyper-parameters in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from pixelrec.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # prepared dataset directory
+    max_len: int = 10  # sequences are cut to the last max_len items (the paper: 10)
+    sequences: Literal["windows", "sliding"] = "windows"  # windows: PixelRec's own; sliding: every target
+
+
+@dataclass
+class ItemsConfig:
+    kind: str = "id"  # id | features | pixels
+    encoder: str | None = None  # image encoder (pixels, features extraction): short name or timm name
+    encoder_weights: str | None = None  # local checkpoint for the image encoder
+    pretrained: bool = False  # timm hub weights, for users who have a hub or cache
+    features: str | None = None  # path of extracted features (.npy)
+    image_size: int | None = None  # encoder input size; default: the encoder's own data config
+    tune_last: int | Literal["all"] = 2  # trainable top blocks of the image encoder
+    pooling: str = "default"  # cls | mean | default (the encoder's own pooling)
+    cache: str | None = None  # prefix: cache the frozen lower part of the encoder
+
+
+@dataclass
+class LossConfig:
+    name: Literal["bpr", "softmax", "full-softmax"] = "bpr"  # bpr is the paper's setting
+    logq: bool = False  # log-popularity correction for in-batch softmax
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch size (examples per optimiser step)
+    lr: float = 1e-3  # recommender learning rate
+    weight_decay: float = 0.0  # recommender weight decay (never on norms and biases)
+    encoder_lr: float | None = None  # item-encoder learning rate (default: lr)
+    encoder_weight_decay: float | None = None  # item-encoder weight decay (default: weight_decay)
+    epochs: int = 50
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, benchmarks)
+    patience: int = 5  # evaluations without improvement of the validation metric before stopping
+    eval_every: int = 1  # evaluate every N epochs
+    clip_grad: float | None = None  # max gradient norm
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers that build batches (and load images)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # autocast where a GPU is present
+    progress: bool = True  # tqdm progress bars
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1024  # users scored per matrix product
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    valid_metric: str = "NDCG@10"  # early stopping and best checkpoint
+    score_budget_mb: int = 512  # cap on one users x catalogue score block
+
+
+@dataclass
+class Config:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
+    data: DataConfig = field(default_factory=DataConfig)
+    items: ItemsConfig = field(default_factory=ItemsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _hint(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a type annotation, converting the safe cases (int -> float)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"Literal": Literal})  # noqa: S307 - own annotations
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin is Literal:
+        if value not in get_args(annotation):
+            choices = ", ".join(repr(a) for a in get_args(annotation))
+            raise UserError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for option in get_args(annotation):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, where)
+            except UserError as err:
+                errors.append(str(err).split(": ", 1)[-1])
+        raise UserError(f"{where}: {value!r} does not fit {_type_name(annotation)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (inner,) = get_args(annotation) or (Any,)
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if isinstance(value, bool) and annotation is not bool:
+            raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        if not isinstance(value, annotation):
+            raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a `--set` value with YAML rules (numbers, booleans, null, lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: configuration file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{line} is not valid YAML") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model, data, items, loss, train, eval)")
+    return loaded
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Section-wise merge of nested mappings (update wins)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def overrides_to_dict(pairs: list[str]) -> dict[str, Any]:
+    """Turn `section.key=value` strings into a nested mapping."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise UserError(f"--set {pair!r}: expected section.key=value, e.g. train.lr=1e-4")
+        key, value = pair.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = parse_value(value)
+    return out
+
+
+def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:
+    """Validate a nested mapping into a Config; every problem names its key."""
+    for section in raw:
+        if section not in SECTIONS:
+            raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
+    kwargs: dict[str, Any] = {}
+    for name, f in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {name!r} must be a mapping")
+        if name == "model":
+            kwargs[name] = validate_model_section(dict(values), source)
+            continue
+        cls = f.default_factory().__class__  # type: ignore[misc]
+        fields = {x.name: x for x in dataclasses.fields(cls)}
+        checked = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise UserError(f"{source}: unknown key {name}.{key}{_hint(key, list(fields))}")
+            checked[key] = _coerce(value, fields[key].type, f"{source}: {name}.{key}")
+        kwargs[name] = cls(**checked)
+    config = Config(**kwargs)
+    check_combination(config)
+    return config
+
+
+def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check model keys against the backbone constructor (its signature is the schema)."""
+    from pixelrec.models import BACKBONES, DATA_ARGUMENTS
+    from pixelrec.registry import constructor_parameters
+
+    name = values.get("name")
+    if not isinstance(name, str):
+        raise UserError(f"{source}: model.name is required (one of {', '.join(BACKBONES.names())})")
+    cls = BACKBONES.get(name)
+    params = {k: p for k, p in constructor_parameters(cls).items() if k not in DATA_ARGUMENTS}
+    hints = typing.get_type_hints(cls.__init__)
+    out = {"name": name}
+    for key, value in values.items():
+        if key == "name":
+            continue
+        if key not in params:
+            raise UserError(f"{source}: unknown key model.{key} for {name}{_hint(key, list(params))}")
+        out[key] = _coerce(value, hints.get(key, Any), f"{source}: model.{key}")
+    return out
+
+
+def check_combination(config: Config) -> None:
+    """Refuse combinations that cannot work, at configuration time."""
+    from pixelrec.items import ITEM_ENCODERS
+    from pixelrec.models import BACKBONES
+
+    encoder_cls = ITEM_ENCODERS.get(config.items.kind)
+    backbone_cls = BACKBONES.get(config.model_name)
+    cheap = getattr(encoder_cls, "catalogue_each_step", True)
+    if not cheap and config.loss.name == "full-softmax":
+        raise UserError(
+            f"loss full-softmax needs every item's vector at each step, which items.kind={config.items.kind} "
+            "cannot afford; use softmax (in-batch) or bpr"
+        )
+    if not cheap and getattr(backbone_cls, "needs_catalogue", False):
+        raise UserError(
+            f"model {config.model_name} propagates over the whole catalogue at each step, which "
+            f"items.kind={config.items.kind} cannot afford; use items.kind=id or features"
+        )
+    if config.eval.valid_metric.split("@")[-1].isdigit():
+        k = int(config.eval.valid_metric.split("@")[-1])
+        if k not in config.eval.ks:
+            raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
+
+
+def model_defaults_path(name: str) -> Path:
+    return CONFIG_DIR / "models" / f"{name}.yaml"
+
+
+def resolve(
+    model: str | None = None,
+    files: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Layer the sources in order: base (e.g. a run's saved config) or the model's YAML, the user's
+    YAML files, command-line flags, then `--set` overrides."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    user_files = [(str(f), read_yaml(f)) for f in files or []]
+    raw: dict[str, Any] = dict(base or {})
+    chosen = model or next((d.get("model", {}).get("name") for _, d in reversed(user_files) if d.get("model")), None)
+    chosen = chosen or raw.get("model", {}).get("name")
+    if base is None and chosen and model_defaults_path(chosen).is_file():
+        layers.append((str(model_defaults_path(chosen)), read_yaml(model_defaults_path(chosen))))
+    layers += user_files
+    layers.append(("command line", flags or {}))
+    layers.append(("--set", overrides_to_dict(sets or [])))
+    for source, layer in layers:
+        for section in layer:
+            if section not in SECTIONS:
+                raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
+        raw = merge(raw, layer)
+    if chosen:
+        raw.setdefault("model", {})["name"] = chosen
+    return build_config(raw)
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

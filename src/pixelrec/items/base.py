@@ -1,0 +1,88 @@
+"""The item-encoder interface: item indices (and, for pixels, their loaded inputs) -> vectors."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class ItemEncoder(nn.Module):
+    """Maps distinct item indices (>= 1, never padding) to vectors of size `embedding_size`.
+
+    Encoders whose inputs are heavy (images) load them on the CPU side with `load_inputs`, which runs
+    in DataLoader workers; `forward` then receives those inputs beside the indices.
+    """
+
+    #: False when encoding the whole catalogue at every step is too costly (pixels).
+    catalogue_each_step: ClassVar[bool] = True
+    #: True when `load_inputs` returns something that DataLoader workers should prepare.
+    needs_inputs: ClassVar[bool] = False
+
+    def __init__(self, n_items: int, embedding_size: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.embedding_size = embedding_size
+
+    def load_inputs(self, item_ids: np.ndarray) -> Any:
+        """CPU-side inputs for `item_ids` (run in DataLoader workers); None when not needed."""
+        return None
+
+    def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[nn.Parameter]:
+        """Trainable parameters (the trainer gives them the encoder learning rate and decay)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None) -> Tensor:
+        """Vectors of every item, row i = item i, row 0 = zeros (padding)."""
+        device = device or next(self.parameters()).device
+        ids = torch.arange(1, self.n_items + 1)
+        chunks = [torch.zeros(1, self.embedding_size, device=device)]
+        for begin in range(0, self.n_items, batch_size):
+            chunk = ids[begin : begin + batch_size]
+            inputs = self.load_inputs(chunk.numpy())
+            chunks.append(self(chunk.to(device), move_inputs(inputs, device)).float())
+        return torch.cat(chunks)
+
+
+def move_inputs(inputs: Any, device: torch.device) -> Any:
+    return inputs.to(device, non_blocking=True) if isinstance(inputs, Tensor) else inputs
+
+
+class ItemLookup:
+    """Vectors of a set of distinct items, looked up by item index (0 and unknown -> zeros row)."""
+
+    def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int) -> None:
+        self.item_ids = item_ids  # sorted, distinct, no 0
+        self.table = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
+        self.n_items = n_items
+        self.is_catalogue = len(item_ids) == n_items
+
+    @classmethod
+    def catalogue(cls, table_with_padding: Tensor) -> "ItemLookup":
+        n = table_with_padding.shape[0] - 1
+        lookup = cls.__new__(cls)
+        lookup.item_ids = torch.arange(1, n + 1, device=table_with_padding.device)
+        lookup.table, lookup.n_items, lookup.is_catalogue = table_with_padding, n, True
+        return lookup
+
+    def rows(self, idx: Tensor) -> Tensor:
+        if self.is_catalogue:
+            return idx
+        where = torch.searchsorted(self.item_ids, idx.clamp(min=1))
+        return torch.where(idx > 0, where + 1, torch.zeros_like(where))
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        """Vectors for `idx` of any shape: [..., d]; padding gives zeros."""
+        return self.table[self.rows(idx)]
+
+    def all(self) -> Tensor:
+        """Every item's vector (row 0 = padding); only for a catalogue lookup."""
+        if not self.is_catalogue:
+            raise RuntimeError("this lookup holds only the batch's items")
+        return self.table

@@ -1,0 +1,30 @@
+"""Items as learned ID embeddings (IDNet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pixelrec.items import ITEM_ENCODERS
+from pixelrec.items.base import ItemEncoder
+
+
+@ITEM_ENCODERS.register("id")
+class IDEncoder(ItemEncoder):
+    """One trainable vector per item; index 0 (padding) is never looked up."""
+
+    def __init__(self, n_items: int, embedding_size: int, init_std: float = 0.02) -> None:
+        super().__init__(n_items, embedding_size)
+        self.embedding = nn.Embedding(n_items + 1, embedding_size)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+
+    def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        return self.embedding(item_ids)
+
+    @torch.no_grad()
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None) -> Tensor:
+        table = self.embedding.weight.clone()
+        table[0] = 0
+        return table

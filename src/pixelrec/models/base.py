@@ -1,0 +1,50 @@
+"""The backbone interface: a user's context (and the batch's item vectors) -> user vectors."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.items.base import ItemLookup
+
+#: Constructor arguments a backbone may take that come from the dataset, not from the config.
+DATA_ARGUMENTS = frozenset({"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items"})
+
+
+class Backbone(nn.Module):
+    """A recommender body. Subclasses set `view` and implement `forward`.
+
+    `forward(batch, items)` returns one user vector per target: shape `batch.targets.shape + (d,)`.
+    `items(idx)` gives item vectors (zeros for padding); special tokens such as BERT4Rec's mask or a
+    learned padding vector belong to the backbone. `score_vectors` turns item vectors into the
+    vectors users are scored against (identity unless the backbone transforms items, as DSSM does).
+    """
+
+    view: ClassVar[str] = "sequence"  # pair | prefixes | sequence | masked
+    trainable: ClassVar[bool] = True  # False for rule-based baselines (pop): nothing to optimise
+    needs_catalogue: ClassVar[bool] = False  # True when each step needs every item (LightGCN)
+    mask_ratio: float = 0.0  # fraction of positions hidden by the masked view
+
+    def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
+        raise NotImplementedError
+
+    def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
+        """[B, d] vectors that score the next item after each user's context (evaluation)."""
+        out = self(batch, items)
+        return out[:, -1] if out.dim() == 3 else out
+
+    def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
+        return items(idx)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Truncated-normal linear and embedding weights, unit norms, zero biases (BERT-style init)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

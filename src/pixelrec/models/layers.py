@@ -1,0 +1,54 @@
+"""Shared building blocks: a post-norm Transformer block with an explicit attention mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"embedding_size {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x [B, L, d]; allowed [B, 1, L, L] (True where a query may attend to a key)."""
+        b, length, dim = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
+        return self.out(y.transpose(1, 2).reshape(b, length, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Attention and feed-forward sub-layers, each with dropout, residual and LayerNorm after."""
+
+    def __init__(self, dim: int, n_heads: int, inner_size: int, dropout: float, activation: str = "gelu") -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(dim, n_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, inner_size), nn.GELU() if activation == "gelu" else nn.ReLU(), nn.Linear(inner_size, dim)
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        x = self.norm1(x + self.drop(self.attention(x, allowed)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+def attention_mask(context: Tensor, causal: bool) -> Tensor:
+    """[B, 1, L, L] mask: real keys (and, if causal, only earlier ones); each query sees itself,
+    so rows of padding never attend to nothing (which would give NaN)."""
+    length = context.shape[1]
+    allowed = (context > 0)[:, None, None, :].expand(-1, 1, length, -1)
+    eye = torch.eye(length, dtype=torch.bool, device=context.device)
+    if causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
+    return allowed | eye

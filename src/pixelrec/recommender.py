@@ -1,0 +1,130 @@
+"""The composition point: Recommender = ItemEncoder x Backbone x Loss.
+
+Every model of the benchmark is built here and nowhere else. The recommender encodes each distinct
+item of a batch once (never padding), hands the backbone a lookup of those vectors, and gives the
+loss the user vectors of the real targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.data.prepared import PreparedData
+from pixelrec.data.views import ragged_positions
+from pixelrec.items.base import ItemEncoder, ItemLookup
+from pixelrec.losses import Loss
+from pixelrec.models.base import DATA_ARGUMENTS, Backbone
+from pixelrec.registry import constructor_parameters
+
+
+class Recommender(nn.Module):
+    def __init__(self, item_encoder: ItemEncoder, backbone: Backbone, loss: Loss) -> None:
+        super().__init__()
+        self.item_encoder = item_encoder
+        self.backbone = backbone
+        self.loss = loss
+
+    @property
+    def uses_catalogue(self) -> bool:
+        return self.backbone.needs_catalogue or self.loss.full_catalogue
+
+    def batch_items(self, batch: Batch) -> Tensor:
+        """The distinct non-padding items a training batch needs encoded."""
+        if batch.item_ids is not None:
+            return batch.item_ids
+        parts = [batch.context.reshape(-1), batch.targets.reshape(-1)]
+        if batch.negatives is not None:
+            parts.append(batch.negatives.reshape(-1))
+        ids = torch.unique(torch.cat(parts))
+        return ids[ids > 0]
+
+    def lookup(self, batch: Batch) -> ItemLookup:
+        if self.uses_catalogue:
+            return ItemLookup.catalogue(self.catalogue_with_grad())
+        ids = self.batch_items(batch)
+        return ItemLookup(ids, self.item_encoder(ids, batch.item_inputs), self.item_encoder.n_items)
+
+    def catalogue_with_grad(self) -> Tensor:
+        device = next(self.parameters()).device
+        ids = torch.arange(1, self.item_encoder.n_items + 1, device=device)
+        vectors = self.item_encoder(ids, None)
+        return torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Training step output: {"loss": scalar, "images": distinct items encoded}."""
+        items = self.lookup(batch)
+        users = self.backbone(batch, items)
+        valid = batch.targets > 0
+        targets, _ = batch.flat_targets()
+        loss = self.loss(users[valid], targets, batch, lambda idx: self.backbone.score_vectors(items, idx))
+        return {"loss": loss, "items_encoded": torch.tensor(float(len(items.item_ids)))}
+
+    @torch.no_grad()
+    def catalogue_vectors(self, batch_size: int = 4096) -> tuple[ItemLookup, Tensor]:
+        """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation."""
+        device = next(self.parameters()).device
+        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device))
+        scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
+        return lookup, scoring
+
+
+def build_recommender(
+    model: str,
+    model_args: dict[str, Any],
+    items_kind: str,
+    items_args: dict[str, Any],
+    loss: str,
+    loss_args: dict[str, Any],
+    facts: "DatasetFacts",
+) -> Recommender:
+    """Build a recommender from plain arguments; `facts` supplies dataset facts (n_users, n_items,
+    max_len, item_popularity, train_users, train_items) to the components that ask for them by name."""
+    from pixelrec.items import ITEM_ENCODERS
+    from pixelrec.losses import LOSSES
+    from pixelrec.models import BACKBONES
+
+    backbone_cls = BACKBONES.get(model)
+    params = constructor_parameters(backbone_cls)
+    dim = model_args.get("embedding_size") or getattr(params.get("embedding_size"), "default", None) or 64
+    backbone = BACKBONES.create(model, **facts.for_class(backbone_cls), **model_args)
+    encoder_cls = ITEM_ENCODERS.get(items_kind)
+    encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
+    loss_fn = LOSSES.create(loss, **facts.for_class(LOSSES.get(loss)), **loss_args)
+    return Recommender(encoder, backbone, loss_fn)
+
+
+class DatasetFacts:
+    """Dataset facts computed only when a component's constructor asks for them by name."""
+
+    def __init__(self, data: PreparedData, max_len: int) -> None:
+        self.data, self.max_len = data, max_len
+
+    def for_class(self, cls: type) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in constructor_parameters(cls) if name in DATA_ARGUMENTS}
+
+    @property
+    def n_users(self) -> int:
+        return self.data.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.data.n_items
+
+    @property
+    def item_popularity(self) -> np.ndarray:
+        return self.data.train_popularity
+
+    @property
+    def train_users(self) -> np.ndarray:
+        """User index of every training interaction (with train_items: the training edges)."""
+        return np.repeat(np.arange(self.data.n_users + 1), self.data.train_end - self.data.train_start)
+
+    @property
+    def train_items(self) -> np.ndarray:
+        positions, _ = ragged_positions(self.data.train_start, self.data.train_end - self.data.train_start)
+        return np.asarray(self.data.item_seq)[positions].astype(np.int64)

@@ -1,0 +1,301 @@
+"""The training loop: batches from a training view, AdamW with parameter groups, periodic
+full-ranking validation, early stopping, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pixelrec.config import Config, build_config, dump
+from pixelrec.data.batch import Batch
+from pixelrec.data.prepared import PreparedData
+from pixelrec.data.views import TrainingView, batch_rng
+from pixelrec.errors import UserError
+from pixelrec.evaluate.evaluator import evaluate
+from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
+from pixelrec.train import rundir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: no CUDA device is available here")
+    return torch.device(name)
+
+
+def build_model(config: Config, data: PreparedData) -> Recommender:
+    items_args = {k: v for k, v in vars(config.items).items() if k != "kind"}
+    loss_args = {k: v for k, v in vars(config.loss).items() if k != "name"}
+    return build_recommender(
+        config.model_name, config.model_args, config.items.kind, items_args,
+        config.loss.name, loss_args, DatasetFacts(data, config.data.max_len),
+    )
+
+
+def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]:
+    """Item encoder vs the rest, each with its own lr and decay; no decay on norms and biases."""
+    t = config.train
+    encoder_lr = t.lr if t.encoder_lr is None else t.encoder_lr
+    encoder_decay = t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay
+    encoder_ids = {id(p) for p in model.item_encoder.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in encoder_ids, p.dim() >= 2), []).append(p)
+    out = []
+    for (is_encoder, decays), params in sorted(groups.items()):
+        out.append({
+            "params": params,
+            "lr": encoder_lr if is_encoder else t.lr,
+            "weight_decay": (encoder_decay if is_encoder else t.weight_decay) if decays else 0.0,
+        })
+    return out
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    best_valid: dict[str, Any] = field(default_factory=dict)
+    bad_evaluations: int = 0
+    train_seconds: float = 0.0
+    items_encoded: float = 0.0
+    stopped: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Batch number -> built batch, so DataLoader workers can build (and load images for) batches."""
+
+    def __init__(self, view: TrainingView, model: Recommender, order: list[np.ndarray], seed: int, epoch: int) -> None:
+        self.view, self.order, self.seed, self.epoch = view, order, seed, epoch
+        self.encoder = model.item_encoder if model.item_encoder.needs_inputs else None
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, number: int) -> Batch:
+        batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number))
+        if self.encoder is not None:
+            parts = [batch.context, batch.targets] + ([batch.negatives] if batch.negatives is not None else [])
+            ids = torch.unique(torch.cat([p.reshape(-1) for p in parts]))
+            batch.item_ids = ids[ids > 0]
+            batch.item_inputs = self.encoder.load_inputs(batch.item_ids.numpy())
+        return batch
+
+
+class Trainer:
+    def __init__(self, config: Config, out: Path, resume: bool = False) -> None:
+        self.config, self.out = config, Path(out)
+        if config.data.path is None:
+            raise UserError("no dataset: pass --data DIR (a directory written by `pixelrec prepare`)")
+        self.data = PreparedData(config.data.path)
+        self.device = resolve_device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config, self.data).to(self.device)
+        backbone, loss = self.model.backbone, self.model.loss
+        self.view = TrainingView(
+            self.data, backbone.view, config.data.max_len, config.data.sequences,
+            negatives=loss.negatives, in_batch=loss.in_batch, mask_ratio=backbone.mask_ratio,
+        )
+        groups = parameter_groups(self.model, config)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.train.lr) if groups else None
+        self.state = TrainState()
+        self.metrics = rundir.MetricsLog(self.out / "metrics.jsonl")
+        if resume:
+            self._resume()
+        else:
+            self._start()
+
+    # --- run directory ------------------------------------------------------------------
+    def _start(self) -> None:
+        if (self.out / "last.pt").exists():
+            raise UserError(f"{self.out}: already holds a run; use --resume {self.out} or another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
+        rundir.atomic_json(self.out / "environment.json", rundir.environment(self.device))
+        self.metrics.truncate_after(0)
+
+    def _resume(self) -> None:
+        payload = rundir.load_checkpoint(self.out / "last.pt")
+        self.model.load_state_dict(payload["model"])
+        if self.optimizer is not None and payload.get("optimizer"):
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["state"])
+        torch.set_rng_state(payload["torch_rng"])
+        if self.device.type == "cuda" and payload.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
+        self.metrics.truncate_after(self.state.epoch)
+
+    def _checkpoint(self, name: str) -> None:
+        rundir.save_checkpoint(self.out / name, {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "state": self.state.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        })
+
+    # --- loop ---------------------------------------------------------------------------
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        t = self.config.train
+        order = [ids for _, ids in self.view.epoch_batches(t.batch_size, t.seed, epoch)]
+        dataset = BatchDataset(self.view, self.model, order, t.seed, epoch)
+        if t.num_workers == 0:
+            yield from (dataset[i] for i in range(len(dataset)))
+            return
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4,
+        )
+        yield from loader
+
+    def _autocast(self):
+        enabled = self.config.train.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        t = self.config.train
+        self.model.train()
+        n_batches = -(-len(self.view) // t.batch_size)
+        total, count, encoded, positions = 0.0, 0, 0.0, 0.0
+        started = time.perf_counter()
+        bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not t.progress, unit="batch", dynamic_ncols=True)
+        for batch in bar:
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = self.model(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
+                    f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.clip_grad:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+            self.optimizer.step()
+            self.state.step += 1
+            total += float(loss.detach())
+            count += 1
+            encoded += float(out["items_encoded"])
+            positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())
+            if count % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
+            if t.max_steps is not None and self.state.step >= t.max_steps:
+                self.state.stopped = "max_steps"
+                break
+        seconds = time.perf_counter() - started
+        self.state.items_encoded += encoded
+        return {"loss": total / max(count, 1), "steps": count, "seconds": seconds,
+                "items_encoded_per_step": encoded / max(count, 1),
+                "encoded_per_position": encoded / max(positions, 1.0)}
+
+    def validate(self) -> dict[str, Any]:
+        c = self.config
+        return evaluate(self.model, self.data, "valid", c.data.max_len, c.eval.ks, c.eval.batch_size, c.eval.score_budget_mb)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
+        c, t = self.config, self.config.train
+        if not self.model.backbone.trainable:
+            self.state.stopped = self.state.stopped or "nothing to train"
+        while not self.state.stopped and self.state.epoch < t.epochs:
+            epoch = self.state.epoch
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            self.state.epoch += 1
+            self.state.train_seconds += row["seconds"]
+            last = self.state.epoch >= t.epochs or self.state.stopped
+            if self.state.epoch % t.eval_every == 0 or last:
+                valid = self.validate()
+                row["valid"] = valid["valid"]
+                metric = valid["valid"][c.eval.valid_metric]
+                if metric > self.state.best_metric:
+                    self.state.best_metric, self.state.best_epoch = metric, self.state.epoch
+                    self.state.best_valid = valid
+                    self.state.bad_evaluations = 0
+                    self._checkpoint("best.pt")
+                else:
+                    self.state.bad_evaluations += 1
+                    if self.state.bad_evaluations >= t.patience:
+                        self.state.stopped = "early stopping"
+            row["step"] = self.state.step
+            self.metrics.append(row)
+            self._checkpoint("last.pt")
+            print(_epoch_line(row, c.eval.valid_metric), flush=True)
+        if not self.state.stopped:
+            self.state.stopped = "epochs"
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        c = self.config
+        if (self.out / "best.pt").exists():
+            self.model.load_state_dict(rundir.load_checkpoint(self.out / "best.pt", self.device)["model"])
+        started = time.perf_counter()
+        valid = self.validate()
+        test = evaluate(self.model, self.data, "test", c.data.max_len, c.eval.ks, c.eval.batch_size, c.eval.score_budget_mb)
+        eval_seconds = (time.perf_counter() - started) / 2
+        if not (self.out / "last.pt").exists():
+            self._checkpoint("last.pt")
+        results = results_record(self, valid | test, eval_seconds)
+        rundir.atomic_json(self.out / "results.json", results)
+        return results
+
+
+def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
+    c, s, model = trainer.config, trainer.state, trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model.backbone.trainable else 0
+    record: dict[str, Any] = {
+        "model": c.model_name,
+        "items": c.items.kind,
+        "encoder": c.items.encoder,
+        "loss": c.loss.name,
+        "dataset": trainer.data.name,
+        "best_epoch": s.best_epoch,
+        "epochs_run": s.epoch,
+        "steps": s.step,
+        "stopped": s.stopped,
+        **metrics,
+        "train_seconds_per_epoch": s.train_seconds / s.epoch if s.epoch else 0.0,
+        "train_seconds_per_step": s.train_seconds / s.step if s.step else 0.0,
+        "eval_seconds": eval_seconds,
+        "trainable_parameters": trainable,
+    }
+    if c.items.kind == "pixels":
+        record["images_per_step"] = s.items_encoded / s.step if s.step else 0.0
+    return record
+
+
+def _epoch_line(row: dict[str, Any], metric: str) -> str:
+    text = f"epoch {row['epoch']}: loss {row['loss']:.4f} ({row['seconds']:.1f}s, {row['steps']} steps)"
+    if "valid" in row:
+        text += f"  valid {metric} {row['valid'][metric]:.4f}"
+    return text
+
+
+def train(config: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train `config` into run directory `out` (or continue it with resume=True); returns results."""
+    return Trainer(config, Path(out), resume=resume).fit()
+
+
+def config_of_run(run: str | Path) -> Config:
+    """The resolved configuration saved in a run directory."""
+    from pixelrec.config import read_yaml
+
+    return build_config(read_yaml(Path(run) / "config.yaml"), source=str(Path(run) / "config.yaml"))
