@@ -1,12 +1,14 @@
-"""Backbones, one module each, registered by name in BACKBONES."""
+"""Backbones, one module each, registered by name in BACKBONES (every module here is imported)."""
 
 import importlib
+import pkgutil
 
 from pixelrec.models.base import DATA_ARGUMENTS, Backbone  # noqa: F401
 from pixelrec.registry import Registry
 
 BACKBONES: Registry = Registry("model")
 
-MODULES = ("pop", "sasrec")
-for _module in MODULES:
-    importlib.import_module(f"pixelrec.models.{_module}")
+_SHARED = {"base", "layers"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _SHARED:
+        importlib.import_module(f"{__name__}.{_info.name}")
