@@ -1,0 +1,118 @@
+"""Trainer behaviour: run directory, exact resume, NaN handling, the train/evaluate commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from pixelrec.cli import main
+from pixelrec.errors import UserError
+from pixelrec.train import trainer as trainer_module
+from pixelrec.train.trainer import Trainer, train
+
+
+def test_run_directory_is_complete(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    results = train(tiny_config(tiny_data, "sasrec", train={"epochs": 2}), out)
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "best.pt", "last.pt", "results.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["epochs_run"] == 2 and saved["model"] == "sasrec" and saved["items"] == "id"
+    assert set(saved["test"]) >= {"Recall@10", "NDCG@10", "MRR@10", "HR@10", "Recall@5", "NDCG@20"}
+    assert saved["trainable_parameters"] > 0 and saved["train_seconds_per_step"] > 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data, "sasrec", train={"epochs": 4, "patience": 10})
+    whole = train(config, tmp_path / "whole")
+
+    original = Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = train(config, tmp_path / "cut", resume=True)
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows("cut") == rows("whole")
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = trainer_module.Recommender.forward
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        result = original(self, batch)
+        if calls["n"] > 5:  # second step of the second epoch (4 steps per epoch)
+            result["loss"] = result["loss"] * float("nan")
+        return result
+
+    monkeypatch.setattr(trainer_module.Recommender, "forward", poisoned)
+    with pytest.raises(UserError, match="loss became nan at epoch 2"):
+        train(tiny_config(tiny_data, "sasrec", train={"epochs": 3}), out)
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_max_steps_stops_early_and_still_writes_results(tiny_data, tmp_path):
+    results = train(tiny_config(tiny_data, "sasrec", train={"epochs": 5, "max_steps": 3}), tmp_path / "run")
+    assert results["steps"] == 3 and results["stopped"] == "max_steps"
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, "sasrec", train={"epochs": 1})
+    train(config, tmp_path / "run")
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config, tmp_path / "run")
+
+
+def test_train_and_evaluate_commands(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_data), "--model", "sasrec", "--epochs", "1", "--out", str(out),
+                 "--set", "model.embedding_size=16", "--set", "model.inner_size=32", "--set", "train.progress=false"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Recall@10" in printed
+    assert main(["evaluate", "--run", str(out), "--split", "test"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test"] == json.loads((out / "results.json").read_text())["test"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "train.lrr=1"], "unknown key train.lrr; did you mean 'lr'?"),
+    (["--set", "train.epochs=many"], "train.epochs: expected int, got 'many'"),
+    (["--set", "model.n_layerz=2"], "unknown key model.n_layerz for sasrec; did you mean 'n_layers'?"),
+    (["--set", "loss.name=hinge"], "loss.name: 'hinge' is not one of"),
+    (["--set", "trian.lr=1"], "unknown section 'trian'; did you mean 'train'?"),
+    (["--set", "lr=1"], "expected section.key=value"),
+    (["--model", "sasrek"], "unknown model 'sasrek'; did you mean 'sasrec'?"),
+])
+def test_configuration_errors_are_one_clear_line(tiny_data, tmp_path, capsys, argv, message):
+    code = main(["train", "--data", str(tiny_data), "--model", "sasrec", "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--model", "pop", "--out", str(tmp_path / "r")]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
