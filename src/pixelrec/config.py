@@ -38,6 +38,9 @@ class ItemsConfig:
     image_size: int | None = None  # encoder input size; default: the encoder's own data config
     tune_last: int | Literal["all"] = 2  # trainable top blocks of the image encoder
     pooling: str = "default"  # cls | mean | default (the encoder's own pooling)
+    dnn_layers: int = 0  # hidden layers of the projection MLP from image features to embedding_size
+    activation: str = "gelu"  # activation of the projection MLP
+    preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
     cache: str | None = None  # prefix: cache the frozen lower part of the encoder
 
 

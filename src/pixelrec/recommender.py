@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import ragged_positions
+from pixelrec.errors import UserError
 from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.losses import Loss
 from pixelrec.models.base import DATA_ARGUMENTS, Backbone
@@ -65,10 +66,10 @@ class Recommender(nn.Module):
         return {"loss": loss, "items_encoded": torch.tensor(float(len(items.item_ids)))}
 
     @torch.no_grad()
-    def catalogue_vectors(self, batch_size: int = 4096) -> tuple[ItemLookup, Tensor]:
+    def catalogue_vectors(self, batch_size: int = 4096, workers: int = 0) -> tuple[ItemLookup, Tensor]:
         """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation."""
         device = next(self.parameters()).device
-        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device))
+        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device, workers))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
 
@@ -123,6 +124,15 @@ class DatasetFacts:
     def train_users(self) -> np.ndarray:
         """User index of every training interaction (with train_items: the training edges)."""
         return np.repeat(np.arange(self.data.n_users + 1), self.data.train_end - self.data.train_start)
+
+    @property
+    def image_store(self):
+        """The dataset's image store (covers as encoded bytes), for pixel item encoders."""
+        from pixelrec.data.images import ImageStore
+
+        if self.data.image_store_path is None:
+            raise UserError(f"{self.data.root}: prepared without images; prepare it again with covers for items.kind=pixels")
+        return ImageStore.from_prepared(self.data)
 
     @property
     def train_items(self) -> np.ndarray:

@@ -29,12 +29,13 @@ def rank_targets(
     batch_size: int = 1024,
     score_budget_mb: int = 512,
     catalogue_batch: int = 4096,
+    workers: int = 0,
 ) -> Tensor:
     """0-based rank of each user's `split` target among all items (history masked), on the CPU."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
-    lookup, scoring = model.catalogue_vectors(catalogue_batch)
+    lookup, scoring = model.catalogue_vectors(catalogue_batch, workers)
     n_columns = scoring.shape[0]
     block = max(1, min(batch_size, score_budget_mb * 2**20 // (4 * n_columns)))
     users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
@@ -63,9 +64,10 @@ def evaluate(
     ks: list[int],
     batch_size: int = 1024,
     score_budget_mb: int = 512,
+    workers: int = 0,
 ) -> dict[str, dict[str, float]]:
     """{split: metrics} for all users, plus {split_cold: metrics} for users whose target is a cold item."""
-    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb)
+    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers)
     out = {split: metrics_from_ranks(ranks, ks)}
     if len(data.cold_items):
         targets = np.asarray(data.item_seq)[data.target_positions(split)]

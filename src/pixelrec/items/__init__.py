@@ -5,3 +5,4 @@ from pixelrec.registry import Registry
 ITEM_ENCODERS: Registry = Registry("item encoder")
 
 from pixelrec.items import id as _id  # noqa: E402,F401  (registers "id")
+from pixelrec.items import pixels as _pixels  # noqa: E402,F401  (registers "pixels")

@@ -20,6 +20,8 @@ class ItemEncoder(nn.Module):
     catalogue_each_step: ClassVar[bool] = True
     #: True when `load_inputs` returns something that DataLoader workers should prepare.
     needs_inputs: ClassVar[bool] = False
+    #: Most items encoded at once when embedding the whole catalogue.
+    catalogue_chunk: ClassVar[int] = 65536
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
@@ -33,21 +35,39 @@ class ItemEncoder(nn.Module):
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         raise NotImplementedError
 
-    def parameter_groups(self) -> list[nn.Parameter]:
-        """Trainable parameters (the trainer gives them the encoder learning rate and decay)."""
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that take the encoder learning rate and weight decay."""
         return [p for p in self.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None) -> Tensor:
-        """Vectors of every item, row i = item i, row 0 = zeros (padding)."""
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
+        """Vectors of every item, row i = item i, row 0 = zeros (padding); inputs are loaded by
+        `workers` DataLoader processes while the encoder runs."""
         device = device or next(self.parameters()).device
-        ids = torch.arange(1, self.n_items + 1)
-        chunks = [torch.zeros(1, self.embedding_size, device=device)]
-        for begin in range(0, self.n_items, batch_size):
-            chunk = ids[begin : begin + batch_size]
-            inputs = self.load_inputs(chunk.numpy())
-            chunks.append(self(chunk.to(device), move_inputs(inputs, device)).float())
-        return torch.cat(chunks)
+        chunks = list(torch.arange(1, self.n_items + 1).split(min(batch_size, self.catalogue_chunk)))
+        loaded: Any
+        if self.needs_inputs and workers > 0:
+            loaded = torch.utils.data.DataLoader(
+                _CatalogueInputs(self.load_inputs, chunks), batch_size=None, num_workers=workers
+            )
+        else:
+            loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
+        out = [torch.zeros(1, self.embedding_size, device=device)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for chunk, inputs in loaded:
+                out.append(self(chunk.to(device), move_inputs(inputs, device)).float())
+        return torch.cat(out)
+
+
+class _CatalogueInputs(torch.utils.data.Dataset):
+    def __init__(self, load_inputs: Any, chunks: list[Tensor]) -> None:
+        self.load_inputs, self.chunks = load_inputs, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Any]:
+        return self.chunks[i], self.load_inputs(self.chunks[i].numpy())
 
 
 def move_inputs(inputs: Any, device: torch.device) -> Any:

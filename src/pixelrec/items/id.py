@@ -24,7 +24,7 @@ class IDEncoder(ItemEncoder):
         return self.embedding(item_ids)
 
     @torch.no_grad()
-    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None) -> Tensor:
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
         table = self.embedding.weight.clone()
         table[0] = 0
         return table

@@ -46,7 +46,7 @@ def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]
     t = config.train
     encoder_lr = t.lr if t.encoder_lr is None else t.encoder_lr
     encoder_decay = t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay
-    encoder_ids = {id(p) for p in model.item_encoder.parameters()}
+    encoder_ids = {id(p) for p in model.item_encoder.encoder_parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
@@ -112,7 +112,8 @@ class Trainer:
             negatives=loss.negatives, in_batch=loss.in_batch, mask_ratio=backbone.mask_ratio,
         )
         groups = parameter_groups(self.model, config)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.train.lr) if groups else None
+        # one fused update per step instead of one small kernel per parameter tensor
+        self.optimizer = torch.optim.AdamW(groups, lr=config.train.lr, foreach=True) if groups else None
         self.state = TrainState()
         self.metrics = rundir.MetricsLog(self.out / "metrics.jsonl")
         if resume:
@@ -208,8 +209,12 @@ class Trainer:
                 "encoded_per_position": encoded / max(positions, 1.0)}
 
     def validate(self) -> dict[str, Any]:
+        return self.evaluate("valid")
+
+    def evaluate(self, split: str) -> dict[str, Any]:
         c = self.config
-        return evaluate(self.model, self.data, "valid", c.data.max_len, c.eval.ks, c.eval.batch_size, c.eval.score_budget_mb)
+        return evaluate(self.model, self.data, split, c.data.max_len, c.eval.ks, c.eval.batch_size,
+                        c.eval.score_budget_mb, workers=c.train.num_workers)
 
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
@@ -244,12 +249,11 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        c = self.config
         if (self.out / "best.pt").exists():
             self.model.load_state_dict(rundir.load_checkpoint(self.out / "best.pt", self.device)["model"])
         started = time.perf_counter()
         valid = self.validate()
-        test = evaluate(self.model, self.data, "test", c.data.max_len, c.eval.ks, c.eval.batch_size, c.eval.score_budget_mb)
+        test = self.evaluate("test")
         eval_seconds = (time.perf_counter() - started) / 2
         if not (self.out / "last.pt").exists():
             self._checkpoint("last.pt")
