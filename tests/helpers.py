@@ -12,12 +12,12 @@ from pixelrec.losses import LOSSES
 from pixelrec.models import BACKBONES
 
 
-def tiny_config(data: Path, model: str, loss: str = "bpr", items: str = "id", **sections: dict[str, Any]) -> Config:
+def tiny_config(data: Path, model: str, loss: str = "bpr", **sections: dict[str, Any]) -> Config:
     """The backbone's own (small) constructor defaults with embedding size 32, a few quick epochs."""
     raw: dict[str, Any] = {
         "model": {"name": model, "embedding_size": 32} if "embedding_size" in _params(model) else {"name": model},
         "data": {"path": str(data)},
-        "items": {"kind": items},
+        "items": {"kind": "id"},
         "loss": {"name": loss},
         "train": {"epochs": 3, "lr": 3e-3, "batch_size": 32, "progress": False, "seed": 0},
         "eval": {"batch_size": 256},

@@ -76,43 +76,52 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
     import timm
 
     resolved = timm_name(name)
-    kwargs: dict[str, Any] = {"num_classes": 0}
-    if weights:
-        kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": read_state_dict(weights)}}
-    elif pretrained:
-        kwargs["pretrained"] = True
+    kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": pretrained and not weights}
     if image_size:
         kwargs["img_size"] = image_size
     try:
         try:
-            return timm.create_model(resolved, **kwargs)
+            tower = timm.create_model(resolved, **kwargs)
         except TypeError as err:  # CNNs take any input size and have no img_size argument
             if "img_size" not in str(err):
                 raise
             kwargs.pop("img_size")
-            return timm.create_model(resolved, **kwargs)
-    except RuntimeError as err:
-        text = str(err)
-        if "state_dict" in text or "Missing key" in text or "Unexpected key" in text:
-            raise UserError(f"{weights}: does not fit {resolved}: {_key_summary(text)}") from None
-        raise
-    except (OSError, ValueError) as err:
-        if pretrained and not weights:
+            tower = timm.create_model(resolved, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        if kwargs["pretrained"]:
             raise UserError(
                 f"cannot fetch pretrained weights for {resolved} ({type(err).__name__}); this machine may have no "
                 "hub access: pass items.encoder_weights=PATH to a local checkpoint"
             ) from None
         raise
+    if weights:
+        load_weights(tower, weights, resolved)
+    return tower
 
 
-def _key_summary(text: str) -> str:
-    """The missing/unexpected-key lines of a load_state_dict error, cut to one readable line."""
-    parts = []
-    for label in ("Missing key(s)", "Unexpected key(s)", "size mismatch"):
-        if label in text:
-            tail = text.split(label, 1)[1].split("\n\t", 1)[0]
-            parts.append(f"{label}{tail[:200]}")
-    return "; ".join(parts) or text.splitlines()[0][:300]
+def load_weights(tower: nn.Module, path: str, resolved: str) -> None:
+    """Load a local checkpoint strictly, after timm's own conversion for the model family (which
+    maps OpenAI CLIP and open_clip visual towers); classifier weights are ignored."""
+    import sys
+
+    state = read_state_dict(path)
+    convert = getattr(sys.modules[type(tower).__module__], "checkpoint_filter_fn", None)
+    if convert is not None:
+        try:
+            state = convert(state, tower)
+        except Exception:  # noqa: BLE001 - an unconvertible file shows up as mismatched keys below
+            pass
+    classifier = tower.pretrained_cfg.get("classifier") or "head"
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifiers)}
+    result = tower.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"Missing keys ({len(result.missing_keys)}): {', '.join(result.missing_keys[:4])}")
+    if result.unexpected_keys:
+        problems.append(f"Unexpected keys ({len(result.unexpected_keys)}): {', '.join(result.unexpected_keys[:4])}")
+    if problems:
+        raise UserError(f"{path}: does not fit {resolved}: {'; '.join(problems)}")
 
 
 def layer_groups(tower: nn.Module) -> list[list[str]]:
@@ -165,19 +174,21 @@ def frozen_modules(tower: nn.Module) -> list[nn.Module]:
     return out
 
 
+def check_pooling(tower: nn.Module, pooling: str, name: str) -> None:
+    if pooling not in POOLINGS:
+        raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if pooling == "cls" and getattr(tower, "num_prefix_tokens", 0) < 1:
+        raise UserError(f"items.pooling=cls: {name} has no class token; use mean or default")
+
+
 def pool(tower: nn.Module, features: Tensor, pooling: str) -> Tensor:
     """[B, C] from timm's forward_features output (tokens [B, N, C] or maps [B, C, H, W] / [B, H, W, C])."""
     if pooling == "default":
         return tower.forward_head(features, pre_logits=True)
     if features.dim() == 3:
-        prefix = getattr(tower, "num_prefix_tokens", 1)
         if pooling == "cls":
-            if prefix < 1:
-                raise UserError(f"items.pooling=cls: {type(tower).__name__} has no class token; use mean or default")
             return features[:, 0]
-        return features[:, prefix:].mean(1)
-    if pooling == "cls":
-        raise UserError("items.pooling=cls needs a token-based encoder (ViT, BEiT); use mean or default")
+        return features[:, getattr(tower, "num_prefix_tokens", 0) :].mean(1)
     channels_last = features.shape[-1] == tower.num_features and features.shape[1] != tower.num_features
     return features.mean((1, 2)) if channels_last else features.mean((2, 3))
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
-from pixelrec.items.image_tower import POOLINGS, Preprocess, create_tower, freeze_below, frozen_modules, pool
+from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, freeze_below, frozen_modules, pool
 
 
 def projection(in_features: int, out_features: int, hidden_layers: int, activation: str) -> nn.Sequential:
@@ -58,10 +58,9 @@ class PixelEncoder(ItemEncoder):
         super().__init__(n_items, embedding_size)
         if encoder is None:
             raise UserError("items.kind=pixels needs an image encoder: --encoder NAME (e.g. clip-vit-b32, test_vit)")
-        if pooling not in POOLINGS:
-            raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.image_store = image_store
         self.tower = create_tower(encoder, encoder_weights, pretrained, image_size)
+        check_pooling(self.tower, pooling, encoder)
         freeze_below(self.tower, tune_last)
         self.pooling = pooling
         self.preprocess = Preprocess(self.tower, image_size, preprocess)

@@ -10,7 +10,9 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 
 #: Constructor arguments a backbone may take that come from the dataset, not from the config.
-DATA_ARGUMENTS = frozenset({"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items"})
+DATA_ARGUMENTS = frozenset(
+    {"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items", "image_store"}
+)
 
 
 class Backbone(nn.Module):
