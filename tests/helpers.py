@@ -15,7 +15,7 @@ from pixelrec.models import BACKBONES
 def tiny_config(data: Path, model: str, loss: str = "bpr", **sections: dict[str, Any]) -> Config:
     """The backbone's own (small) constructor defaults with embedding size 32, a few quick epochs."""
     raw: dict[str, Any] = {
-        "model": {"name": model, "embedding_size": 32} if "embedding_size" in _params(model) else {"name": model},
+        "model": {"name": model, "embedding_size": 32},
         "data": {"path": str(data)},
         "items": {"kind": "id"},
         "loss": {"name": loss},

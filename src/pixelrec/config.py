@@ -162,10 +162,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML configuration file, or a packaged preset by name (e.g. `cpu-small`)."""
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and (CONFIG_DIR / "presets" / f"{path}.yaml").is_file():
+        path = CONFIG_DIR / "presets" / f"{path}.yaml"
     if not path.is_file():
-        raise UserError(f"{path}: configuration file not found")
+        raise UserError(f"{path}: configuration file not found (packaged presets: {', '.join(preset_names())})")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -240,6 +247,9 @@ def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any
     out = {"name": name}
     for key, value in values.items():
         if key == "name":
+            continue
+        if key == "embedding_size":  # the composition's vector size: the item encoder takes it too
+            out[key] = _coerce(value, int, f"{source}: model.{key}")
             continue
         if key not in params:
             raise UserError(f"{source}: unknown key model.{key} for {name}{_hint(key, list(params))}")

@@ -23,11 +23,12 @@ class SASRec(Backbone):
         embedding_size: int = 64,
         n_layers: int = 2,
         n_heads: int = 2,
-        inner_size: int = 128,
+        inner_size: int | None = None,
         dropout: float = 0.1,
         activation: str = "gelu",
     ) -> None:
         super().__init__()
+        inner_size = inner_size or 2 * embedding_size  # the paper's "inner x2"
         self.position = nn.Embedding(max_len, embedding_size)
         self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
         self.drop = nn.Dropout(dropout)
