@@ -169,8 +169,9 @@ def preset_names() -> list[str]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML configuration file, or a packaged preset by name (e.g. `cpu-small`)."""
     path = Path(path)
-    if not path.is_file() and path.suffix == "" and (CONFIG_DIR / "presets" / f"{path}.yaml").is_file():
-        path = CONFIG_DIR / "presets" / f"{path}.yaml"
+    if not path.is_file() and path.suffix == "":
+        packaged = [CONFIG_DIR / "presets" / f"{path}.yaml", CONFIG_DIR / f"{path}.yaml"]
+        path = next((p for p in packaged if p.is_file()), path)
     if not path.is_file():
         raise UserError(f"{path}: configuration file not found (packaged presets: {', '.join(preset_names())})")
     try:
@@ -281,8 +282,15 @@ def check_combination(config: Config) -> None:
             raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
 
 
-def model_defaults_path(name: str) -> Path:
-    return CONFIG_DIR / "models" / f"{name}.yaml"
+def packaged_defaults(model: str, items_kind: str | None, encoder: str | None) -> list[Path]:
+    """The packaged YAML layers for a combination: the backbone's IDNet settings, then, for pixels,
+    the backbone's PixelNet settings and the image encoder's settings (the paper's tables)."""
+    candidates = [CONFIG_DIR / "models" / f"{model}.yaml"]
+    if items_kind == "pixels":
+        candidates.append(CONFIG_DIR / "pixelnet" / f"{model}.yaml")
+        if encoder:
+            candidates.append(CONFIG_DIR / "encoders" / f"{encoder}.yaml")
+    return [path for path in candidates if path.is_file()]
 
 
 def resolve(
@@ -292,25 +300,28 @@ def resolve(
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> Config:
-    """Layer the sources in order: base (e.g. a run's saved config) or the model's YAML, the user's
-    YAML files, command-line flags, then `--set` overrides."""
-    layers: list[tuple[str, dict[str, Any]]] = []
-    user_files = [(str(f), read_yaml(f)) for f in files or []]
-    raw: dict[str, Any] = dict(base or {})
-    chosen = model or next((d.get("model", {}).get("name") for _, d in reversed(user_files) if d.get("model")), None)
-    chosen = chosen or raw.get("model", {}).get("name")
-    if base is None and chosen and model_defaults_path(chosen).is_file():
-        layers.append((str(model_defaults_path(chosen)), read_yaml(model_defaults_path(chosen))))
-    layers += user_files
-    layers.append(("command line", flags or {}))
-    layers.append(("--set", overrides_to_dict(sets or [])))
-    for source, layer in layers:
+    """Layer the sources in order: a run's saved config (`base`) or the packaged defaults of the
+    chosen combination, the user's YAML files, command-line flags, then `--set` overrides."""
+    user_layers = [(str(f), read_yaml(f)) for f in files or []]
+    user_layers.append(("command line", flags or {}))
+    user_layers.append(("--set", overrides_to_dict(sets or [])))
+    if model:
+        user_layers.append(("--model", {"model": {"name": model}}))
+    for source, layer in user_layers:
         for section in layer:
             if section not in SECTIONS:
                 raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
+    probe: dict[str, Any] = dict(base or {})
+    for _, layer in user_layers:
+        probe = merge(probe, layer)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    chosen = probe.get("model", {}).get("name")
+    if base is None and chosen:
+        items = probe.get("items", {})
+        layers = [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), items.get("encoder"))]
+    raw: dict[str, Any] = dict(base or {})
+    for _, layer in layers + user_layers:
         raw = merge(raw, layer)
-    if chosen:
-        raw.setdefault("model", {})["name"] = chosen
     return build_config(raw)
 
 
