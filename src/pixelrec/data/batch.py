@@ -1,0 +1,53 @@
+"""The one batch structure every training view produces and every backbone reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A batch of training or evaluation examples. Item indices use 0 for padding.
+
+    users:     [B] user index of each example
+    context:   [B, L] items the user saw, left-padded (the most recent item is last)
+    targets:   [B] (pair, prefixes, evaluation) or [B, L] (sequence, masked); 0 = no target
+    negatives: same shape as targets, sampled negatives (bpr), else None
+    mask:      [B, L] positions to hide behind the backbone's mask token (masked view), else None
+    candidates / candidate_mask: distinct in-batch items [C] and, per flattened target [N, C],
+               which candidates are the user's own other positives (in-batch softmax)
+    item_ids / item_inputs: distinct items of the batch and their encoder inputs (images), when the
+               item encoder needs inputs loaded by DataLoader workers
+    """
+
+    users: Tensor
+    context: Tensor
+    targets: Tensor
+    negatives: Tensor | None = None
+    mask: Tensor | None = None
+    candidates: Tensor | None = None
+    candidate_mask: Tensor | None = None
+    item_ids: Tensor | None = None
+    item_inputs: Any = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+        return replace(self, **moved)
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def flat_targets(self) -> tuple[Tensor, Tensor]:
+        """(targets [N], users [N]) of the real targets, in row-major order."""
+        valid = self.targets > 0
+        if self.targets.dim() == 1:
+            return self.targets[valid], self.users[valid]
+        users = self.users[:, None].expand_as(self.targets)
+        return self.targets[valid], users[valid]

@@ -1,0 +1,182 @@
+"""Training views and evaluation batches built from the prepared CSR arrays with tensor operations.
+
+A view enumerates examples once (a few integer arrays) and builds each batch by gathering from
+`item_seq`, so nothing per sequence is materialised and no per-sample Python loop runs.
+  pair      every training interaction: (user, up to max_len earlier items) -> item
+  prefixes  every training interaction with a non-empty history -> item (SR-GNN, LightSANs)
+  sequence  shifted next-item targets at every position of a window (SASRec, GRU4Rec, NextItNet)
+  masked    cloze: random positions of a window hidden and predicted (BERT4Rec)
+`windows` cuts each user's training history into non-overlapping windows aligned to its end
+(PixelRec's construction); `sliding` makes one example per training target with up to max_len of
+context (targets only at the last position for the sequence and masked views).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pixelrec.data.batch import Batch
+from pixelrec.data.prepared import PreparedData
+from pixelrec.errors import UserError
+
+VIEWS = ("pair", "prefixes", "sequence", "masked")
+
+
+def ragged_positions(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each segment i, the positions starts[i] .. starts[i]+counts[i]-1, flattened, and the segment id."""
+    counts = np.asarray(counts, dtype=np.int64)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    offsets = np.arange(int(counts.sum()), dtype=np.int64) - first[owner]
+    return np.asarray(starts, dtype=np.int64)[owner] + offsets, owner
+
+
+def gather_windows(item_seq: np.ndarray, ends: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Rows of `width` items ending (exclusive) at `ends`, left-padded with 0 below `starts`."""
+    idx = ends[:, None] - width + np.arange(width)[None, :]
+    valid = idx >= starts[:, None]
+    return np.where(valid, item_seq[np.maximum(idx, 0)], 0).astype(np.int64)
+
+
+class MembershipIndex:
+    """Sorted (user, item) keys for vectorised 'is this item one of the user's own?' queries."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int) -> None:
+        self.stride = n_items + 1
+        self.keys = np.unique(users.astype(np.int64) * self.stride + items.astype(np.int64))
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        query = np.asarray(users, dtype=np.int64) * self.stride + np.asarray(items, dtype=np.int64)
+        where = np.searchsorted(self.keys, query)
+        found = np.zeros(query.shape, dtype=bool)
+        inside = where < len(self.keys)
+        found[inside] = self.keys[where[inside]] == query[inside]
+        return found
+
+
+class TrainingView:
+    """Examples of one view over the training part of each user's history."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        view: str,
+        max_len: int = 10,
+        sequences: str = "windows",
+        negatives: int = 0,
+        in_batch: bool = False,
+        mask_ratio: float = 0.2,
+    ) -> None:
+        if view not in VIEWS:
+            raise UserError(f"unknown training view {view!r}; choose from {', '.join(VIEWS)}")
+        if sequences not in ("windows", "sliding"):
+            raise UserError(f"data.sequences: {sequences!r} is not one of 'windows', 'sliding'")
+        self.view, self.max_len, self.sequences = view, max_len, sequences
+        self.negatives, self.in_batch, self.mask_ratio = negatives, in_batch, mask_ratio
+        self.n_items = data.n_items
+        self.item_seq = np.asarray(data.item_seq)
+        self.starts = data.train_start
+        ends = data.train_end
+        train_len = ends - self.starts
+        train_pos, owner = ragged_positions(self.starts, train_len)
+        self.own_items = MembershipIndex(owner, self.item_seq[train_pos], data.n_items)
+        self.user_of_position = None
+        width = max_len + 1 if view == "sequence" else max_len
+        if view in ("pair", "prefixes") or sequences == "sliding":
+            skip_first = view != "pair"
+            counts = np.maximum(train_len - int(skip_first), 0)
+            pos, users = ragged_positions(self.starts + int(skip_first), counts)
+            self.example_users, self.example_ends = users, pos + 1  # example predicts item_seq[end - 1]
+        else:
+            counts = np.where(train_len >= 2, -(-(train_len - 1) // width), 0)
+            k, users = ragged_positions(np.zeros_like(counts), counts)
+            self.example_users, self.example_ends = users, ends[users] - k * width
+        self.width = width
+
+    def __len__(self) -> int:
+        return len(self.example_users)
+
+    def batch(self, example_ids: np.ndarray, rng: np.random.Generator) -> Batch:
+        """Build the batch of the given examples; `rng` drives negatives and cloze masks."""
+        users = self.example_users[example_ids]
+        ends = self.example_ends[example_ids]
+        starts = self.starts[users]
+        mask = None
+        if self.view in ("pair", "prefixes"):
+            targets = self.item_seq[ends - 1].astype(np.int64)
+            context = gather_windows(self.item_seq, ends - 1, starts, self.max_len)
+        elif self.view == "sequence":
+            window = gather_windows(self.item_seq, ends, starts, self.width)
+            context, targets = window[:, :-1], window[:, 1:].copy()
+            targets[context == 0] = 0
+            if self.sequences == "sliding":
+                targets[:, :-1] = 0
+        else:
+            context = gather_windows(self.item_seq, ends, starts, self.width)
+            mask = self._cloze_mask(context, rng)
+            targets = np.where(mask, context, 0)
+        batch = Batch(users=torch.from_numpy(users.astype(np.int64)), context=torch.from_numpy(context),
+                      targets=torch.from_numpy(targets), mask=None if mask is None else torch.from_numpy(mask))
+        if self.negatives:
+            batch.negatives = torch.from_numpy(self.sample_negatives(users, targets, rng))
+        if self.in_batch:
+            batch.candidates, batch.candidate_mask = self._in_batch(users, targets)
+        return batch
+
+    def _cloze_mask(self, context: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        real = context > 0
+        if self.sequences == "sliding":
+            mask = np.zeros_like(real)
+            mask[:, -1] = True
+            return mask & real
+        mask = (rng.random(context.shape) < self.mask_ratio) & real
+        none = ~mask.any(axis=1)
+        mask[none, -1] = real[none, -1]  # every window predicts at least its last item
+        return mask
+
+    def sample_negatives(self, users: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One uniform negative per target, never one of the user's own training items."""
+        owners = np.broadcast_to(users.reshape((-1,) + (1,) * (targets.ndim - 1)), targets.shape)
+        negatives = rng.integers(1, self.n_items + 1, size=targets.shape)
+        for _ in range(50):  # rejection rounds; each round is vectorised over the whole batch
+            clash = self.own_items.contains(owners, negatives) & (targets > 0)
+            if not clash.any():
+                break
+            negatives[clash] = rng.integers(1, self.n_items + 1, size=int(clash.sum()))
+        return np.where(targets > 0, negatives, 0).astype(np.int64)
+
+    def _in_batch(self, users: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        valid = targets > 0
+        owners = np.broadcast_to(users.reshape((-1,) + (1,) * (targets.ndim - 1)), targets.shape)[valid]
+        flat = targets[valid]
+        candidates = np.unique(flat)
+        own = self.own_items.contains(owners[:, None], candidates[None, :])
+        own &= candidates[None, :] != flat[:, None]
+        return torch.from_numpy(candidates.astype(np.int64)), torch.from_numpy(own)
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(batch number, example ids) in a shuffled order fixed by (seed, epoch)."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        for number, begin in enumerate(range(0, len(order), batch_size)):
+            yield number, order[begin : begin + batch_size]
+
+
+def batch_rng(seed: int, epoch: int, number: int) -> np.random.Generator:
+    """The random stream of one batch: the same whatever the worker count or a resume."""
+    return np.random.default_rng([seed, epoch, number, 1])
+
+
+def evaluation_batch(data: PreparedData, split: str, users: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """Batch for scoring `users` on `split`, plus (row, item) pairs of their whole history to mask."""
+    users = np.asarray(users, dtype=np.int64)
+    target_pos = data.target_positions(split)[users - 1]
+    starts = data.train_start[users]
+    item_seq = np.asarray(data.item_seq)
+    context = gather_windows(item_seq, target_pos, starts, max_len)
+    targets = item_seq[target_pos].astype(np.int64)
+    pos, row = ragged_positions(starts, target_pos - starts)
+    batch = Batch(users=torch.from_numpy(users), context=torch.from_numpy(context), targets=torch.from_numpy(targets))
+    return batch, row, item_seq[pos].astype(np.int64)
