@@ -20,6 +20,7 @@ COMMANDS = {
     "stats": "print the dataset statistics table of a prepared dataset",
     "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
     "evaluate": "re-evaluate a finished run on the valid or test split",
+    "recommend": "top-k items for users of a trained run (CSV, optional contact sheet of covers)",
     "report": "print a table of finished runs (test metrics, cold items, parameters, speed)",
 }
 

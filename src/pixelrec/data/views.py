@@ -169,14 +169,23 @@ def batch_rng(seed: int, epoch: int, number: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, number, 1])
 
 
-def evaluation_batch(data: PreparedData, split: str, users: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:
-    """Batch for scoring `users` on `split`, plus (row, item) pairs of their whole history to mask."""
+def history_batch(data: PreparedData, users: np.ndarray, history_end: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """Batch whose context is each user's last max_len items before `history_end` (exclusive
+    positions in item_seq), plus the (row, item) pairs of the whole history, to be masked."""
     users = np.asarray(users, dtype=np.int64)
-    target_pos = data.target_positions(split)[users - 1]
     starts = data.train_start[users]
     item_seq = np.asarray(data.item_seq)
-    context = gather_windows(item_seq, target_pos, starts, max_len)
-    targets = item_seq[target_pos].astype(np.int64)
-    pos, row = ragged_positions(starts, target_pos - starts)
-    batch = Batch(users=torch.from_numpy(users), context=torch.from_numpy(context), targets=torch.from_numpy(targets))
+    context = gather_windows(item_seq, history_end, starts, max_len)
+    pos, row = ragged_positions(starts, history_end - starts)
+    batch = Batch(users=torch.from_numpy(users), context=torch.from_numpy(context),
+                  targets=torch.zeros(len(users), dtype=torch.long))
     return batch, row, item_seq[pos].astype(np.int64)
+
+
+def evaluation_batch(data: PreparedData, split: str, users: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """Batch for scoring `users` on `split` (targets set), plus the history pairs to mask."""
+    users = np.asarray(users, dtype=np.int64)
+    target_pos = data.target_positions(split)[users - 1]
+    batch, rows, items = history_batch(data, users, target_pos, max_len)
+    batch.targets = torch.from_numpy(np.asarray(data.item_seq)[target_pos].astype(np.int64))
+    return batch, rows, items

@@ -19,6 +19,21 @@ from pixelrec.evaluate.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
 
 
+def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray) -> Tensor:
+    """[B, n_items + 1] scores of every item for each user of `batch`; padding and history -inf,
+    except each row's target (when the batch has targets), which keeps its score."""
+    device = scoring.device
+    batch = batch.to(device)
+    scores = model.backbone.user_vectors(batch, lookup).float() @ scoring.float().T
+    targets = batch.targets[:, None]
+    kept = scores.gather(1, targets)
+    scores[:, 0] = float("-inf")
+    scores[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = float("-inf")
+    has_target = targets > 0
+    scores.scatter_(1, targets, torch.where(has_target, kept, scores.gather(1, targets)))
+    return scores
+
+
 @torch.no_grad()
 def rank_targets(
     model: Recommender,
@@ -34,7 +49,6 @@ def rank_targets(
     """0-based rank of each user's `split` target among all items (history masked), on the CPU."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters(), torch.empty(0)).device
     lookup, scoring = model.catalogue_vectors(catalogue_batch, workers)
     n_columns = scoring.shape[0]
     block = max(1, min(batch_size, score_budget_mb * 2**20 // (4 * n_columns)))
@@ -42,13 +56,8 @@ def rank_targets(
     ranks = []
     for begin in range(0, len(users), block):
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
-        batch = batch.to(device)
-        scores = (model.backbone.user_vectors(batch, lookup).float() @ scoring.float().T)
-        targets = batch.targets
-        target_scores = scores.gather(1, targets[:, None])
-        scores[:, 0] = float("-inf")
-        scores[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = float("-inf")
-        scores.scatter_(1, targets[:, None], target_scores)
+        scores = masked_scores(model, lookup, scoring, batch, rows, items)
+        target_scores = scores.gather(1, batch.targets[:, None].to(scores.device))
         rank = (scores >= target_scores).sum(1) - 1
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
         ranks.append(rank.cpu())

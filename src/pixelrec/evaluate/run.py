@@ -1,17 +1,23 @@
-"""Re-evaluate a saved run: rebuild the model from its config, load a checkpoint, rank."""
+"""Load a saved run (config + checkpoint) and use it: re-evaluate, or recommend for users."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from pixelrec.data.prepared import PreparedData
+from pixelrec.data.views import history_batch
 from pixelrec.errors import UserError
-from pixelrec.evaluate.evaluator import evaluate
+from pixelrec.evaluate.evaluator import evaluate, masked_scores
+from pixelrec.recommender import Recommender
 from pixelrec.train import rundir
 
 
-def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best", data_path: str | None = None) -> dict[str, Any]:
+def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None):
+    """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory."""
     from pixelrec.train.trainer import build_model, config_of_run, resolve_device
 
     if not (run / "config.yaml").is_file():
@@ -24,8 +30,43 @@ def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best", data_pa
     if not path.exists() and checkpoint == "best":
         path = run / "last.pt"
     model.load_state_dict(rundir.load_checkpoint(path, device)["model"])
+    return config, data, model.eval()
+
+
+def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best", data_path: str | None = None) -> dict[str, Any]:
+    config, data, model = load_run(run, checkpoint, data_path)
     out: dict[str, Any] = {}
     for split in splits:
         out |= evaluate(model, data, split, config.data.max_len, config.eval.ks, config.eval.batch_size,
-                        config.eval.score_budget_mb)
+                        config.eval.score_budget_mb, workers=config.train.num_workers)
     return out
+
+
+def user_indices(data: PreparedData, tokens: list[str]) -> np.ndarray:
+    """Indices of user tokens; an unknown token is a one-line error naming it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known = pa.array(data.user_tokens[1:].tolist(), type=pa.string())
+    found = pc.index_in(pa.array(tokens, type=pa.string()), value_set=known).to_numpy(zero_copy_only=False)
+    missing = [t for t, f in zip(tokens, found) if f is None or np.isnan(f)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"unknown user {shown} in {data.root} (tokens as in the interactions file)")
+    return np.asarray(found, dtype=np.int64) + 1
+
+
+@torch.no_grad()
+def recommend(model: Recommender, data: PreparedData, users: np.ndarray, k: int, max_len: int,
+              batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores for each user after their whole history, which is masked."""
+    lookup, scoring = model.catalogue_vectors()
+    items_out, scores_out = [], []
+    k = min(k, data.n_items)
+    for begin in range(0, len(users), batch_size):
+        chunk = users[begin : begin + batch_size]
+        batch, rows, items = history_batch(data, chunk, np.asarray(data.user_ptr[chunk + 1]), max_len)
+        top = torch.topk(masked_scores(model, lookup, scoring, batch, rows, items), k, dim=1)
+        items_out.append(top.indices.cpu().numpy())
+        scores_out.append(top.values.cpu().numpy())
+    return np.concatenate(items_out), np.concatenate(scores_out)
