@@ -1,0 +1,40 @@
+"""Every packaged YAML (paper settings, presets) resolves to a valid configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from pixelrec.config import CONFIG_DIR, resolve
+from pixelrec.items.image_tower import SHORT_NAMES
+from pixelrec.models import BACKBONES
+
+
+@pytest.mark.parametrize("model", BACKBONES.names())
+def test_paper_settings_of_every_backbone_are_valid(model):
+    config = resolve(model=model, flags={"data": {"path": "unused"}})
+    assert config.model_name == model
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "pixelnet").glob("*.yaml")), ids=lambda p: p.stem)
+def test_pixelnet_settings_are_valid(path):
+    assert path.stem in BACKBONES.names()
+    config = resolve(model=path.stem, flags={"items": {"kind": "pixels", "encoder": "clip-vit-b32"}})
+    assert config.items.kind == "pixels" and config.items.tune_last == 2 and config.items.pooling == "mean"
+
+
+@pytest.mark.parametrize("encoder", sorted(SHORT_NAMES))
+def test_every_paper_encoder_has_settings(encoder):
+    assert (CONFIG_DIR / "encoders" / f"{encoder}.yaml").is_file()
+    config = resolve(model="sasrec", flags={"items": {"kind": "pixels", "encoder": encoder}})
+    assert config.train.encoder_lr == 1e-4 and config.items.encoder == encoder
+
+
+def test_presets_layer_over_paper_settings():
+    config = resolve(model="sasrec", files=["cpu-small", "pixels-tiny"])
+    assert config.model["embedding_size"] == 64 and config.model["n_layers"] == 2
+    assert config.items.kind == "pixels" and config.loss.name == "softmax"
+
+
+def test_explicit_flags_and_sets_win_over_files():
+    config = resolve(model="sasrec", files=["cpu-small"], flags={"train": {"epochs": 3}}, sets=["train.epochs=4"])
+    assert config.train.epochs == 4
