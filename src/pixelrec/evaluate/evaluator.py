@@ -24,7 +24,7 @@ def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.n
     except each row's target (when the batch has targets), which keeps its score."""
     device = scoring.device
     batch = batch.to(device)
-    scores = model.backbone.user_vectors(batch, lookup).float() @ scoring.float().T
+    scores = model.backbone.score_catalogue(batch, lookup, scoring)
     targets = batch.targets[:, None]
     kept = scores.gather(1, targets)
     scores[:, 0] = float("-inf")

@@ -40,6 +40,11 @@ class Backbone(nn.Module):
     def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
         return items(idx)
 
+    def score_catalogue(self, batch: Batch, items: ItemLookup, scoring: Tensor) -> Tensor:
+        """[B, n_items + 1] scores of every item (evaluation). A dot product of user and item vectors
+        unless the backbone scores otherwise (e.g. a maximum over the user's history)."""
+        return self.user_vectors(batch, items).float() @ scoring.float().T
+
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """Truncated-normal linear and embedding weights, unit norms, zero biases (BERT-style init)."""
