@@ -1,0 +1,68 @@
+"""DSSM (Huang et al. 2013) as a two-tower recommender: the user is the pooled history of items."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.errors import UserError
+from pixelrec.items.base import ItemLookup
+from pixelrec.models import BACKBONES
+from pixelrec.models.base import Backbone
+
+
+def tower(dim: int, n_layers: int, dropout: float) -> nn.Module:
+    """n_layers of Linear + tanh (DSSM's activation), width `dim`; zero layers is the identity."""
+    if n_layers == 0:
+        return nn.Identity()
+    layers: list[nn.Module] = []
+    for _ in range(n_layers):
+        linear = nn.Linear(dim, dim)
+        nn.init.xavier_normal_(linear.weight)  # keeps the tanh inputs at unit scale, unlike std 0.02
+        nn.init.zeros_(linear.bias)
+        layers += [nn.Dropout(dropout), linear, nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+@BACKBONES.register("dssm")
+class DSSM(Backbone):
+    """A user tower over the mean of the user's real history item vectors and an item tower over
+    the item vector, scored by cosine / temperature (Huang et al.'s smoothed cosine) or by dot
+    product. With n_layers=0 and dot product it is PixelRec's IDNet DSSM (mean history . item)."""
+
+    view = "pair"
+
+    def __init__(
+        self,
+        embedding_size: int = 64,
+        n_layers: int = 1,
+        dropout: float = 0.0,
+        similarity: Literal["cosine", "dot"] = "cosine",
+        temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if n_layers < 0:
+            raise UserError(f"model.n_layers must be >= 0, got {n_layers}")
+        if temperature <= 0:
+            raise UserError(f"model.temperature must be > 0, got {temperature}")
+        self.similarity, self.temperature = similarity, temperature
+        self.user_tower = tower(embedding_size, n_layers, dropout)
+        self.item_tower = tower(embedding_size, n_layers, dropout)
+
+    def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
+        real = (batch.context > 0).unsqueeze(-1)
+        total = items(batch.context).masked_fill(~real, 0.0).sum(1)
+        pooled = total / real.sum(1).clamp(min=1)  # an empty history (first interaction) pools to zeros
+        user = self.user_tower(pooled)
+        if self.similarity == "cosine":
+            user = F.normalize(user, dim=-1) / self.temperature  # normalize maps zeros to zeros, not NaN
+        return user
+
+    def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
+        vectors = self.item_tower(items(idx))
+        if self.similarity == "cosine":
+            vectors = F.normalize(vectors, dim=-1)
+        return vectors.masked_fill((idx == 0).unsqueeze(-1), 0.0)
