@@ -1,6 +1,6 @@
 """Read a prepared dataset directory and expose the leave-one-out split.
 
-Layout written by `pixelrec prepare` (see docs/prepared-format.md):
+Layout written by `pixelrec prepare` (see docs/data.md):
   meta.json        counts, source, options, drop counts, image-store description
   user_ptr.npy     int64 [n_users + 2]: interactions of user u are item_seq[user_ptr[u]:user_ptr[u+1]];
                    user 0 is padding and owns no interactions

@@ -1,0 +1,289 @@
+"""The image store: an LMDB of JPEG covers already resized to a square storage size, keyed by item token.
+
+Writing (`build_image_store`) encodes covers in parallel and puts them in item-index order in one write
+transaction with a map size fixed by the item count and size, which makes the LMDB file byte-identical
+across runs. Reading (`ImageStore`) opens the environment lazily in each process, so one store object can
+be handed to any number of DataLoader workers. Values are plain JPEG bytes: nothing executable is stored.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import multiprocessing.pool
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import lmdb
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pixelrec.data.raw import COVER_SUFFIXES
+from pixelrec.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pixelrec.data.prepared import PreparedData
+
+STORE_DIR = "images.lmdb"
+PLACEHOLDER_GREY = (128, 128, 128)
+_SHOWN = 5  # item tokens named in an error line
+MIN_POOL_TASKS = 64  # below this, starting processes costs more than it saves
+
+
+def _bar(desc: str, total: int, progress: bool) -> tqdm:
+    return tqdm(desc=desc, total=total, unit="img", file=sys.stderr, disable=None if progress else True,
+                dynamic_ncols=True)
+
+
+def _listing(tokens: Sequence[str], n: int) -> str:
+    more = f" and {n - _SHOWN} more" if n > _SHOWN else ""
+    return ", ".join(tokens[:_SHOWN]) + more
+
+
+# --- encoding ------------------------------------------------------------------------------
+def find_covers(covers: Path, tokens: Sequence[str]) -> list[Path | None]:
+    """Cover file of each token (`<token>.jpg`, else .jpeg/.png/.webp), None where there is none."""
+    rank = {suffix: i for i, suffix in enumerate(COVER_SUFFIXES)}
+    best: dict[str, tuple[int, str]] = {}
+    with os.scandir(covers) as entries:
+        for entry in entries:
+            stem, suffix = os.path.splitext(entry.name)
+            r = rank.get(suffix.lower())
+            if r is not None and (stem not in best or r < best[stem][0]):
+                best[stem] = (r, entry.name)
+    return [covers / best[t][1] if t in best else None for t in tokens]
+
+
+def encode_image(image: Image.Image, size: int, quality: int = 90) -> bytes:
+    """RGB, square-resized to size x size (as the paper's 224 x 224), JPEG-encoded."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_cover(task: tuple[str, int, int]) -> bytes | None:
+    """Read, resize and encode one cover file; None if it cannot be decoded (corrupt or truncated)."""
+    path, size, quality = task
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # let libjpeg decode large covers at a reduced scale
+            return encode_image(image, size, quality)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def placeholder_jpeg(size: int, quality: int = 90) -> bytes:
+    """The neutral grey image used for items without a usable cover under --missing-images placeholder."""
+    return encode_image(Image.new("RGB", (size, size), PLACEHOLDER_GREY), size, quality)
+
+
+@contextmanager
+def _pool(workers: int, n_tasks: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """A process pool, or None where inline work is cheaper (one worker or a handful of tasks)."""
+    if workers <= 1 or n_tasks < MIN_POOL_TASKS:
+        yield None
+        return
+    with multiprocessing.get_context().Pool(min(workers, os.cpu_count() or 1)) as pool:
+        yield pool
+
+
+def _imap(pool: multiprocessing.pool.Pool | None, function: Callable, tasks: Sequence) -> Iterator:
+    """function(task) for each task, results in task order."""
+    return map(function, tasks) if pool is None else pool.imap(function, tasks, chunksize=32)
+
+
+def _map_size(n_items: int, size: int) -> int:
+    """A fixed upper bound (JPEG at quality <= 95 stays under raw RGB); LMDB records it, so it must be
+    a function of the inputs only for the file to be reproducible."""
+    return ((n_items + 16) * (3 * size * size + 8192) * 2 // (1 << 20) + 64) << 20
+
+
+def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: int = 224, workers: int = 1,
+                      missing: str = "fail", quality: int = 90, progress: bool = True) -> dict:
+    """Encode each token's cover into an LMDB at `path`, in token order; returns meta.json's image_store entry.
+
+    Missing or undecodable covers raise a UserError naming them, unless missing == "placeholder".
+    """
+    files = find_covers(covers, tokens)
+    absent = [t for t, f in zip(tokens, files) if f is None]
+    if absent and missing == "fail":
+        raise UserError(f"{covers}: {len(absent)} of {len(tokens)} items have no cover file (<item_id>.jpg): "
+                        f"{_listing(absent, len(absent))}; use --missing-images placeholder or --no-images")
+    grey = placeholder_jpeg(size, quality)
+    placeholders: list[str] = []
+    present = [(str(f), size, quality) for f in files if f is not None]
+    release_env(path)
+    with _pool(workers, len(present)) as pool, _bar("encode covers", len(present), progress) as bar:
+        encoded = _imap(pool, encode_cover, present)
+        env = lmdb.open(str(path), map_size=_map_size(len(tokens), size), subdir=True, lock=False,
+                        meminit=True, sync=False, metasync=False, readahead=False)
+        try:
+            with env.begin(write=True) as txn:  # one ordered transaction: a reproducible file
+                for token, file in zip(tokens, files):
+                    data = None
+                    if file is not None:
+                        data = next(encoded)
+                        bar.update(1)
+                    if data is None:
+                        placeholders.append(token)
+                        data = grey
+                    txn.put(token.encode("utf-8"), data)
+            env.sync(True)
+        finally:
+            env.close()
+    absent_set = set(absent)
+    corrupt = [t for t in placeholders if t not in absent_set]
+    if corrupt and missing == "fail":
+        raise UserError(f"{covers}: {len(corrupt)} cover files are corrupt or truncated: "
+                        f"{_listing(corrupt, len(corrupt))}; use --missing-images placeholder to substitute grey")
+    bad = verify_image_store(path, size, workers=workers, progress=progress)
+    if bad:
+        raise UserError(f"{path}: {len(bad)} stored images do not decode: {_listing(bad, len(bad))}")
+    return {"path": STORE_DIR, "size": size, "format": "jpeg", "quality": quality, "placeholders": placeholders}
+
+
+# --- shared read-only environments ---------------------------------------------------------
+_ENVS: dict[str, lmdb.Environment] = {}
+_ENVS_PID: int | None = None
+
+
+def shared_env(path: str | Path) -> lmdb.Environment:
+    """This process's read-only environment for `path`, opened once and shared by every reader.
+
+    py-lmdb refuses a second open of one path in a process, so readers share a handle; after a fork the
+    child closes the copies it inherited (read-only, lock-free: the parent's are untouched) and reopens.
+    """
+    global _ENVS_PID
+    if _ENVS_PID != os.getpid():
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
+    key = os.path.realpath(path)
+    if key not in _ENVS:
+        _ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True)
+    return _ENVS[key]
+
+
+def release_env(path: str | Path) -> None:
+    """Close this process's shared handle on `path` (before writing to it or moving it)."""
+    env = _ENVS.pop(os.path.realpath(path), None)
+    if env is not None and _ENVS_PID == os.getpid():
+        env.close()
+
+
+# --- verification --------------------------------------------------------------------------
+def _check_entry(task: tuple[str, str, int]) -> bool:
+    path, key, size = task
+    with shared_env(path).begin() as txn:
+        data = txn.get(key.encode("utf-8"))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.size == (size, size) and image.mode == "RGB"
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return False
+
+
+def verify_image_store(path: Path, size: int, *, workers: int = 1, progress: bool = False) -> list[str]:
+    """Decode every entry; return the keys that fail to decode or are not size x size RGB."""
+    with shared_env(path).begin() as txn:
+        keys = [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
+    tasks = [(str(path), key, size) for key in keys]
+    try:
+        with _pool(workers, len(tasks)) as pool, _bar("verify image store", len(tasks), progress) as bar:
+            ok = []
+            for good in _imap(pool, _check_entry, tasks):
+                ok.append(good)
+                bar.update(1)
+    finally:
+        release_env(path)
+    return [key for key, good in zip(keys, ok) if not good]
+
+
+# --- reading -------------------------------------------------------------------------------
+def _decoder():
+    """JPEG bytes -> uint8 [3, H, W]: torchvision's libjpeg-turbo decoder (about 2x PIL), else PIL."""
+    import torch
+
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        def decode(data: bytes) -> "torch.Tensor":
+            with Image.open(io.BytesIO(data)) as image:
+                return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+        return decode
+    return lambda data: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+class ImageStore:
+    """Random access to stored covers by item index: `read(indices)` -> uint8 tensor [..., 3, S, S].
+
+    Index 0 (padding) reads as zeros. Safe to pass to DataLoader workers: the LMDB environment is
+    opened lazily, once per process (see `shared_env`), and reopened after a fork.
+    """
+
+    def __init__(self, path: str | Path, tokens: Sequence[str] | np.ndarray, size: int) -> None:
+        self.path = Path(path)
+        if not (self.path / "data.mdb").is_file():
+            raise UserError(f"{self.path}: no image store here; prepare the dataset with covers")
+        self.size = int(size)
+        self._keys = [str(t).encode("utf-8") for t in tokens]
+        self._decode = None
+
+    @classmethod
+    def from_prepared(cls, data: "PreparedData") -> "ImageStore":
+        """The store of a prepared dataset, with item index -> token taken from its item table."""
+        store = data.meta.get("image_store")
+        if not store:
+            raise UserError(f"{data.root}: prepared without an image store (no covers or --no-images); "
+                            "pixel item encoders need one")
+        return cls(data.root / store["path"], data.item_tokens, store["size"])
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_decode": None}
+
+    def read(self, indices: "np.ndarray | torch.Tensor | Sequence[int]") -> "torch.Tensor":
+        """Decode the covers of item indices into a uint8 tensor of shape indices.shape + (3, S, S)."""
+        import torch
+
+        if self._decode is None:
+            self._decode = _decoder()
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        flat = np.asarray(indices, dtype=np.int64)
+        shape = flat.shape
+        flat = flat.reshape(-1)
+        if len(flat) and (flat.min() < 0 or flat.max() >= len(self._keys)):
+            raise IndexError(f"item index out of range 0..{len(self._keys) - 1}")
+        out = torch.empty((len(flat), 3, self.size, self.size), dtype=torch.uint8)
+        with shared_env(self.path).begin() as txn, warnings.catch_warnings():
+            # torchvision 0.29 warns on every decode that torchcodec will take over image decoding
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+            for row, index in enumerate(flat.tolist()):
+                if index == 0:
+                    out[row] = 0
+                    continue
+                data = txn.get(self._keys[index])
+                if data is None:
+                    raise KeyError(f"{self.path}: no image for item {self._keys[index].decode()}")
+                image = self._decode(data)
+                if image.shape[-2:] != (self.size, self.size):
+                    image = torch.nn.functional.interpolate(image[None].float(), size=(self.size, self.size),
+                                                            mode="bilinear", antialias=True)[0].round().byte()
+                out[row] = image
+        return out.reshape(*shape, 3, self.size, self.size)

@@ -1,0 +1,378 @@
+"""Find and read raw interaction files: PixelRec CSVs as distributed and RecBole atomic `.inter` files.
+
+Readers are vectorised with pyarrow (streaming multithreaded CSV parsing) and numpy; tokens become codes
+in the order they first appear in the file (`pixelrec.data.tokens`). Every problem with the input becomes a
+one-line `UserError` naming the file and, where there is one, the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+
+from pixelrec.data.tokens import NotNumbered, TokenCoder
+from pixelrec.errors import UserError
+
+INTERACTION_COLUMNS = ("item_id", "user_id", "timestamp")
+ITEM_INFO_COLUMNS = ("item_id", "view_number", "comment_number", "thumbup_number", "share_number",
+                     "coin_number", "favorite_number", "barrage_number", "title", "tag", "description")
+COVER_FOLDERS = ("covers", "images")
+COVER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+BLOCK_SIZE = 4 << 20
+_SNIFF_BYTES = 1 << 16
+
+
+@dataclass
+class RawSource:
+    """Where a raw dataset's parts are: interactions (required), item info and covers (optional)."""
+
+    root: Path
+    kind: str  # "pixelrec-csv" | "recbole-inter"
+    interactions: Path
+    item_info: Path | None = None
+    covers: Path | None = None
+
+    def describe(self) -> dict:
+        """Paths relative to the raw folder, so that meta.json does not depend on where the data lives."""
+        rel = lambda p: None if p is None else os.path.relpath(p, self.root)  # noqa: E731
+        return {"kind": self.kind, "files": {"interactions": rel(self.interactions),
+                                             "item_info": rel(self.item_info), "covers": rel(self.covers)}}
+
+
+@dataclass
+class Interactions:
+    """Interactions in file order: int32 codes into the token arrays, and int64 timestamps."""
+
+    items: np.ndarray
+    users: np.ndarray
+    timestamps: np.ndarray
+    item_tokens: pa.Array
+    user_tokens: pa.Array
+    path: Path = field(default=Path())
+
+
+# --- finding the files ---------------------------------------------------------------------
+def _header(path: Path) -> list[str]:
+    """Column names of a CSV or .inter file (RecBole `name:type` reduced to `name`); errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not head.strip():
+        raise UserError(f"{path}: empty file (expected a header line {','.join(INTERACTION_COLUMNS)})")
+    line, newline, _ = head.partition(b"\n")
+    if b"\0" in head or (not newline and len(head) == _SNIFF_BYTES):
+        raise UserError(f"{path}: not a CSV text file (binary content)")
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a CSV text file (header is not UTF-8)") from None
+    if path.suffix == ".inter":
+        return [name.split(":", 1)[0].strip() for name in text.split("\t")]
+    return [name.strip() for name in next(csv.reader([text]), [])]
+
+
+def _is_interactions(columns: list[str]) -> bool:
+    return set(INTERACTION_COLUMNS) <= set(columns)
+
+
+def _is_item_info(columns: list[str]) -> bool:
+    return "item_id" in columns and "user_id" not in columns
+
+
+def _expected(path: Path, columns: list[str]) -> str:
+    kind = "RecBole .inter columns user_id:token, item_id:token, timestamp:float" if path.suffix == ".inter" \
+        else f"columns {','.join(INTERACTION_COLUMNS)}"
+    missing = [c for c in INTERACTION_COLUMNS if c not in columns]
+    return f"{path}: expected {kind}; missing {','.join(missing)} (found {','.join(columns) or 'nothing'})"
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise UserError(f"{path}: permission denied")
+
+
+def find_raw(path: str | Path) -> RawSource:
+    """Locate the interactions file, item-info CSV and covers folder of a raw dataset (a folder or one file).
+
+    Given a file, it is the interactions file and its folder is searched for item info and covers.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.is_file():
+        columns = _header(path)
+        if not _is_interactions(columns):
+            raise UserError(_expected(path, columns))
+        root, interactions = path.parent, path
+    elif path.is_dir():
+        root = path
+        candidates = sorted(p for p in root.iterdir() if p.suffix in (".csv", ".inter") and p.is_file())
+        found, problems = [], []
+        for p in candidates:
+            try:
+                columns = _header(p)
+            except UserError as err:
+                problems.append(str(err))
+                continue
+            if _is_interactions(columns):
+                found.append(p)
+        if len(found) > 1:
+            raise UserError(f"{root}: several interaction files ({', '.join(p.name for p in found)}); "
+                            "pass one of them with --raw")
+        if not found:
+            if len(candidates) == 1:  # the one file there is the intended one: say what is wrong with it
+                raise UserError(problems[0] if problems else _expected(candidates[0], _header(candidates[0])))
+            raise UserError(f"{root}: no interactions file (a CSV with columns {','.join(INTERACTION_COLUMNS)} "
+                            f"or a RecBole .inter file); found {', '.join(p.name for p in candidates) or 'none'}")
+        interactions = found[0]
+    else:
+        raise UserError(f"{path}: not a regular file or folder")
+    kind = "recbole-inter" if interactions.suffix == ".inter" else "pixelrec-csv"
+    return RawSource(root, kind, interactions, _find_item_info(root), _find_covers(root))
+
+
+def _find_item_info(root: Path) -> Path | None:
+    infos = []
+    for p in sorted(root.glob("*.csv")):
+        try:
+            if _is_item_info(_header(p)):
+                infos.append(p)
+        except UserError:
+            continue
+    if len(infos) > 1:
+        raise UserError(f"{root}: several item-info CSVs ({', '.join(p.name for p in infos)}); keep one")
+    return infos[0] if infos else None
+
+
+def _find_covers(root: Path) -> Path | None:
+    return next((root / name for name in COVER_FOLDERS if (root / name).is_dir()), None)
+
+
+# --- reading interactions ------------------------------------------------------------------
+class _CountingReader(io.RawIOBase):
+    """A file wrapper that reports bytes read, for a progress bar over pyarrow's CSV reader."""
+
+    def __init__(self, path: Path, on_read: Callable[[int], object]) -> None:
+        self._file = open(path, "rb")
+        self._on_read = on_read
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._file.readinto(buffer)
+        self.bytes_read += n
+        self._on_read(n)
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _csv_options(path: Path, kind: str, threads: bool, on_invalid=None):
+    """pyarrow options for the interactions file; column names come from `_header` (BOM, spaces, types gone)."""
+    read = pv.ReadOptions(use_threads=threads, block_size=BLOCK_SIZE, column_names=_header(path), skip_rows=1)
+    if kind == "recbole-inter":
+        parse = pv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
+        ts_type = pa.float64()  # RecBole types timestamps as float; whole numbers are accepted below
+    else:
+        parse = pv.ParseOptions(invalid_row_handler=on_invalid)
+        ts_type = pa.int64()
+    convert = pv.ConvertOptions(include_columns=list(INTERACTION_COLUMNS),
+                                column_types={"item_id": pa.string(), "user_id": pa.string(), "timestamp": ts_type})
+    return read, parse, convert
+
+
+class _Columns:
+    """Growable int arrays, one allocation each (many per-batch arrays would fragment the heap)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.n = 0
+
+    def append(self, values: dict[str, np.ndarray], capacity: int) -> None:
+        k = len(values["timestamp"])
+        for name, part in values.items():
+            array = self.arrays.get(name)
+            if array is None or self.n + k > len(array):
+                grown = np.empty(max(capacity, int((self.n + k) * 1.25)), dtype=part.dtype)
+                if array is not None:
+                    grown[:self.n] = array[:self.n]
+                self.arrays[name] = array = grown
+            array[self.n:self.n + k] = part
+        self.n += k
+
+    def take(self, name: str) -> np.ndarray:
+        return self.arrays.pop(name)[:self.n]
+
+
+def read_interactions(source: RawSource, progress: Callable[[int], object] | None = None) -> Interactions:
+    """Read (item, user, timestamp) rows into codes + token dictionaries; `progress` receives bytes read.
+
+    Streams the file in blocks with multithreaded parsing; memory holds 16 bytes a row, not the text.
+    """
+    progress = progress or (lambda n: None)
+    as_strings = {"item_id": False, "user_id": False}
+    while True:
+        try:
+            return _read_pass(source, as_strings, progress)
+        except NotNumbered as fallback:  # rare: re-read with that column coded as strings
+            name, bytes_read = fallback.args
+            as_strings[name] = True
+            progress(-bytes_read)
+
+
+def _read_pass(source: RawSource, as_strings: dict[str, bool], progress: Callable[[int], object]) -> Interactions:
+    path = source.interactions
+    bad_row: list = []
+
+    def on_invalid(row) -> str:
+        bad_row.append(row)
+        return "error"
+
+    read, parse, convert = _csv_options(path, source.kind, True, on_invalid)
+    coders = {name: TokenCoder(strings) for name, strings in as_strings.items()}
+    columns, capacity = _Columns(), 0
+    stream = _CountingReader(path, progress)
+    try:
+        for batch in pv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
+            # a batch is one block of text: estimate the file's rows from the first (generously: pages
+            # of an np.empty array that are never written take no memory)
+            capacity = capacity or int(batch.num_rows * (path.stat().st_size / BLOCK_SIZE + 1) * 1.5)
+            values = {"timestamp": _timestamps(path, batch.column("timestamp"), columns.n)}
+            for name, coder in coders.items():
+                try:
+                    codes = coder.feed(batch.column(name))
+                except NotNumbered:
+                    raise NotNumbered(name, stream.bytes_read) from None
+                if codes is not None:
+                    values[name] = codes
+            columns.append(values, capacity)
+    except pa.ArrowInvalid as err:
+        raise _diagnose(source, err, bool(bad_row)) from None
+    except (OSError, pa.ArrowException) as err:
+        raise UserError(f"{path}: cannot read ({' '.join(str(err).split())[:200]})") from None
+    finally:
+        stream.close()
+    if columns.n == 0:
+        raise UserError(f"{path}: no interactions (the file has a header but no data rows)")
+    coded = {name: coder.encode_strings(path, name) if coder.as_strings else (columns.take(name), coder.tokens())
+             for name, coder in coders.items()}
+    (items, item_tokens), (users, user_tokens) = coded["item_id"], coded["user_id"]
+    return Interactions(items, users, columns.take("timestamp"), item_tokens, user_tokens, path)
+
+
+def _timestamps(path: Path, column: pa.Array, offset: int) -> np.ndarray:
+    """Validate timestamps (present, whole, non-negative) and return them as int64; `offset` rows precede."""
+    values = column.to_numpy(zero_copy_only=False)
+    if column.null_count:
+        row = offset + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+        raise UserError(f"{path}: data row {row}: missing timestamp")
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.floor(values)) | (np.abs(values) >= 2.0**53)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{path}: data row {offset + first + 1}: timestamp {float(values[first])!r} "
+                            "is not a whole number")
+        values = values.astype(np.int64)
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        first = int(negative[0])
+        raise UserError(f"{path}: data row {offset + first + 1}: negative timestamp {int(values[first])}")
+    return values
+
+
+def _diagnose(source: RawSource, err: pa.ArrowInvalid, malformed: bool) -> UserError:
+    """Turn a pyarrow parse/convert failure into a one-line error naming the file and row."""
+    path = source.interactions
+    message = " ".join(str(err).split())
+    if malformed:  # a row with the wrong number of fields: re-scan single-threaded to learn its line number
+        found: list = []
+
+        def on_invalid(row) -> str:
+            found.append(row)
+            return "error"
+
+        read, parse, convert = _csv_options(path, source.kind, False, on_invalid)
+        try:
+            for _ in pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert):
+                pass
+        except pa.ArrowInvalid:
+            pass
+        if found:
+            row = found[0]
+            where = f"line {row.number}" if row.number is not None else "a row"
+            return UserError(f"{path}: {where}: expected {row.expected_columns} fields, found "
+                             f"{row.actual_columns} ({row.text[:80]!r})")
+    if "timestamp" in message or "column #2" in message or "conversion error" in message:
+        located = _find_bad_timestamp(source)
+        if located:
+            return located
+    if "UTF8" in message or "UTF-8" in message:
+        return UserError(f"{path}: not a CSV text file (invalid UTF-8 data)")
+    return UserError(f"{path}: cannot parse ({message[:200]})")
+
+
+def _find_bad_timestamp(source: RawSource) -> UserError | None:
+    """Stream the timestamp column as text and name the first row that is not a non-negative whole number."""
+    path = source.interactions
+    read, parse, convert = _csv_options(path, source.kind, True)
+    convert.column_types = {**convert.column_types, "timestamp": pa.string()}
+    pattern = r"^\s*[0-9]+(\.0*)?\s*$" if source.kind == "recbole-inter" else r"^\s*[0-9]+\s*$"
+    seen = 0
+    try:
+        for batch in pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert):
+            column = batch.column("timestamp")
+            ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(~ok)
+            if len(bad):
+                value = column[int(bad[0])].as_py()
+                return UserError(f"{path}: data row {seen + int(bad[0]) + 1}: timestamp {value!r} "
+                                 "is not a non-negative whole number")
+            seen += batch.num_rows
+    except pa.ArrowInvalid:
+        return None
+    return None
+
+
+# --- item info -----------------------------------------------------------------------------
+def read_item_info(path: Path) -> pa.Table:
+    """Read the item-info CSV: text columns as strings, count columns as int64 (float64 if not whole)."""
+    read = pv.ReadOptions(block_size=BLOCK_SIZE)
+    parse = pv.ParseOptions(newlines_in_values=True)
+    columns = _header(path)
+    convert = pv.ConvertOptions(column_types={name: pa.string() for name in columns}, strings_can_be_null=True)
+    try:
+        table = pv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"{path}: cannot parse item info ({' '.join(str(err).split())[:200]})") from None
+    out = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name in ITEM_INFO_COLUMNS[1:8]:
+            column = _as_number(column)
+        out[name] = column
+    return pa.table(out)
+
+
+def _as_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    for target in (pa.int64(), pa.float64()):
+        try:
+            return pc.cast(column, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return column
