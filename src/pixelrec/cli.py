@@ -18,6 +18,7 @@ COMMANDS = {
     "synth": "write a synthetic dataset in the PixelRec raw layout (interactions, item info, covers)",
     "prepare": "turn raw PixelRec or RecBole files into a prepared dataset with an image store",
     "stats": "print the dataset statistics table of a prepared dataset",
+    "extract": "frozen image features of every item (ViNet), resumable; or --import features made elsewhere",
     "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
     "evaluate": "re-evaluate a finished run on the valid or test split",
     "recommend": "top-k items for users of a trained run (CSV, optional contact sheet of covers)",

@@ -30,11 +30,14 @@ class DataConfig:
 
 @dataclass
 class ItemsConfig:
-    kind: str = "id"  # id | features | pixels
+    kind: str = "id"  # id | features | id+features | pixels
     encoder: str | None = None  # image encoder (pixels, features extraction): short name or timm name
     encoder_weights: str | None = None  # local checkpoint for the image encoder
     pretrained: bool = False  # timm hub weights, for users who have a hub or cache
-    features: str | None = None  # path of extracted features (.npy)
+    features: str | None = None  # path of extracted features (.npy, from `pixelrec extract`)
+    project: bool = True  # features: project to embedding_size (false: the raw features, for VisRank)
+    combine: Literal["sum", "concat"] = "sum"  # id+features: ID vector + projected features, or [ID ; features]
+    id_size: int | None = None  # id+features with combine=concat: size of the ID part (default: half)
     image_size: int | None = None  # encoder input size; default: the encoder's own data config
     tune_last: int | Literal["all"] = 2  # trainable top blocks of the image encoder
     pooling: str = "default"  # cls | mean | default (the encoder's own pooling)
@@ -266,6 +269,9 @@ def check_combination(config: Config) -> None:
     encoder_cls = ITEM_ENCODERS.get(config.items.kind)
     backbone_cls = BACKBONES.get(config.model_name)
     cheap = getattr(encoder_cls, "catalogue_each_step", True)
+    kinds = getattr(backbone_cls, "item_kinds", ())  # a backbone that works only with some item encoders
+    if kinds and config.items.kind not in kinds:
+        raise UserError(f"model {config.model_name} needs items.kind {' or '.join(kinds)}, not {config.items.kind}")
     if not cheap and config.loss.name == "full-softmax":
         raise UserError(
             f"loss full-softmax needs every item's vector at each step, which items.kind={config.items.kind} "

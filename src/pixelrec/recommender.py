@@ -7,6 +7,7 @@ loss the user vectors of the real targets.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,14 @@ class Recommender(nn.Module):
         self.loss = loss
 
     @property
+    def device(self) -> torch.device:
+        """Where the model lives: a parameter's device, else a buffer's (a rule-based model may have no
+        parameters at all, e.g. VisRank over raw features)."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
     def uses_catalogue(self) -> bool:
         return self.backbone.needs_catalogue or self.loss.full_catalogue
 
@@ -51,7 +60,7 @@ class Recommender(nn.Module):
         return ItemLookup(ids, self.item_encoder(ids, batch.item_inputs), self.item_encoder.n_items)
 
     def catalogue_with_grad(self) -> Tensor:
-        device = next(self.parameters()).device
+        device = self.device
         ids = torch.arange(1, self.item_encoder.n_items + 1, device=device)
         vectors = self.item_encoder(ids, None)
         return torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
@@ -68,7 +77,7 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def catalogue_vectors(self, batch_size: int = 4096, workers: int = 0) -> tuple[ItemLookup, Tensor]:
         """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation."""
-        device = next(self.parameters()).device
+        device = self.device
         lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device, workers))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
@@ -133,6 +142,13 @@ class DatasetFacts:
         if self.data.image_store_path is None:
             raise UserError(f"{self.data.root}: prepared without images; prepare it again with covers for items.kind=pixels")
         return ImageStore.from_prepared(self.data)
+
+    @property
+    def item_order_sha256(self) -> str:
+        """Hash of the item tokens in index order: feature files must have been written in this order."""
+        from pixelrec.items.feature_store import dataset_order_sha256
+
+        return dataset_order_sha256(self.data.item_tokens)
 
     @property
     def train_items(self) -> np.ndarray:

@@ -12,7 +12,9 @@ from pixelrec.config import resolve
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared dataset directory (from `pixelrec prepare`)")
     parser.add_argument("--model", help="backbone: sasrec, gru4rec, bert4rec, mf, pop, ...")
-    parser.add_argument("--items", choices=["id", "features", "pixels"], help="item encoder kind")
+    from pixelrec.items import ITEM_ENCODERS
+
+    parser.add_argument("--items", choices=ITEM_ENCODERS.names(), help="item encoder kind")
     parser.add_argument("--encoder", help="image encoder for pixels/features (short name or timm name)")
     parser.add_argument("--loss", choices=["bpr", "softmax", "full-softmax"])
     parser.add_argument("--epochs", type=int)

@@ -6,3 +6,4 @@ ITEM_ENCODERS: Registry = Registry("item encoder")
 
 from pixelrec.items import id as _id  # noqa: E402,F401  (registers "id")
 from pixelrec.items import pixels as _pixels  # noqa: E402,F401  (registers "pixels")
+from pixelrec.items import features as _features  # noqa: E402,F401  (registers "features", "id+features")

@@ -11,7 +11,8 @@ from pixelrec.items.base import ItemLookup
 
 #: Constructor arguments a backbone may take that come from the dataset, not from the config.
 DATA_ARGUMENTS = frozenset(
-    {"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items", "image_store"}
+    {"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items", "image_store",
+     "item_order_sha256"}
 )
 
 

@@ -1,0 +1,56 @@
+"""`pixelrec extract`: frozen image features of every item (ViNet), or import features made elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")
+    parser.add_argument("--out", required=True, metavar="FILE.npy", help="feature file; its sidecar is FILE.json")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--encoder", help="image encoder: short name (clip-vit-b32, resnet50, ...) or timm name")
+    source.add_argument("--import", dest="import_file", metavar="FEATURES.npy",
+                        help="an existing feature array, rows in the order of --order")
+    parser.add_argument("--order", metavar="ORDER", help="with --import: item tokens of the rows, one per line, "
+                        "or a CSV whose first column is item_id")
+    parser.add_argument("--encoder-weights", metavar="PATH", help="local checkpoint (timm, open_clip, OpenAI CLIP)")
+    parser.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a hub or a cache)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no weights file given)")
+    parser.add_argument("--image-size", type=int, metavar="PX", help="encoder input size (default: the encoder's)")
+    parser.add_argument("--pooling", choices=["default", "cls", "mean"], default="default")
+    parser.add_argument("--preprocess", choices=["encoder", "paper"], default="encoder",
+                        help="mean/std of the encoder's data config, or the paper's 0.5/0.5 at 224")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader processes reading images")
+    parser.add_argument("--dtype", choices=["fp16", "fp32"], help="stored precision (default: fp16; --import: "
+                        "the source's float16/float32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming or refusing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pixelrec.errors import UserError
+    from pixelrec.items.extract import extract_features, import_features
+
+    if args.import_file:
+        if not args.order:
+            raise UserError("--import needs --order FILE: the item token of each row of the array")
+        sidecar = import_features(args.data, args.import_file, args.order, args.out, dtype=args.dtype,
+                                  overwrite=args.overwrite)
+        print(f"wrote {args.out}: {sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
+              f"(imported from {args.import_file})")
+        return 0
+    if args.order:
+        raise UserError("--order goes with --import only")
+    from pixelrec.train.trainer import resolve_device
+
+    sidecar = extract_features(
+        args.data, args.out, args.encoder, encoder_weights=args.encoder_weights, pretrained=args.pretrained,
+        image_size=args.image_size, pooling=args.pooling, preprocess=args.preprocess, seed=args.seed,
+        batch_size=args.batch_size, workers=args.workers, dtype=args.dtype or "fp16",
+        device=resolve_device(args.device), overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out}: {sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
+          f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
+    return 0

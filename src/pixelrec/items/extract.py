@@ -1,0 +1,278 @@
+"""Frozen image features for every item of a prepared dataset (ViNet), or features brought from elsewhere.
+
+`extract_features` runs the pixels adapter's tower (pre-processing -> timm tower -> pooling, no
+projection) in eval mode without gradients over the image store, batch by batch through DataLoader
+workers, into a memory-mapped `.npy` (row r = item index r + 1). After each chunk is flushed the
+sidecar records the rows done (written atomically), so an interrupted run continues where it stopped
+and gives the same bytes as an uninterrupted one. `import_features` re-orders an existing array
+(e.g. the PixelRec release's features) into the dataset's item order, checking every row it keeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pixelrec.data.prepared import PreparedData
+from pixelrec.errors import UserError
+from pixelrec.items.feature_store import (
+    CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
+    read_sidecar, sidecar_path, write_sidecar,
+)
+from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name
+
+
+class FeatureTower(nn.Module):
+    """uint8 images [B, 3, S, S] -> pooled features [B, dim]: the pixels adapter's pre-processing,
+    timm tower and pooling, frozen in eval mode. Random weights are drawn from `seed`."""
+
+    def __init__(self, encoder: str, encoder_weights: str | None = None, pretrained: bool = False,
+                 image_size: int | None = None, pooling: str = "default", preprocess: str = "encoder",
+                 seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # the same tower every run, without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.tower = create_tower(encoder, encoder_weights, pretrained, image_size)
+        check_pooling(self.tower, pooling, encoder)
+        self.preprocess = Preprocess(self.tower, image_size, preprocess)
+        self.pooling, self.style = pooling, preprocess
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return pool(self.tower, self.tower.forward_features(self.preprocess(images)), self.pooling)
+
+    def describe(self) -> dict[str, Any]:
+        """The pre-processing, as the sidecar records it."""
+        return {"style": self.style, "size": self.preprocess.size, "interpolation": self.preprocess.mode,
+                "mean": [round(float(v) / 255, 6) for v in self.preprocess.mean.flatten()],
+                "std": [round(float(v) / 255, 6) for v in self.preprocess.std.flatten()]}
+
+
+class _ItemImages(torch.utils.data.Dataset):
+    """Chunk k -> (first row, uint8 images of items first+1 .. first+batch) from the image store."""
+
+    def __init__(self, store: Any, start: int, n_items: int, batch_size: int) -> None:
+        self.store, self.start, self.n_items, self.batch_size = store, start, n_items, batch_size
+
+    def __len__(self) -> int:
+        return -(-(self.n_items - self.start) // self.batch_size)
+
+    def __getitem__(self, k: int) -> tuple[int, Tensor]:
+        first = self.start + k * self.batch_size
+        rows = np.arange(first, min(first + self.batch_size, self.n_items))
+        return first, self.store.read(rows + 1)
+
+
+def npy_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise UserError(f"--out {out}: the feature file must end in .npy (its sidecar is the .json beside it)")
+    return out
+
+
+def _as_data(data: PreparedData | str | Path) -> PreparedData:
+    return data if isinstance(data, PreparedData) else PreparedData(data)
+
+
+def extract_features(
+    data: PreparedData | str | Path,
+    out: str | Path,
+    encoder: str,
+    *,
+    encoder_weights: str | None = None,
+    pretrained: bool = False,
+    image_size: int | None = None,
+    pooling: str = "default",
+    preprocess: str = "encoder",
+    seed: int = 0,
+    batch_size: int = 256,
+    workers: int = 2,
+    dtype: str = "fp16",
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the pooled features of every item to `out` (+ sidecar), resuming a matching interrupted
+    run (byte-identical to an uninterrupted one at the same batch size and device); returns the sidecar."""
+    from pixelrec.data.images import ImageStore
+
+    data, out, device = _as_data(data), npy_path(out), torch.device(device)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
+    store = ImageStore.from_prepared(data)
+    tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
+    with torch.inference_mode():
+        dim = int(tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device)).shape[-1])
+    random_init = not (encoder_weights or pretrained)
+    wanted = {
+        "format": FORMAT, "version": VERSION, "encoder": encoder, "timm_name": timm_name(encoder),
+        "weights_sha256": file_sha256(encoder_weights) if encoder_weights else None, "pretrained": pretrained,
+        "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": pooling,
+        "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "n_items": data.n_items,
+        "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+    }
+    sidecar, array = _open(out, wanted, overwrite)
+    if array is None:
+        return sidecar
+    start = int(sidecar["rows_done"])
+    chunks = _ItemImages(store, start, data.n_items, batch_size)
+    loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
+        chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    fp16 = device.type == "cuda" and dtype == "fp16"
+    bar = tqdm(total=data.n_items, initial=start, desc=f"extract {encoder}", unit="img", file=sys.stderr,
+               disable=None if progress else True, dynamic_ncols=True)
+    with bar, torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+        for first, images in loader:
+            features = tower(images.to(device, non_blocking=True)).float().cpu().numpy().astype(array.dtype)
+            bad = first_non_finite(features)
+            if bad is not None:
+                token = data.item_tokens[first + bad + 1]
+                raise UserError(f"{out}: the encoder's output for item {token} (row {first + bad}) is not finite "
+                                f"in {DTYPES[dtype]}; try --dtype fp32")
+            array[first : first + len(features)] = features
+            array.flush()  # rows reach the file before the sidecar says they are done
+            sidecar.update(rows_done=first + len(features), batch_size=batch_size)
+            sidecar["complete"] = sidecar["rows_done"] == data.n_items
+            write_sidecar(out, sidecar)
+            bar.update(len(features))
+    del array
+    return sidecar
+
+
+def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], np.memmap | None]:
+    """(sidecar, writable array) to continue from; the array is None when the file is already complete."""
+    if overwrite:
+        sidecar_path(out).unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+    sidecar = read_sidecar(out)
+    if sidecar is None:
+        if out.exists():
+            raise UserError(f"{out}: exists without a sidecar {sidecar_path(out).name}; use --overwrite to replace it")
+        sidecar = {**wanted, "rows_done": 0, "complete": False}
+        write_sidecar(out, sidecar)  # first, so a file without a sidecar is never ours
+    else:
+        check_identity(sidecar, wanted, out)
+    if sidecar["complete"]:
+        return sidecar, None
+    shape, dtype = (wanted["n_items"], wanted["dim"]), np.dtype(wanted["dtype"])
+    if sidecar["rows_done"] == 0:
+        return sidecar, np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
+    if not out.is_file():
+        raise UserError(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
+                        "use --overwrite to start over")
+    array = np.load(out, mmap_mode="r+", allow_pickle=False)
+    if array.shape != shape or array.dtype != dtype:
+        raise UserError(f"{out}: holds {array.dtype} {tuple(array.shape)}, its sidecar says {dtype} {shape}; "
+                        "use --overwrite to start over")
+    return sidecar, array
+
+
+# --- import --------------------------------------------------------------------------------
+def read_order(path: str | Path) -> list[str]:
+    """Item tokens in the rows' order: one per line, or the first column of a CSV with an item_id header."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: order file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = lines[0].split(",")[0].strip().strip('"') if lines else ""
+    if path.suffix.lower() == ".csv" or first == "item_id":
+        rows = list(csv.reader(lines))
+        if rows and rows[0] and rows[0][0].strip() == "item_id":
+            rows = rows[1:]
+        return [row[0].strip() if row else "" for row in rows]
+    return [line.strip() for line in lines]
+
+
+def _rows_of_items(order: list[str], item_tokens: np.ndarray, path: Path) -> np.ndarray:
+    """Row in `order` of each prepared item (index 1..n); a missing or twice-listed item is an error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    listed = pa.array(order, pa.string())
+    ours = pa.array([str(t) for t in item_tokens[1:]], pa.string())
+    counts = pc.value_counts(pc.filter(listed, pc.is_in(listed, value_set=ours)))
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        twice = str(repeated[0])
+        lines = [i + 1 for i, t in enumerate(order) if t == twice][:2]
+        raise UserError(f"{path}: item {twice} is listed more than once (entries {lines[0]} and {lines[1]})")
+    found = pc.index_in(ours, value_set=listed)
+    if found.null_count:
+        missing = [str(t) for t in pc.filter(ours, pc.is_null(found)).to_pylist()]
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(f"{path}: prepared item {', '.join(missing[:3])}{more} not listed; the features must cover "
+                        "every item of the dataset")
+    return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def import_features(
+    data: PreparedData | str | Path,
+    source: str | Path,
+    order: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write `source` (rows in the order of `order`) in the dataset's item order to `out` + sidecar;
+    every kept row must be finite. dtype: fp16 | fp32 | None (keep float16/float32; float64 -> float32)."""
+    data, out, source, order = _as_data(data), npy_path(out), Path(source), Path(order)
+    if not overwrite and (out.exists() or sidecar_path(out).exists()):
+        raise UserError(f"{out}: already exists; use --overwrite to replace it")
+    if not source.is_file():
+        raise UserError(f"{source}: feature file not found")
+    try:
+        array = np.load(source, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{source}: not a readable .npy array ({str(err)[:80]})") from None
+    if array.ndim != 2:
+        raise UserError(f"{source}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
+    if array.dtype.kind != "f":
+        raise UserError(f"{source}: dtype {array.dtype} is not a float type")
+    tokens = read_order(order)
+    if len(tokens) != array.shape[0]:
+        raise UserError(f"{source}: {array.shape[0]} rows, but {order} lists {len(tokens)} items")
+    rows = _rows_of_items(tokens, data.item_tokens, order)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    target = np.dtype(DTYPES[dtype] if dtype else ("float16" if array.dtype == np.float16 else "float32"))
+    sidecar = {
+        "format": FORMAT, "version": VERSION, "encoder": None, "timm_name": None, "weights_sha256": None,
+        "pretrained": None, "seed": None, "image_size": None, "pooling": None, "preprocessing": None,
+        "source": {"file": source.name, "sha256": file_sha256(source), "order": order.name},
+        "dtype": target.name, "dim": int(array.shape[1]), "n_items": data.n_items,
+        "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+        "rows_done": data.n_items, "complete": True,
+    }
+    sidecar_path(out).unlink(missing_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    written = np.lib.format.open_memmap(partial, mode="w+", dtype=target, shape=(data.n_items, array.shape[1]))
+    try:
+        for begin in range(0, data.n_items, CHECK_ROWS):
+            picked = rows[begin : begin + CHECK_ROWS]
+            block = np.asarray(array[picked])
+            converted = block.astype(target)
+            for values, problem in ((block, "is not finite (NaN or infinity)"), (converted, f"overflows {target}")):
+                bad = first_non_finite(values)
+                if bad is not None:
+                    raise UserError(f"{source}: row {picked[bad]} (item {tokens[picked[bad]]}) {problem}")
+            written[begin : begin + len(block)] = converted
+        written.flush()
+        del written
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    write_sidecar(out, sidecar)
+    return sidecar

@@ -1,0 +1,131 @@
+"""Feature files: a `.npy` array (row r = item index r + 1) beside a JSON sidecar that says what made it.
+
+The sidecar records the identity of an extraction (encoder, weights, input size, pooling,
+pre-processing, dtype, dim, the dataset's item order) and its progress (`rows_done`, `complete`).
+Readers accept only complete files whose item order is the dataset's, and check every value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from pixelrec.errors import UserError
+
+FORMAT = "pixelrec-features"
+VERSION = 1
+#: Sidecar keys that are not part of an extraction's identity (progress and notes).
+PROGRESS_KEYS = frozenset({"rows_done", "complete", "batch_size"})
+DTYPES = {"fp16": "float16", "fp32": "float32"}
+CHECK_ROWS = 65536  # rows checked (and copied) at a time: bounded memory for large catalogues
+
+
+def sidecar_path(npy: str | Path) -> Path:
+    """FILE.json beside FILE.npy."""
+    return Path(npy).with_suffix(".json")
+
+
+def item_order_sha256(tokens: Iterable[str]) -> str:
+    """sha256 of the item tokens of indices 1..n, one per line (each line ends with a newline)."""
+    digest = hashlib.sha256()
+    for token in tokens:
+        digest.update(f"{token}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def dataset_order_sha256(item_tokens: np.ndarray) -> str:
+    """The order hash of a prepared dataset (its `item_tokens`, index 0 being padding)."""
+    return item_order_sha256(str(t) for t in item_tokens[1:])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
+    """The sidecar of `npy`, or None when there is none."""
+    path = sidecar_path(npy)
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable sidecar ({type(err).__name__}); use --overwrite to start over") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} sidecar")
+    return sidecar
+
+
+def write_sidecar(npy: str | Path, sidecar: dict[str, Any]) -> None:
+    """Write the sidecar atomically (a reader sees the old one or the new one, never half)."""
+    from pixelrec.train.rundir import atomic_json
+
+    atomic_json(sidecar_path(npy), sidecar)
+
+
+def check_identity(existing: dict[str, Any], wanted: dict[str, Any], npy: str | Path) -> None:
+    """One-line error naming the first identity key on which an existing sidecar and a request differ."""
+    for key in sorted((set(existing) | set(wanted)) - PROGRESS_KEYS):
+        if existing.get(key) != wanted.get(key):
+            raise UserError(
+                f"{sidecar_path(npy)}: was written with {key}={_short(existing.get(key))}, this request has "
+                f"{key}={_short(wanted.get(key))}; use --overwrite to start over, or another --out"
+            )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def first_non_finite(block: np.ndarray) -> int | None:
+    """Row of `block` holding the first NaN or infinity, or None."""
+    bad = ~np.isfinite(block).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tensor:
+    """[n_items + 1, dim] features of a dataset's items (row 0 = zeros for padding), float16 if stored
+    so, else float32; the file must be complete, of the dataset's item order, float and finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: feature file not found; write one with `pixelrec extract`")
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        raise UserError(f"{path}: no sidecar {sidecar_path(path).name}; write features with `pixelrec extract` "
+                        "(or bring your own with `pixelrec extract --import`)")
+    if not sidecar.get("complete"):
+        raise UserError(f"{path}: incomplete extraction ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
+                        "rows); run the same `pixelrec extract` command again to finish it")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({str(err)[:80]})") from None
+    if array.ndim != 2:
+        raise UserError(f"{path}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
+    if array.dtype.kind != "f":
+        raise UserError(f"{path}: dtype {array.dtype} is not a float type")
+    if array.shape[0] != n_items:
+        raise UserError(f"{path}: {array.shape[0]} rows, but the dataset has {n_items} items")
+    if sidecar.get("item_order_sha256") != item_order:
+        raise UserError(f"{path}: item order differs from the dataset's (the file was written for dataset "
+                        f"{sidecar.get('dataset')!r}); extract or import the features again for this dataset")
+    dtype = torch.float16 if array.dtype == np.float16 else torch.float32  # float64 gains nothing here
+    out = torch.zeros(n_items + 1, array.shape[1], dtype=dtype)
+    for begin in range(0, n_items, CHECK_ROWS):
+        block = np.asarray(array[begin : begin + CHECK_ROWS])
+        bad = first_non_finite(block)
+        if bad is not None:
+            row = begin + bad
+            raise UserError(f"{path}: row {row} (item index {row + 1}) is not finite (NaN or infinity)")
+        out[begin + 1 : begin + 1 + len(block)] = torch.from_numpy(np.array(block)).to(dtype)  # a copy: the map is read-only
+    return out

@@ -1,0 +1,102 @@
+"""Items as frozen pre-extracted image features (ViNet): `features`, and the hybrid `id+features`.
+
+The features are read once from a file written by `pixelrec extract` (checked against the dataset)
+and held as a non-persistent buffer: they are data, not weights, so checkpoints do not carry them.
+A trainable projection maps them to the recommender's vector size; it is the part that takes the
+encoder learning rate and weight decay (PixelRec's "visual" rate for VBPR).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
+from pixelrec.items.base import ItemEncoder
+from pixelrec.items.feature_store import load_features
+from pixelrec.items.id import IDEncoder
+from pixelrec.items.pixels import projection
+
+
+@ITEM_ENCODERS.register("features")
+class FeatureEncoder(ItemEncoder):
+    """Frozen features f_i -> projection MLP -> item vector; with project=False the raw f_i (and
+    `embedding_size` becomes the feature size), for models that compare features directly (VisRank)."""
+
+    catalogue_each_step = True  # a gather and a small MLP: every backbone and loss can afford the catalogue
+
+    def __init__(
+        self,
+        n_items: int,
+        embedding_size: int,
+        item_order_sha256: str,
+        features: str | None = None,
+        project: bool = True,
+        dnn_layers: int = 0,
+        activation: str = "gelu",
+    ) -> None:
+        if features is None:
+            raise UserError("items.kind=features needs a feature file: --set items.features=FILE.npy "
+                            "(write one with `pixelrec extract`)")
+        table = load_features(features, n_items, item_order_sha256)
+        super().__init__(n_items, embedding_size if project else table.shape[1])
+        self.register_buffer("features", table, persistent=False)
+        self.feature_size = table.shape[1]
+        self.projection = projection(self.feature_size, embedding_size, dnn_layers, activation) if project else None
+
+    def raw(self, item_ids: Tensor) -> Tensor:
+        """The frozen features of `item_ids` as float32 (zeros for padding)."""
+        return self.features[item_ids].float()
+
+    def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        raw = self.raw(item_ids)
+        return raw if self.projection is None else self.projection(raw)
+
+    @torch.no_grad()
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
+        if self.projection is None:
+            return self.features.float().to(device or self.features.device)
+        return super().catalogue(batch_size, device or self.features.device, workers)
+
+
+@ITEM_ENCODERS.register("id+features")
+class IDFeatureEncoder(ItemEncoder):
+    """A learned ID vector and projected frozen features per item, summed (`combine=sum`) or
+    concatenated as [ID ; projected features] (`combine=concat`, ID part `id_size`, default half of
+    `embedding_size`), so the item vector keeps `embedding_size` either way. VBPR's item is the concat."""
+
+    def __init__(
+        self,
+        n_items: int,
+        embedding_size: int,
+        item_order_sha256: str,
+        features: str | None = None,
+        combine: Literal["sum", "concat"] = "sum",
+        id_size: int | None = None,
+        dnn_layers: int = 0,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__(n_items, embedding_size)
+        if combine not in ("sum", "concat"):
+            raise UserError(f"items.combine: {combine!r} is not one of 'sum', 'concat'")
+        if combine == "concat":
+            id_size = embedding_size // 2 if id_size is None else id_size
+            if not 0 < id_size < embedding_size:
+                raise UserError(f"items.id_size={id_size} must lie between 0 and embedding_size={embedding_size}")
+        else:
+            id_size = embedding_size
+        self.combine, self.id_size = combine, id_size
+        visual_size = embedding_size - id_size if combine == "concat" else embedding_size
+        self.ids = IDEncoder(n_items, id_size)
+        self.visual = FeatureEncoder(n_items, visual_size, item_order_sha256, features, True, dnn_layers, activation)
+
+    def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        ids, visual = self.ids(item_ids), self.visual(item_ids)
+        return torch.cat([ids, visual], -1) if self.combine == "concat" else ids + visual
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The feature projection only: ID vectors take the recommender's rate, as in PixelRec's VBPR."""
+        return [p for p in self.visual.parameters() if p.requires_grad]
