@@ -22,7 +22,10 @@ COMMANDS = {
     "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
     "evaluate": "re-evaluate a finished run on the valid or test split",
     "recommend": "top-k items for users of a trained run (CSV, optional contact sheet of covers)",
-    "report": "print a table of finished runs (test metrics, cold items, parameters, speed)",
+    "report": "tables of finished runs, bench directories and studies; with --out, PNG figures and report.md",
+    "bench": "run the model x item kind x image encoder matrix (resumable) into results.csv and a paper-style table",
+    "tune": "hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml",
+    "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere",
 }
 
 

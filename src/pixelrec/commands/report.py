@@ -1,4 +1,4 @@
-"""`pixelrec report`: a Markdown table of finished runs."""
+"""`pixelrec report`: tables of finished runs and, with --out, figures (PNG) and report.md."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="run directories (or their results.json)")
+    parser.add_argument("runs", nargs="+", help="run directories (or their results.json), `pixelrec bench` "
+                        "directories and `pixelrec tune` study directories")
     parser.add_argument("--split", choices=["valid", "test"], default="test")
+    parser.add_argument("--out", metavar="DIR", help="write report.md and PNG figures here: encoders-<model>.png "
+                        "(parameters and Recall@10 per image encoder), curves.png, study-<name>.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.bench.tables import load_results, summary_table
+    from pixelrec.bench.report import collect, load_study, tables_text, trials_text, write_report
 
-    print(summary_table(load_results(args.runs), args.split))
+    inputs = collect(args.runs)
+    text = tables_text(inputs, args.split)
+    for study_dir in inputs.studies:
+        text += f"\n## Study {study_dir}\n\n{trials_text(load_study(study_dir))}\n"
+    print(text, end="")
+    if args.out:
+        for path in write_report(inputs, args.out, args.split):
+            print(f"wrote {path}")
     return 0

@@ -25,7 +25,7 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.items.feature_store import (
     CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
-    read_sidecar, sidecar_path, write_sidecar,
+    read_feature_array, read_sidecar, sidecar_path, write_sidecar,
 )
 from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name
 
@@ -232,14 +232,7 @@ def import_features(
         raise UserError(f"{out}: already exists; use --overwrite to replace it")
     if not source.is_file():
         raise UserError(f"{source}: feature file not found")
-    try:
-        array = np.load(source, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{source}: not a readable .npy array ({str(err)[:80]})") from None
-    if array.ndim != 2:
-        raise UserError(f"{source}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
-    if array.dtype.kind != "f":
-        raise UserError(f"{source}: dtype {array.dtype} is not a float type")
+    array = read_feature_array(source)
     tokens = read_order(order)
     if len(tokens) != array.shape[0]:
         raise UserError(f"{source}: {array.shape[0]} rows, but {order} lists {len(tokens)} items")

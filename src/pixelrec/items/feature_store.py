@@ -106,14 +106,7 @@ def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tens
     if not sidecar.get("complete"):
         raise UserError(f"{path}: incomplete extraction ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
                         "rows); run the same `pixelrec extract` command again to finish it")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable .npy array ({str(err)[:80]})") from None
-    if array.ndim != 2:
-        raise UserError(f"{path}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
-    if array.dtype.kind != "f":
-        raise UserError(f"{path}: dtype {array.dtype} is not a float type")
+    array = read_feature_array(path)
     if array.shape[0] != n_items:
         raise UserError(f"{path}: {array.shape[0]} rows, but the dataset has {n_items} items")
     if sidecar.get("item_order_sha256") != item_order:
@@ -129,3 +122,16 @@ def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tens
             raise UserError(f"{path}: row {row} (item index {row + 1}) is not finite (NaN or infinity)")
         out[begin + 1 : begin + 1 + len(block)] = torch.from_numpy(np.array(block)).to(dtype)  # a copy: the map is read-only
     return out
+
+
+def read_feature_array(path: Path) -> np.ndarray:
+    """A memory-mapped 2-D float array from a .npy file; anything else is a one-line error."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({str(err)[:80]})") from None
+    if array.ndim != 2:
+        raise UserError(f"{path}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
+    if array.dtype.kind != "f":
+        raise UserError(f"{path}: dtype {array.dtype} is not a float type")
+    return array

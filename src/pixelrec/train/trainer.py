@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -98,8 +98,10 @@ class BatchDataset(torch.utils.data.Dataset):
 
 
 class Trainer:
-    def __init__(self, config: Config, out: Path, resume: bool = False) -> None:
+    def __init__(self, config: Config, out: Path, resume: bool = False,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config, self.out = config, Path(out)
+        self.on_epoch = on_epoch  # called with each epoch's metrics row once it is checkpointed (tuning, pruning)
         if config.data.path is None:
             raise UserError("no dataset: pass --data DIR (a directory written by `pixelrec prepare`)")
         self.data = PreparedData(config.data.path)
@@ -244,6 +246,8 @@ class Trainer:
             self.metrics.append(row)
             self._checkpoint("last.pt")
             print(_epoch_line(row, c.eval.valid_metric), flush=True)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
         if not self.state.stopped:
             self.state.stopped = "epochs"
         return self.finish()
@@ -293,9 +297,12 @@ def _epoch_line(row: dict[str, Any], metric: str) -> str:
     return text
 
 
-def train(config: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train `config` into run directory `out` (or continue it with resume=True); returns results."""
-    return Trainer(config, Path(out), resume=resume).fit()
+def train(config: Config, out: str | Path, resume: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train `config` into run directory `out` (or continue it with resume=True); returns results.
+    `on_epoch(row)` sees each epoch's metrics row after its checkpoint; an exception it raises
+    (e.g. optuna.TrialPruned) stops training and leaves a resumable run directory."""
+    return Trainer(config, Path(out), resume=resume, on_epoch=on_epoch).fit()
 
 
 def config_of_run(run: str | Path) -> Config:
