@@ -38,3 +38,10 @@ def test_presets_layer_over_paper_settings():
 def test_explicit_flags_and_sets_win_over_files():
     config = resolve(model="sasrec", files=["cpu-small"], flags={"train": {"epochs": 3}}, sets=["train.epochs=4"])
     assert config.train.epochs == 4
+
+
+def test_set_values_parse_like_yaml_with_plain_exponents():
+    config = resolve(model="sasrec", sets=["train.lr=1e-4", "train.epochs=3", "eval.ks=[1, 5]", "items.encoder=test_vit",
+                                           "eval.valid_metric=NDCG@5"])
+    assert config.train.lr == 1e-4 and config.train.epochs == 3 and config.eval.ks == [1, 5]
+    assert config.items.encoder == "test_vit"

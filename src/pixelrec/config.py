@@ -44,7 +44,8 @@ class ItemsConfig:
     dnn_layers: int = 0  # hidden layers of the projection MLP from image features to embedding_size
     activation: str = "gelu"  # activation of the projection MLP
     preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
-    cache: str | None = None  # prefix: cache the frozen lower part of the encoder
+    cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
+    cache_dir: str | None = None  # where the prefix cache lives (default: prefix_cache/ beside the prepared image store)
 
 
 @dataclass
@@ -70,6 +71,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast where a GPU is present
     progress: bool = True  # tqdm progress bars
+    grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
+    channels_last: bool = False  # NHWC memory format for convolutional image encoders (faster on GPUs)
+    compile: bool = False  # torch.compile the image encoder
 
 
 @dataclass
@@ -160,9 +164,15 @@ def _type_name(annotation: Any) -> str:
 def parse_value(text: str) -> Any:
     """Parse a `--set` value with YAML rules (numbers, booleans, null, lists)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def preset_names() -> list[str]:
@@ -290,9 +300,11 @@ def check_combination(config: Config) -> None:
 
 def packaged_defaults(model: str, items_kind: str | None, encoder: str | None) -> list[Path]:
     """The packaged YAML layers for a combination: the backbone's IDNet settings, then, for pixels,
-    the backbone's PixelNet settings and the image encoder's settings (the paper's tables)."""
+    the pixel items' own defaults (in-batch softmax), the backbone's PixelNet settings and the image
+    encoder's settings (the paper's tables)."""
     candidates = [CONFIG_DIR / "models" / f"{model}.yaml"]
     if items_kind == "pixels":
+        candidates.append(CONFIG_DIR / "items" / "pixels.yaml")
         candidates.append(CONFIG_DIR / "pixelnet" / f"{model}.yaml")
         if encoder:
             candidates.append(CONFIG_DIR / "encoders" / f"{encoder}.yaml")

@@ -1,0 +1,1 @@
+"""Benchmark tooling: the experiment matrix, hyper-parameter search, tables, figures and vector export."""

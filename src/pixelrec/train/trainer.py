@@ -122,6 +122,9 @@ class Trainer:
             self._resume()
         else:
             self._start()
+        # after the weights are final: the prefix cache is keyed by the frozen weights it was built from
+        self.model.item_encoder.prepare(self.device, config.train, workers=config.train.num_workers,
+                                        progress=config.train.progress)
 
     # --- run directory ------------------------------------------------------------------
     def _start(self) -> None:

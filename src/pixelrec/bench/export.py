@@ -1,0 +1,88 @@
+"""Export a trained run's vectors for serving elsewhere: score(user, item) = users[u] . items[i].
+
+items.npy holds the scoring vectors of the whole catalogue, users.npy each user's vector after their
+whole history (exactly what `pixelrec recommend` scores), both float32, rows in the order of
+items.txt / users.txt (the dataset's tokens). `recommend` also masks the items a user has already
+seen; a server does the same with its own copy of the history. export.json is written last: a
+directory without it is not a complete export.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelrec.data.views import history_batch
+from pixelrec.errors import UserError
+from pixelrec.evaluate.run import load_run
+from pixelrec.models.base import Backbone
+from pixelrec.train.rundir import atomic_json, atomic_write
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write(path, buffer.getvalue())
+
+
+def _save_tokens(path: Path, tokens: np.ndarray) -> None:
+    atomic_write(path, ("\n".join(str(t) for t in tokens) + "\n").encode())
+
+
+@torch.no_grad()
+def user_vectors(model, data, lookup, users: np.ndarray, max_len: int, batch_size: int) -> tuple[np.ndarray, Any]:
+    """[len(users), d] float32 vectors after each user's whole history, and the first block's batch."""
+    blocks, first = [], None
+    for begin in range(0, len(users), batch_size):
+        chunk = users[begin : begin + batch_size]
+        batch, _, _ = history_batch(data, chunk, np.asarray(data.user_ptr[chunk + 1]), max_len)
+        batch = batch.to(model.device)
+        if first is None:
+            first = batch
+        blocks.append(model.backbone.user_vectors(batch, lookup).float().cpu().numpy())
+    return np.concatenate(blocks), first
+
+
+def check_dot_product(model, lookup, scoring: torch.Tensor, batch, vectors: np.ndarray) -> None:
+    """Refuse a backbone whose catalogue scores are not user . item (e.g. VisRank's maximum)."""
+    if type(model.backbone).score_catalogue is Backbone.score_catalogue:
+        return
+    scores = model.backbone.score_catalogue(batch, lookup, scoring).float().cpu()
+    dots = torch.from_numpy(vectors[: len(scores)]) @ scoring.float().cpu().T
+    if not torch.allclose(scores, dots, rtol=1e-4, atol=1e-5):
+        name = model.backbone.registered_name
+        raise UserError(f"model {name} does not score items by a dot product of user and item vectors "
+                        f"(its own score_catalogue, e.g. VisRank's maximum over the history); its vectors "
+                        f"cannot be served as user . item")
+
+
+def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
+                   batch_size: int = 1024) -> dict[str, Any]:
+    """Write items.npy, items.txt, users.npy, users.txt and export.json for a run; returns export.json."""
+    run, out = Path(run), Path(out)
+    config, data, model = load_run(run, checkpoint)
+    lookup, scoring = model.catalogue_vectors()
+    users = np.arange(1, data.n_users + 1, dtype=np.int64)
+    vectors, first = user_vectors(model, data, lookup, users, config.data.max_len, batch_size)
+    check_dot_product(model, lookup, scoring, first, vectors)
+    items = scoring[1:].float().cpu().numpy()  # row 0 is padding
+    if vectors.shape[1] != items.shape[1]:
+        raise UserError(f"{run}: user vectors have {vectors.shape[1]} dimensions but item vectors "
+                        f"{items.shape[1]}; this backbone does not score by a dot product")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "export.json").unlink(missing_ok=True)  # an old marker must not vouch for new, partial files
+    _save_npy(out / "items.npy", items)
+    _save_npy(out / "users.npy", vectors)
+    _save_tokens(out / "items.txt", data.item_tokens[1:])
+    _save_tokens(out / "users.txt", data.user_tokens[1:])
+    manifest = {"run": str(run), "checkpoint": checkpoint, "model": config.model_name, "items": config.items.kind,
+                "encoder": config.items.encoder, "dataset": data.name, "n_items": int(items.shape[0]),
+                "n_users": int(vectors.shape[0]), "dim": int(items.shape[1]), "score": "dot",
+                "users_after": "whole history (the last data.max_len items as context)",
+                "mask": "exclude each user's history items, as `pixelrec recommend` does"}
+    atomic_json(out / "export.json", manifest)
+    return manifest

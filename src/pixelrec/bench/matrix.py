@@ -1,0 +1,227 @@
+"""The benchmark matrix: backbone x item kind x image encoder, one run directory per cell.
+
+Each cell goes through the library (`config.resolve`, then `trainer.train`) into OUT/runs/<cell>.
+The run directories are the truth about progress, so the matrix is resumable: a cell with
+results.json is finished and skipped, a cell with last.pt is continued exactly (with the
+configuration it started with), anything else starts afresh. A combination the configuration
+refuses is recorded as skipped with that reason; a cell that fails is recorded as failed with a
+one-line error and the rest go on. OUT/status.json (written atomically after every change) holds
+each cell's status; OUT/results.csv and OUT/results.md are rewritten whenever the matrix stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pixelrec.config import Config, resolve
+from pixelrec.errors import UserError
+from pixelrec.train.rundir import atomic_json
+from pixelrec.train.trainer import config_of_run, train
+
+IMAGE_KINDS = ("pixels", "features", "id+features")  # item kinds for which an image encoder applies
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the matrix; `encoder` only for item kinds built from images."""
+
+    model: str
+    items: str
+    encoder: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.model, self.items] + ([self.encoder] if self.encoder else []))
+
+
+@dataclass
+class BenchSpec:
+    """What to run: the dataset, the cells, and the configuration layers every cell shares."""
+
+    data: str
+    cells: list[Cell]
+    files: list[str] = field(default_factory=list)  # YAML files / presets, layered over each cell's defaults
+    sets: list[str] = field(default_factory=list)  # section.key=value overrides
+    features: str | None = None  # feature file for features cells; "{encoder}" is replaced by the cell's
+
+
+def cells_of(models: list[str], items: list[str], encoders: list[str]) -> list[Cell]:
+    """Every model x item kind, times every encoder where the item kind is built from images."""
+    out = []
+    for model in models:
+        for kind in items:
+            chosen = encoders if kind in IMAGE_KINDS and encoders else [None]
+            out.extend(Cell(model, kind, encoder) for encoder in chosen)
+    return list(dict.fromkeys(out))
+
+
+def cell_config(spec: BenchSpec, cell: Cell) -> Config:
+    """The resolved configuration of a cell (raises UserError for a combination that cannot work)."""
+    items: dict[str, Any] = {"kind": cell.items}
+    if cell.encoder:
+        items["encoder"] = cell.encoder
+    if spec.features and cell.items in ("features", "id+features"):
+        items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
+    return resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
+                   sets=spec.sets)
+
+
+def one_line(err: BaseException) -> str:
+    """A one-line description of an error: a UserError's own message, else its type and first line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    line = text if isinstance(err, UserError) else f"{type(err).__name__}: {text}".rstrip(": ")
+    return line[:300]
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path, what: str) -> Iterator[None]:
+    """One process at a time in `directory` (bench or study): then a run marked running by nobody
+    else was interrupted and is safe to continue."""
+    handle = (directory / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{directory}: another `{what}` is working in this directory") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class Status:
+    """OUT/status.json: per-cell status (done, failed, skipped, interrupted, running), reason, seconds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cells: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            try:
+                self.cells = json.loads(path.read_text()).get("cells", {})
+            except json.JSONDecodeError:
+                self.cells = {}  # only a record: the run directories are the truth, so start it again
+
+    def set(self, name: str, **values: Any) -> None:
+        self.cells[name] = {**self.cells.get(name, {}), **values}
+        atomic_json(self.path, {"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "cells": self.cells})
+
+
+@dataclass
+class Planned:
+    """A cell with its encoder resolved (e.g. from a preset), its configuration, or why it is skipped."""
+
+    cell: Cell
+    config: Config | None
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+
+def plan(spec: BenchSpec) -> list[Planned]:
+    """Resolve every cell; a refused combination becomes a skipped cell with the refusal as reason.
+    If every cell is refused for the same reason, the reason is the user's error, not the matrix's."""
+    if not spec.cells:
+        raise UserError("the matrix is empty: give --models and --items")
+    planned = []
+    for cell in spec.cells:
+        try:
+            config = cell_config(spec, cell)
+        except UserError as err:
+            planned.append(Planned(cell, None, str(err)))
+            continue
+        encoder = cell.encoder or (config.items.encoder if cell.items in IMAGE_KINDS else None)
+        planned.append(Planned(Cell(cell.model, cell.items, encoder), config))
+    reasons = {p.reason for p in planned}
+    if all(p.config is None for p in planned) and len(reasons) == 1:
+        raise UserError(reasons.pop())
+    return planned
+
+
+def run_matrix(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run (or continue) every cell into OUT/runs; returns one row per cell (see `cell_row`)."""
+    from pixelrec.bench.summary import write_summary
+
+    out = Path(out)
+    planned = plan(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out, "pixelrec bench"):
+        status = Status(out / "status.json")
+        try:
+            for number, entry in enumerate(planned, start=1):
+                prefix = f"[{number}/{len(planned)}] {entry.name}"
+                if entry.config is None:
+                    status.set(entry.name, status="skipped", reason=entry.reason, error=None, **_fields(entry.cell))
+                    log(f"{prefix}: skipped ({entry.reason})")
+                    continue
+                log(f"{prefix}: {run_cell(entry, out / 'runs' / entry.name, status, log)}")
+        finally:
+            rows = [cell_row(entry, out, status) for entry in planned]
+            write_summary(out, rows)
+    return rows
+
+
+def run_cell(entry: Planned, run_dir: Path, status: Status, log: Callable[[str], None]) -> str:
+    """Train one cell unless finished; record the outcome in `status`; returns a one-line summary."""
+    name, fields = entry.name, {**_fields(entry.cell), "run": str(run_dir)}
+    if (run_dir / "results.json").is_file():
+        status.set(name, status="done", error=None, **fields)
+        return "finished earlier"
+    config, resume = entry.config, (run_dir / "last.pt").is_file()
+    if resume:
+        saved = config_of_run(run_dir)
+        if saved.to_dict() != config.to_dict():
+            log(f"{name}: continuing with the configuration it started with ({run_dir / 'config.yaml'})")
+        config = saved
+    status.set(name, status="running", resumed=resume, **fields)
+    started = time.perf_counter()
+    seconds = status.cells[name].get("seconds", 0.0)
+    try:
+        results = train(config, run_dir, resume=resume)
+    except KeyboardInterrupt:
+        status.set(name, status="interrupted", seconds=seconds + time.perf_counter() - started)
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed cell is recorded and the matrix goes on
+        error = one_line(err)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        status.set(name, status="failed", error=error, seconds=seconds + time.perf_counter() - started)
+        return f"failed: {error}"
+    elapsed = seconds + time.perf_counter() - started
+    status.set(name, status="done", error=None, seconds=elapsed)
+    recall = (results.get("test") or {}).get("Recall@10")
+    shown = f", test Recall@10 {100 * recall:.3f}%" if recall is not None else ""
+    return f"done in {elapsed:.1f}s{shown}"
+
+
+def _fields(cell: Cell) -> dict[str, Any]:
+    return {"model": cell.model, "items": cell.items, "encoder": cell.encoder}
+
+
+def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
+    """One row of the results: the cell, its status and, when finished, its results.json."""
+    record = status.cells.get(entry.name, {})
+    run_dir = out / "runs" / entry.name
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if entry.config is not None and results_path.is_file() else None
+    if results:
+        state = "done"
+    elif entry.config is None:
+        state = "skipped"
+    else:  # "running" in a record that no process is running any more: that run was interrupted
+        state = {"running": "interrupted"}.get(record.get("status"), record.get("status", "pending"))
+    seconds = record.get("seconds")
+    if results and seconds is None:  # finished before status.json was kept: training plus evaluation time
+        seconds = (results.get("train_seconds_per_epoch", 0.0) * results.get("epochs_run", 0)
+                   + 2 * results.get("eval_seconds", 0.0))
+    return {**_fields(entry.cell), "status": state, "reason": entry.reason or record.get("error") or "",
+            "seconds": seconds, "results": results, "run": str(run_dir) if entry.config is not None else ""}

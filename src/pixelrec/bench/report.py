@@ -1,0 +1,113 @@
+"""A report over run directories, benchmark directories and tune studies: tables and PNG figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pixelrec.bench.tables import backbone_order, load_results, paper_table, summary_table
+from pixelrec.errors import UserError
+from pixelrec.train.rundir import MetricsLog, atomic_write
+
+
+@dataclass
+class ReportInputs:
+    """Finished runs (results.json records, each with its "run" directory) and study directories."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    studies: list[Path] = field(default_factory=list)
+
+
+def bench_runs(bench: Path) -> list[Path]:
+    """The finished run directories of a `pixelrec bench` directory, in the matrix's order."""
+    order: list[str] = []
+    if (bench / "status.json").is_file():
+        order = list(json.loads((bench / "status.json").read_text()).get("cells", {}))
+    found = sorted(p.parent.name for p in (bench / "runs").glob("*/results.json"))
+    names = [n for n in order if n in found] + [n for n in found if n not in order]
+    return [bench / "runs" / name for name in names]
+
+
+def collect(paths: list[str | Path]) -> ReportInputs:
+    """Sort the given paths into runs (a run directory or results.json), benchmark directories
+    (OUT of `pixelrec bench`: their finished runs) and studies (a directory with study.db)."""
+    inputs = ReportInputs()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir() and (path / "study.db").is_file():
+            inputs.studies.append(path)
+        elif path.is_dir() and not (path / "results.json").exists() and (path / "runs").is_dir():
+            inputs.runs.extend(load_results(bench_runs(path)))
+        else:
+            inputs.runs.extend(load_results([path]))
+    if not inputs.runs and not inputs.studies:
+        raise UserError("nothing to report: no finished run among the given directories")
+    return inputs
+
+
+def tables_text(inputs: ReportInputs, split: str = "test") -> str:
+    """The per-run summary table and the paper-layout table of the runs."""
+    if not inputs.runs:
+        return ""
+    return (f"## Runs ({split})\n\n{summary_table(inputs.runs, split)}\n\n"
+            f"## Paper layout ({split}, %)\n\n{paper_table(inputs.runs, split)}\n")
+
+
+def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> list[Path]:
+    """OUT/report.md and the PNGs: encoders-<model>.png (Figure 4), curves.png, study-<name>.png."""
+    from pixelrec.bench import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    text = tables_text(inputs, split)
+    for model in backbone_order([r.get("model", "?") for r in inputs.runs]):
+        figure = plots.encoder_figure(inputs.runs, model, split)
+        if figure is not None:
+            written.append(plots.save(figure, out / f"encoders-{model}.png"))
+    curves = [(label, MetricsLog(Path(r["run"]) / "metrics.jsonl").read())
+              for label, r in zip(run_labels(inputs.runs), inputs.runs)]
+    curves = [(label, rows) for label, rows in curves if rows]
+    if curves:
+        written.append(plots.save(plots.learning_curves(curves), out / "curves.png"))
+    for number, study_dir in enumerate(inputs.studies):
+        study = load_study(study_dir)
+        name = study_dir.resolve().name + (f"-{number}" if number and _clash(inputs.studies, study_dir) else "")
+        metric = study.user_attrs.get("metric", "objective")
+        figure = plots.study_figure(study, f"Study {study_dir.name}: {metric} per trial", metric)
+        written.append(plots.save(figure, out / f"study-{name}.png"))
+        text += f"\n## Study {study_dir}\n\n{trials_text(study)}\n"
+    text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written) + "\n"
+    atomic_write(out / "report.md", text.encode())
+    return [out / "report.md", *written]
+
+
+def run_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's directory name, with its parent's name where two runs share a name."""
+    names = [Path(r["run"]).name for r in runs]
+    return [f"{Path(r['run']).parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names)]
+
+
+def _clash(studies: list[Path], study_dir: Path) -> bool:
+    return sum(s.resolve().name == study_dir.resolve().name for s in studies) > 1
+
+
+def load_study(study_dir: Path):
+    """The Optuna study of a `pixelrec tune` directory."""
+    import optuna
+
+    from pixelrec.bench.tune import STUDY_NAME
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{(study_dir / 'study.db').resolve()}")
+    except KeyError:
+        raise UserError(f"{study_dir / 'study.db'}: no pixelrec study in this database") from None
+
+
+def trials_text(study) -> str:
+    from pixelrec.bench.tune import trials_table
+
+    return trials_table(study)

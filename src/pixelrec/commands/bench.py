@@ -1,0 +1,48 @@
+"""`pixelrec bench`: run the model x item kind x image encoder matrix, resumably, into one directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")
+    parser.add_argument("--models", required=True, help="comma-separated backbones, e.g. mf,sasrec,gru4rec")
+    parser.add_argument("--items", default="id", help="comma-separated item kinds: id,pixels,features,id+features")
+    parser.add_argument("--encoders", default="", help="comma-separated image encoders for pixels/features cells, "
+                        "e.g. clip-rn50,clip-vit-b32 (default: the configuration's)")
+    parser.add_argument("--features", metavar="PATTERN", help="feature file of features cells; {encoder} is "
+                        "replaced by the cell's encoder, e.g. feats/{encoder}.npy")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML file(s) or presets layered over every cell's defaults, later ones win")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+                        help="override a key in every cell, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="benchmark directory; rerun to continue it")
+
+
+def split_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from pixelrec.bench.matrix import BenchSpec, cells_of, run_matrix
+
+    spec = BenchSpec(data=args.data, cells=cells_of(split_list(args.models), split_list(args.items),
+                                                    split_list(args.encoders)),
+                     files=args.config, sets=args.sets, features=args.features)
+    try:
+        rows = run_matrix(spec, Path(args.out))
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to continue {args.out}", file=sys.stderr)
+        raise
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    print((Path(args.out) / "results.md").read_text(), end="")
+    print(f"{len(rows)} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+          + f"; see {Path(args.out) / 'results.csv'}")
+    return 1 if counts.get("failed") else 0
