@@ -35,6 +35,9 @@ class ItemEncoder(nn.Module):
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         raise NotImplementedError
 
+    def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
+        """Set-up before training on `device` (caches, memory savers from the train config); none by default."""
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that take the encoder learning rate and weight decay."""
         return [p for p in self.parameters() if p.requires_grad]
