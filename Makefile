@@ -21,7 +21,7 @@ demo: venv
 	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh $(BIN)
 
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info

@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Test models are tiny: one thread per process avoids thread hand-offs that cost more than the
+# work, and lets `pytest -n 2` use both cores with one process each.
+torch.set_num_threads(1)
 
 
 def write_prepared(root: Path, sequences: list[list[int]], n_items: int | None = None, cold_items=None) -> Path:

@@ -27,15 +27,6 @@ TINY = ["model.embedding_size=16", "train.epochs=2", "train.batch_size=32", "tra
         "train.progress=false", "eval.batch_size=256"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread spares thread hand-offs that dominate on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("bench") / "data", patterned_sequences(60, 20, 8))

@@ -32,15 +32,6 @@ from pixelrec.train.trainer import Trainer, parameter_groups, train
 N_ITEMS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread spares thread hand-offs that dominate on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def with_images(root: Path, n_items: int, size: int = 16) -> Path:
     """Give a hand-written prepared dataset an image store of distinct flat-colour covers."""
     covers = root / "covers"
