@@ -1,0 +1,80 @@
+"""BERT4Rec (Sun et al., 2019): a bidirectional Transformer trained by cloze (masked-item) prediction."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.items.base import ItemLookup
+from pixelrec.models import BACKBONES
+from pixelrec.models.base import Backbone, init_weights
+from pixelrec.models.layers import TransformerBlock, attention_mask
+
+
+@BACKBONES.register("bert4rec")
+class BERT4Rec(Backbone):
+    """Hidden positions carry a learned mask token; every position attends to every real one, and the
+    output at a masked position predicts the hidden item. To recommend, the next slot is the mask."""
+
+    view = "masked"
+
+    def __init__(
+        self,
+        max_len: int,
+        embedding_size: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        inner_size: int = 128,
+        dropout: float = 0.1,
+        activation: Literal["gelu", "relu"] = "gelu",
+        mask_ratio: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1]")
+        self.mask_ratio = mask_ratio
+        self.mask_token = nn.Parameter(torch.empty(embedding_size))
+        self.position = nn.Embedding(max_len, embedding_size)
+        self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embedding_size, n_heads, inner_size, dropout, activation) for _ in range(n_layers)
+        )
+        # The paper's output transform before scoring against item vectors: dense + GELU + LayerNorm.
+        self.head = nn.Sequential(
+            nn.Linear(embedding_size, embedding_size), nn.GELU(), nn.LayerNorm(embedding_size, eps=1e-12)
+        )
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.04, b=0.04)
+        # A masked slot holds no item, so every bit of its prediction flows through attention. BERT's
+        # fixed std 0.02 (set for width 768) starves that path at small widths and training stalls;
+        # Xavier-uniform projections (torch's MultiheadAttention default) scale with the width.
+        for block in self.blocks:
+            nn.init.xavier_uniform_(block.attention.qkv.weight)
+            nn.init.xavier_uniform_(block.attention.out.weight)
+
+    def encode(self, x: Tensor, real: Tensor) -> Tensor:
+        """x [B, L, d] input vectors (mask tokens in place), real [B, L] non-padding -> [B, L, d]."""
+        positions = self.position.weight[-x.shape[1] :]  # left-padded: last slot = most recent
+        h = self.drop(self.norm(x + positions))
+        allowed = attention_mask(real.long(), causal=False)
+        for block in self.blocks:
+            h = block(h, allowed)
+        return self.head(h)
+
+    def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
+        x = items(batch.context)
+        if batch.mask is not None:
+            x = torch.where(batch.mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        return self.encode(x, batch.context > 0)
+
+    def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
+        """Drop the oldest slot, append the mask token as the next item, and read it out there."""
+        context = batch.context[:, 1:]
+        x = items(context)
+        token = self.mask_token.to(x.dtype).expand(x.shape[0], 1, -1)
+        real = torch.cat([context > 0, context.new_ones(context.shape[0], 1, dtype=torch.bool)], 1)
+        return self.encode(torch.cat([x, token], 1), real)[:, -1]

@@ -1,0 +1,42 @@
+"""GRU4Rec (Hidasi et al., 2016), in the RecBole/PixelRec form: embedding dropout, stacked GRU
+layers without biases, and a dense projection of the hidden state back to the item space."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.items.base import ItemLookup
+from pixelrec.models import BACKBONES
+from pixelrec.models.base import Backbone
+
+
+@BACKBONES.register("gru4rec")
+class GRU4Rec(Backbone):
+    """A recurrent next-item model: the GRU state after position t predicts item t + 1.
+
+    Contexts arrive left-padded and padding vectors are zeros. A GRU without biases maps a zero state
+    and a zero input to a zero state, so the state is exactly zero until the first real item and the
+    output at a real position equals that of the unpadded sequence, with no packing or re-alignment.
+    This is why the GRU has no biases: do not add them without handling the padding.
+    """
+
+    view = "sequence"
+
+    def __init__(
+        self,
+        embedding_size: int = 64,
+        hidden_size: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.gru = nn.GRU(embedding_size, hidden_size, n_layers, bias=False, batch_first=True)
+        self.dense = nn.Linear(hidden_size, embedding_size)
+        for weight in self.gru.parameters():
+            nn.init.xavier_uniform_(weight)
+
+    def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
+        hidden, _ = self.gru(self.drop(items(batch.context)))
+        return self.dense(hidden)

@@ -1,0 +1,133 @@
+"""LightSANs (Fan et al., 2021): low-rank decomposed self-attention with decoupled position encoding.
+
+Where RecBole's code (which PixelRec uses) departs from the paper, this follows the paper: attention
+weights are normalised over the keys (interests, positions), not over the queries, and position
+logits are scaled once by 1/sqrt(2 d_head). Padding is kept out of the interests and the position
+attention, which the original leaves to zero padding vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from pixelrec.data.batch import Batch
+from pixelrec.items.base import ItemLookup
+from pixelrec.models import BACKBONES
+from pixelrec.models.base import Backbone, init_weights
+
+
+def masked_softmax(logits: Tensor, keep: Tensor, dim: int) -> Tensor:
+    """Softmax over `dim` ignoring entries where `keep` is False; a row with none kept gives
+    uniform weights rather than NaN."""
+    return torch.where(keep, logits, torch.finfo(logits.dtype).min).softmax(dim)
+
+
+class LowRankAttention(nn.Module):
+    """Queries attend to k latent interests instead of L items (item-to-interest aggregation of keys
+    and values), plus a position-to-position attention computed from positions alone."""
+
+    def __init__(self, dim: int, n_heads: int, k_interests: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"embedding_size {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.key_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_K: items -> interests
+        self.value_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_V
+        self.position_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.position_qk = nn.Linear(dim, 2 * dim)
+        self.attention_drop = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def heads(self, x: Tensor) -> Tensor:
+        """[..., n, d] -> [..., h, n, d / h]"""
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(-3, -2)
+
+    def forward(self, x: Tensor, positions: Tensor, real: Tensor) -> Tensor:
+        """x [B, L, d], positions [L, d], real [B, L] -> [B, L, d]"""
+        query, keys, values = self.qkv(x).chunk(3, -1)
+        at_item = real.unsqueeze(-1)
+        key_weights = masked_softmax(self.key_interests(keys), at_item, dim=1)  # [B, L, k], over items
+        value_weights = masked_softmax(self.value_interests(values), at_item, dim=1)
+        interest_keys = self.heads(key_weights.transpose(1, 2) @ keys)  # [B, h, k, d/h]
+        interest_values = self.heads(value_weights.transpose(1, 2) @ values)
+        query = self.heads(query)  # [B, h, L, d/h]
+        scale = query.shape[-1] ** -0.5
+        item_attention = (query @ interest_keys.transpose(-1, -2) * scale).softmax(-1)  # [B, h, L, k]
+        item_part = self.attention_drop(item_attention) @ interest_values
+
+        p = self.position_norm(positions)
+        position_query, position_key = (self.heads(t) for t in self.position_qk(p).chunk(2, -1))  # [h, L, d/h]
+        position_logits = position_query @ position_key.transpose(-1, -2)
+        position_logits = position_logits * (2 * query.shape[-1]) ** -0.5  # [h, L, L]
+        position_attention = masked_softmax(position_logits, real[:, None, None, :], dim=-1)  # [B, h, L, L]
+        position_part = self.attention_drop(position_attention) @ self.heads(values)
+
+        merged = (item_part + position_part).transpose(1, 2).flatten(2)
+        return self.norm(x + self.drop(self.out(merged)))
+
+
+class LightTransformerBlock(nn.Module):
+    """Low-rank attention and a feed-forward sub-layer, each with dropout, residual and LayerNorm after."""
+
+    def __init__(
+        self, dim: int, n_heads: int, k_interests: int, inner_size: int, dropout: float, activation: str
+    ) -> None:
+        super().__init__()
+        self.attention = LowRankAttention(dim, n_heads, k_interests, dropout)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, inner_size), nn.GELU() if activation == "gelu" else nn.ReLU(), nn.Linear(inner_size, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x: Tensor, positions: Tensor, real: Tensor) -> Tensor:
+        x = self.attention(x, positions, real)
+        return self.norm(x + self.drop(self.ffn(x)))
+
+
+@BACKBONES.register("lightsans")
+class LightSANs(Backbone):
+    """Self-attention in O(L k) instead of O(L^2): each item attends to k latent interests pooled from
+    the sequence; positions enter only through their own attention map, never added to items.
+    The most recent position's output predicts the next item (one target per example)."""
+
+    view = "prefixes"
+
+    def __init__(
+        self,
+        max_len: int,
+        embedding_size: int = 64,
+        n_layers: int = 1,
+        n_heads: int = 2,
+        k_interests: int = 3,
+        inner_size: int = 128,
+        dropout: float = 0.1,
+        activation: Literal["gelu", "relu"] = "gelu",
+    ) -> None:
+        super().__init__()
+        self.position = nn.Embedding(max_len, embedding_size)
+        self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            LightTransformerBlock(embedding_size, n_heads, k_interests, inner_size, dropout, activation)
+            for _ in range(n_layers)
+        )
+        self.apply(init_weights)
+        for block in self.blocks:  # distinct interests from the start (the original draws them N(0, 1))
+            for theta in (block.attention.key_interests, block.attention.value_interests):
+                nn.init.normal_(theta.weight, std=embedding_size**-0.5)
+
+    def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
+        context = batch.context
+        positions = self.position.weight[-context.shape[1] :]  # left-padded: last slot = most recent
+        real = context > 0
+        x = self.drop(self.norm(items(context)))
+        for block in self.blocks:
+            x = block(x, positions, real)
+        return x[:, -1]
