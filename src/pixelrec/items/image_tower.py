@@ -174,6 +174,11 @@ def frozen_modules(tower: nn.Module) -> list[nn.Module]:
     return out
 
 
+def is_convolutional(tower: nn.Module) -> bool:
+    """True for towers without attention (CNNs), for which channels_last pays off."""
+    return not any("Attention" in type(m).__name__ for m in tower.modules())
+
+
 def check_pooling(tower: nn.Module, pooling: str, name: str) -> None:
     if pooling not in POOLINGS:
         raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")

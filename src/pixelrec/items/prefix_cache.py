@@ -1,0 +1,278 @@
+"""Frozen-prefix cache (`items.cache: prefix`): the frozen lower part of the image tower runs once per item.
+
+Pre-processing is deterministic and the layers below `tune_last` never change, so their output is a
+pure function of the item. `split_tower` cuts a timm tower into an ordered list of units (stem, then
+blocks or stages) at the first unit holding a trainable parameter, read from the `requires_grad`
+flags that `freeze_below` set, so "cached" and "trainable" always agree. `build_prefix_cache` writes
+the prefix output of every item (fp16, memory-mapped `.npy`, row r = item r + 1) in chunks, and a
+sidecar records the cache's identity and the rows done after each flushed chunk (atomically), so an
+interrupted build resumes and gives the same bytes. The file name carries a hash of the identity: a
+different encoder, weights, cut or input size gives a new file, never a stale one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pixelrec.errors import UserError
+from pixelrec.items.feature_store import file_sha256, first_non_finite, sidecar_path, write_sidecar
+
+FORMAT = "pixelrec-prefix-cache"
+VERSION = 1
+PROGRESS_KEYS = frozenset({"rows_done", "complete", "batch_size"})
+
+
+@dataclass
+class Unit:
+    """One step of a tower's forward_features; `owns` are the parameter-name prefixes it uses."""
+
+    name: str
+    run: Callable[[Tensor], Tensor]
+    owns: tuple[str, ...]
+
+
+def _vit_stem(tower: nn.Module, x: Tensor) -> Tensor:
+    return tower.norm_pre(tower.patch_drop(tower._pos_embed(tower.patch_embed(x))))
+
+
+def _resnet_stem(tower: nn.Module, x: Tensor) -> Tensor:
+    return tower.maxpool(tower.act1(tower.bn1(tower.conv1(x))))
+
+
+# stems are partials of module-level functions, so an encoder still pickles (DataLoader workers under spawn)
+def _vit_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    units = [Unit("stem", partial(_vit_stem, tower), ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
+    units += [Unit(f"blocks.{i}", block, (f"blocks.{i}.",)) for i, block in enumerate(tower.blocks)]
+    return units, tower.norm
+
+
+def _resnet_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    units = [Unit("stem", partial(_resnet_stem, tower), ("conv1", "bn1", "maxpool"))]
+    for s in range(1, 5):
+        stage = getattr(tower, f"layer{s}")
+        units += [Unit(f"layer{s}.{i}", block, (f"layer{s}.{i}.",)) for i, block in enumerate(stage)]
+    return units, nn.Identity()
+
+
+def _swin_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    units = [Unit("stem", tower.patch_embed, ("patch_embed", "absolute_pos_embed"))]
+    for s, stage in enumerate(tower.layers):
+        units.append(Unit(f"layers.{s}.downsample", stage.downsample, (f"layers.{s}.downsample.",)))
+        units += [Unit(f"layers.{s}.blocks.{i}", b, (f"layers.{s}.blocks.{i}.",)) for i, b in enumerate(stage.blocks)]
+    return units, tower.norm
+
+
+#: timm model class name -> its units (the steps of its forward_features) and the tail after them.
+FAMILIES: dict[str, Callable[[nn.Module], tuple[list[Unit], Callable[[Tensor], Tensor]]]] = {
+    "VisionTransformer": _vit_units,
+    "ResNet": _resnet_units,
+    "SwinTransformer": _swin_units,
+}
+
+
+class TowerSplit:
+    """A tower cut at its first trainable unit: `prefix` (frozen, cached) then `suffix` (trained)."""
+
+    def __init__(self, tower: nn.Module, name: str) -> None:
+        family = type(tower).__name__
+        if family not in FAMILIES:
+            raise UserError(f"items.cache=prefix: {name} ({family}) has no supported cut point; supported: "
+                            f"{', '.join(FAMILIES)} towers; drop items.cache")
+        self.tower = tower
+        self.units, self.tail = FAMILIES[family](tower)
+        owner = {}
+        for pname, _ in tower.named_parameters():
+            owner[pname] = next((i for i, u in enumerate(self.units) if pname.startswith(u.owns)), len(self.units))
+        trainable = [owner[n] for n, p in tower.named_parameters() if p.requires_grad]
+        self.cut = min(trainable, default=len(self.units))
+        if self.cut == 0:
+            raise UserError(f"items.cache=prefix: nothing of {name} is frozen (items.tune_last trains the stem); "
+                            "lower items.tune_last or drop items.cache")
+        self.prefix_names = sorted(n for n, i in owner.items() if i < self.cut)
+        self.checkpointing = False
+
+    @property
+    def cut_name(self) -> str:
+        """The first unit that runs from the cache ('tail' when every unit is frozen)."""
+        return self.units[self.cut].name if self.cut < len(self.units) else "tail"
+
+    def prefix(self, x: Tensor) -> Tensor:
+        for unit in self.units[: self.cut]:
+            x = unit.run(x)
+        return x
+
+    def suffix(self, x: Tensor) -> Tensor:
+        """The trainable units and the tail: forward_features from the cut on."""
+        for unit in self.units[self.cut :]:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(unit.run, x, use_reentrant=False)
+            else:
+                x = unit.run(x)
+        return self.tail(x)
+
+    @torch.inference_mode()
+    def prefix_shape(self, preprocess: nn.Module, device: torch.device) -> tuple[int, ...]:
+        """Shape of one item's prefix output (probed in eval mode: frozen BatchNorm statistics stay put)."""
+        size = preprocess.size
+        with evaluating(self.tower):
+            return tuple(self.prefix(preprocess(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device))).shape[1:])
+
+    def prefix_sha256(self) -> str:
+        """Hash of the frozen prefix's parameters and buffers: the weights the cache depends on."""
+        digest = hashlib.sha256()
+        state = self.tower.state_dict()
+        owned = tuple(u.owns for u in self.units[: self.cut])
+        for key in sorted(state):
+            if any(key.startswith(prefixes) for prefixes in owned):
+                digest.update(key.encode())
+                digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside, each submodule's own mode restored after."""
+    modes = [m.training for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(module.modules(), modes):
+            m.training = mode
+
+
+# --- the cache file ------------------------------------------------------------------------
+class PrefixCache:
+    """A complete cache file, opened (memory-mapped, read-only) lazily in each process."""
+
+    def __init__(self, path: Path, sidecar: dict[str, Any]) -> None:
+        self.path, self.sidecar = Path(path), sidecar
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}  # workers map the file themselves
+
+    def read(self, item_ids: np.ndarray) -> Tensor:
+        """fp16 prefix activations of items (indices >= 1): [len(item_ids), *shape]."""
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        rows = np.asarray(item_ids, dtype=np.int64) - 1
+        return torch.from_numpy(np.ascontiguousarray(self._array[rows]))
+
+
+def cache_identity(split: TowerSplit, *, timm_name: str, weights: str | None, pretrained: bool, tune_last: Any,
+                   preprocessing: dict[str, Any], shape: tuple[int, ...], n_items: int,
+                   item_order_sha256: str | None) -> dict[str, Any]:
+    """What a cache depends on; the file name carries its hash."""
+    source = f"sha256:{file_sha256(weights)}" if weights else ("pretrained" if pretrained else "random")
+    return {
+        "format": FORMAT, "version": VERSION, "timm_name": timm_name, "weights": source,
+        "prefix_sha256": split.prefix_sha256(), "cut": split.cut_name, "cut_index": split.cut,
+        "tune_last": tune_last, "image_size": preprocessing["size"], "preprocessing": preprocessing,
+        "dtype": "float16", "shape": list(shape), "n_items": n_items, "item_order_sha256": item_order_sha256,
+    }
+
+
+def cache_file(directory: Path, identity: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return directory / f"prefix-{identity['timm_name']}-{identity['cut']}-{digest}.npy"
+
+
+def _writable_dir(directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".pixelrec-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{directory}: cannot write the prefix cache here ({type(err).__name__}: {err.strerror}); "
+                        "set items.cache_dir to a writable directory") from None
+    return directory
+
+
+def _read_sidecar(npy: Path) -> dict[str, Any] | None:
+    path = sidecar_path(npy)
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a torn or foreign sidecar: start this cache over
+    return sidecar if isinstance(sidecar, dict) and sidecar.get("format") == FORMAT else None
+
+
+def _check_room(out: Path, need: int, total: int, shape: tuple[int, ...], n_items: int) -> None:
+    free = shutil.disk_usage(out.parent).free
+    print(f"prefix cache: {n_items} items x {tuple(shape)} fp16 = {total / 2**30:.2f} GiB "
+          f"({need / 2**30:.2f} GiB to write, {free / 2**30:.1f} GiB free) -> {out}", file=sys.stderr, flush=True)
+    if need > free:
+        raise UserError(f"{out.parent}: not enough disk for the prefix cache: needs {need / 2**30:.2f} GiB, "
+                        f"{free / 2**30:.2f} GiB free; set items.cache_dir elsewhere or drop items.cache")
+
+
+@torch.inference_mode()
+def build_prefix_cache(
+    split: TowerSplit,
+    preprocess: nn.Module,
+    image_store: Any,
+    n_items: int,
+    identity: dict[str, Any],
+    directory: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
+) -> PrefixCache:
+    """Write (or finish) the prefix activations of items 1..n_items under `directory`; returns the cache."""
+    from pixelrec.items.extract import _ItemImages
+
+    device = torch.device(device)
+    out = cache_file(_writable_dir(Path(directory)), identity)
+    sidecar = _read_sidecar(out)
+    if sidecar is None or {k: v for k, v in sidecar.items() if k not in PROGRESS_KEYS} != identity:
+        sidecar = {**identity, "rows_done": 0, "complete": False}
+    if sidecar["complete"] and out.is_file():
+        return PrefixCache(out, sidecar)
+    shape = tuple(identity["shape"])
+    row_bytes = int(np.prod(shape)) * 2
+    start = int(sidecar["rows_done"]) if out.is_file() else 0
+    _check_room(out, (n_items - start) * row_bytes, n_items * row_bytes, shape, n_items)
+    if start == 0:
+        sidecar["rows_done"] = 0
+        write_sidecar(out, sidecar)  # first, so the file is never taken for more than it holds
+        array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n_items, *shape))
+    else:
+        array = np.load(out, mmap_mode="r+", allow_pickle=False)
+    chunks = _ItemImages(image_store, start, n_items, batch_size)
+    loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
+        chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=n_items, initial=start, desc="prefix cache", unit="img", file=sys.stderr,
+               disable=None if progress else True, dynamic_ncols=True)
+    with bar, evaluating(split.tower):
+        for first, images in loader:
+            block = split.prefix(preprocess(images.to(device))).float().cpu().numpy().astype(np.float16)
+            bad = first_non_finite(block.reshape(len(block), -1))
+            if bad is not None:
+                raise UserError(f"{out}: prefix output of item {first + bad + 1} is not finite in fp16")
+            array[first : first + len(block)] = block
+            array.flush()  # rows reach the file before the sidecar says they are done
+            sidecar.update(rows_done=first + len(block), batch_size=batch_size,
+                           complete=first + len(block) == n_items)
+            write_sidecar(out, sidecar)
+            bar.update(len(block))
+    del array
+    return PrefixCache(out, sidecar)

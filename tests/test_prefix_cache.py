@@ -1,0 +1,186 @@
+"""Cheaper end-to-end training: the frozen-prefix cache (equivalence, identity, resume, errors), the
+memory savers (same losses), and in-batch softmax as the pixel items' default loss."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import losses_over_steps, no_dropout, tiny_config
+from pixelrec.errors import UserError
+from pixelrec.items import prefix_cache
+from pixelrec.items.feature_store import sidecar_path
+from pixelrec.items.image_tower import create_tower, freeze_below
+from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.prefix_cache import TowerSplit
+from test_pixels import ColourStore, colour_store  # noqa: F401  (fixture)
+
+CPU = torch.device("cpu")
+
+
+def encoder(tmp_path, store=None, **kwargs) -> PixelEncoder:
+    torch.manual_seed(0)
+    args = dict(n_items=20, embedding_size=16, image_store=store or ColourStore(), encoder="test_vit", image_size=32,
+                tune_last=1, cache="prefix", cache_dir=str(tmp_path / "cache"))
+    return PixelEncoder(**(args | kwargs))
+
+
+def pixel_config(data, tmp_path, name="test_vit", items=None, **train):
+    items = {"kind": "pixels", "encoder": name, "image_size": 32, "tune_last": 1, **(items or {})}
+    return no_dropout(tiny_config(data, "sasrec", "softmax", items=items,
+                                  train={"epochs": 1, "lr": 3e-3, "batch_size": 16, **train}))
+
+
+# --- equivalence ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_cached_training_matches_plain_end_to_end(tiny_data, tmp_path, colour_store, name):
+    plain = losses_over_steps(pixel_config(tiny_data, tmp_path, name), 4, tmp_path / "plain")
+    cached_config = pixel_config(tiny_data, tmp_path, name, items={"cache": "prefix", "cache_dir": str(tmp_path / "c")})
+    reads = colour_store.reads
+    cached = losses_over_steps(cached_config, 4, tmp_path / "cached")
+    assert colour_store.reads - reads == 1  # images read once, for the cache; training reads the cache
+    np.testing.assert_allclose(cached, plain, rtol=2e-3, atol=2e-3)  # fp16 activations
+
+
+def test_swin_split_reproduces_forward_features():
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    tower = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 2), num_heads=(1, 2),
+                            num_classes=0).eval()
+    freeze_below(tower, 1)
+    split = TowerSplit(tower, "tiny swin")
+    assert split.cut_name == "layers.1.blocks.1"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(split.suffix(split.prefix(x)), tower.forward_features(x))
+
+
+def test_cut_follows_tune_last(tmp_path):
+    assert encoder(tmp_path, tune_last=2).split.cut_name == "blocks.4"
+    assert encoder(tmp_path, encoder="test_resnet", tune_last=1).split.cut_name == "layer4.0"
+    assert encoder(tmp_path, tune_last=0).split.cut_name == "tail"  # all frozen: only the final norm runs
+
+
+def test_unsupported_cuts_are_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"test_convnext \(ConvNeXt\) has no supported cut point"):
+        encoder(tmp_path, encoder="test_convnext")
+    with pytest.raises(UserError, match="nothing of test_vit is frozen"):
+        encoder(tmp_path, tune_last="all")
+
+
+# --- identity ------------------------------------------------------------------------------
+def test_a_changed_key_gives_a_new_cache_and_the_same_key_reuses_it(tmp_path):
+    store = ColourStore()
+    base = encoder(tmp_path, store).build_cache(CPU, progress=False)
+    reads = store.reads
+    again = encoder(tmp_path, store).build_cache(CPU, progress=False)
+    assert again.path == base.path and store.reads == reads  # complete: not recomputed
+    torch.save(create_tower("test_vit", image_size=32).state_dict(), tmp_path / "w.pt")
+    others = [encoder(tmp_path, store, encoder_weights=str(tmp_path / "w.pt")),
+              encoder(tmp_path, store, tune_last=2), encoder(tmp_path, store, image_size=48)]
+    paths = {base.path}
+    for other in others:
+        cache = other.build_cache(CPU, progress=False)
+        assert cache.path not in paths and cache.sidecar["complete"]
+        paths.add(cache.path)
+        ids = np.arange(1, 6)
+        direct = other.split.prefix(other.preprocess(store.read(ids)))
+        torch.testing.assert_close(cache.read(ids).float(), direct, rtol=2e-3, atol=2e-3)
+    sidecar = json.loads(sidecar_path(cache.path).read_text())
+    assert sidecar["image_size"] == 48 and sidecar["cut"] == "blocks.5"
+
+
+# --- resume --------------------------------------------------------------------------------
+class FailingStore(ColourStore):
+    """Fails on read number `fail_at` (an interrupted build)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def read(self, indices):
+        if self.reads + 1 == self.fail_at:
+            self.reads += 1
+            raise KeyboardInterrupt
+        return super().read(indices)
+
+
+def test_interrupted_build_resumes_to_the_same_bytes(tmp_path):
+    whole = encoder(tmp_path / "a").build_cache(CPU, batch_size=4, progress=False)
+    store = FailingStore(fail_at=3)
+    enc = encoder(tmp_path / "b", store)
+    with pytest.raises(KeyboardInterrupt):
+        enc.build_cache(CPU, batch_size=4, progress=False)
+    partial = json.loads(sidecar_path(tmp_path / "b" / "cache" / whole.path.name).read_text())
+    assert partial["rows_done"] == 8 and not partial["complete"]
+    store.fail_at = 0
+    resumed = enc.build_cache(CPU, batch_size=4, progress=False)
+    assert store.reads == 3 + 3  # two chunks before, the failed read, then only the three chunks left
+    assert resumed.sidecar["complete"] and resumed.path.read_bytes() == whole.path.read_bytes()
+
+
+# --- errors --------------------------------------------------------------------------------
+def test_unwritable_cache_path_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"cannot write the prefix cache here .*set items.cache_dir") as info:
+        encoder(tmp_path, cache_dir=str(tmp_path / "file" / "cache")).build_cache(CPU, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_insufficient_disk_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(prefix_cache.shutil, "disk_usage", lambda path: usage(100, 90, 10))
+    with pytest.raises(UserError, match="not enough disk for the prefix cache: needs") as info:
+        encoder(tmp_path).build_cache(CPU, progress=False)
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "cache").glob("*.npy"))
+    assert "prefix cache: 20 items x (5, 64) fp16" in capsys.readouterr().err
+
+
+# --- memory savers -------------------------------------------------------------------------
+@pytest.mark.parametrize("name,switch,items", [
+    ("test_vit", "grad_checkpointing", {}),
+    ("test_vit", "grad_checkpointing", {"cache": "prefix"}),
+    ("test_resnet", "channels_last", {}),
+])
+def test_memory_savers_change_nothing_but_speed(tiny_data, tmp_path, colour_store, name, switch, items):
+    if items:
+        items = {**items, "cache_dir": str(tmp_path / "c")}
+    base = losses_over_steps(pixel_config(tiny_data, tmp_path, name, items), 3, tmp_path / "base")
+    saved = losses_over_steps(pixel_config(tiny_data, tmp_path, name, items, **{switch: True}), 3, tmp_path / "saved")
+    np.testing.assert_allclose(saved, base, rtol=1e-4, atol=1e-5)
+
+
+def test_grad_checkpointing_and_channels_last_are_switched_on(tiny_data, tmp_path, colour_store):
+    from pixelrec.train.trainer import Trainer
+
+    vit = Trainer(pixel_config(tiny_data, tmp_path, grad_checkpointing=True), tmp_path / "a").model.item_encoder
+    assert vit.tower.grad_checkpointing
+    cnn = Trainer(pixel_config(tiny_data, tmp_path, "test_resnet", channels_last=True), tmp_path / "b").model.item_encoder
+    assert cnn.channels_last and cnn.tower.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not os.environ.get("PIXELREC_TEST_COMPILE"),
+                    reason="torch.compile on a 2-core CPU takes minutes; set PIXELREC_TEST_COMPILE=1")
+def test_compile_changes_nothing_but_speed(tiny_data, tmp_path, colour_store):
+    base = losses_over_steps(pixel_config(tiny_data, tmp_path), 2, tmp_path / "base")
+    try:
+        compiled = losses_over_steps(pixel_config(tiny_data, tmp_path, compile=True), 2, tmp_path / "compiled")
+    except Exception as err:  # noqa: BLE001 - no C++ toolchain or inductor on this CPU
+        pytest.skip(f"torch.compile unavailable here: {type(err).__name__}: {str(err)[:80]}")
+    np.testing.assert_allclose(compiled, base, rtol=1e-3, atol=1e-4)
+
+
+# --- defaults ------------------------------------------------------------------------------
+def test_pixels_default_to_in_batch_softmax_and_bpr_stays_available():
+    from pixelrec.config import resolve
+
+    items = {"items": {"kind": "pixels", "encoder": "clip-vit-b32"}}
+    assert resolve("sasrec", flags=items).loss.name == "softmax"
+    assert resolve("sasrec", flags={**items, "loss": {"name": "bpr"}}).loss.name == "bpr"
+    assert resolve("sasrec").loss.name == "bpr"  # IDs keep the paper's setting
