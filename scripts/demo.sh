@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: synthetic PixelRec-format data -> prepare -> stats -> ID SASRec and
-# pixel SASRec (a tiny random image encoder at 32 px) -> one results table. CPU only, a few minutes.
+# The demo behind `make demo`: synthetic PixelRec-format data -> prepare -> stats -> SASRec over item
+# IDs (IDNet), over frozen features of a tiny random image encoder (ViNet) and over raw covers through
+# that encoder trained end to end at 32 px (PixelNet) -> one results table. CPU only, a few minutes.
 set -euo pipefail
 BIN=${1:-.venv/bin}
 OUT=${DEMO_DIR:-demo_out}
@@ -20,5 +21,10 @@ echo "== 3. IDNet: SASRec over item IDs"
 echo "== 4. PixelNet: SASRec over raw covers through a tiny image encoder"
 "$BIN/pixelrec" train "${COMMON[@]}" --config pixels-tiny --out "$OUT/runs/sasrec-pixels" > /dev/null
 
-echo "== 5. results (test split; cold = users whose test item never appeared in training)"
-"$BIN/pixelrec" report "$OUT/runs/sasrec-id" "$OUT/runs/sasrec-pixels"
+echo "== 5. ViNet: SASRec over frozen features of the same tiny encoder (extracted once)"
+"$BIN/pixelrec" extract --data "$OUT/data" --encoder test_vit --image-size 32 --workers 0 --out "$OUT/features/test_vit.npy"
+"$BIN/pixelrec" train "${COMMON[@]}" --items features --set "items.features=$OUT/features/test_vit.npy" \
+    --out "$OUT/runs/sasrec-features" > /dev/null
+
+echo "== 6. results (test split; cold = users whose test item never appeared in training)"
+"$BIN/pixelrec" report "$OUT/runs/sasrec-id" "$OUT/runs/sasrec-features" "$OUT/runs/sasrec-pixels"

@@ -150,3 +150,18 @@ def test_combinations_that_cannot_work_are_refused_at_config_time(tiny_data, mod
         pytest.skip(f"{model} not registered")
     with pytest.raises(UserError, match=message):
         pixel_config(tiny_data, model, loss)
+
+
+def _pixel_backbones() -> list[str]:
+    from pixelrec.models import BACKBONES
+
+    return [n for n in BACKBONES.names() if BACKBONES.get(n).trainable
+            and not BACKBONES.get(n).needs_catalogue and not getattr(BACKBONES.get(n), "item_kinds", ())]
+
+
+@pytest.mark.parametrize("model", _pixel_backbones())
+def test_every_backbone_trains_on_pixels(model, tiny_data, tmp_path, colour_store):
+    from helpers import losses_over_steps
+
+    losses = losses_over_steps(pixel_config(tiny_data, model, "bpr"), 3, tmp_path / "run")
+    assert len(losses) == 3 and all(np.isfinite(losses))
