@@ -72,9 +72,13 @@ def measure(data: Path, model: str, run_dir: Path, epochs: int = 2) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small set only")
-    parser.add_argument("--models", default=",".join(BACKBONES.names()))
+    parser.add_argument("--models", default=",".join(n for n in BACKBONES.names() if n != "visrank"),
+                        help="backbones over item IDs (visrank needs features and is left out)")
     parser.add_argument("--keep", help="keep the generated datasets in this directory")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (use 1 when another process holds a core: spinning threads collapse)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pixelrec-speed-"))
     root.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
