@@ -11,7 +11,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
-from pixelrec.models.layers import TransformerBlock, attention_mask
+from pixelrec.models.layers import PositionalTransformer
 
 
 @BACKBONES.register("bert4rec")
@@ -37,12 +37,7 @@ class BERT4Rec(Backbone):
             raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1]")
         self.mask_ratio = mask_ratio
         self.mask_token = nn.Parameter(torch.empty(embedding_size))
-        self.position = nn.Embedding(max_len, embedding_size)
-        self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(embedding_size, n_heads, inner_size, dropout, activation) for _ in range(n_layers)
-        )
+        self.body = PositionalTransformer(max_len, embedding_size, n_layers, n_heads, inner_size, dropout, activation)
         # The paper's output transform before scoring against item vectors: dense + GELU + LayerNorm.
         self.head = nn.Sequential(
             nn.Linear(embedding_size, embedding_size), nn.GELU(), nn.LayerNorm(embedding_size, eps=1e-12)
@@ -52,18 +47,13 @@ class BERT4Rec(Backbone):
         # A masked slot holds no item, so every bit of its prediction flows through attention. BERT's
         # fixed std 0.02 (set for width 768) starves that path at small widths and training stalls;
         # Xavier-uniform projections (torch's MultiheadAttention default) scale with the width.
-        for block in self.blocks:
+        for block in self.body.blocks:
             nn.init.xavier_uniform_(block.attention.qkv.weight)
             nn.init.xavier_uniform_(block.attention.out.weight)
 
     def encode(self, x: Tensor, real: Tensor) -> Tensor:
         """x [B, L, d] input vectors (mask tokens in place), real [B, L] non-padding -> [B, L, d]."""
-        positions = self.position.weight[-x.shape[1] :]  # left-padded: last slot = most recent
-        h = self.drop(self.norm(x + positions))
-        allowed = attention_mask(real.long(), causal=False)
-        for block in self.blocks:
-            h = block(h, allowed)
-        return self.head(h)
+        return self.head(self.body(x, real, causal=False))
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         x = items(batch.context)

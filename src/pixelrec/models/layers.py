@@ -52,3 +52,24 @@ def attention_mask(context: Tensor, causal: bool) -> Tensor:
     if causal:
         allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
     return allowed | eye
+
+
+class PositionalTransformer(nn.Module):
+    """Learned positions (aligned to the most recent slot) + LayerNorm + dropout + Transformer blocks:
+    the body SASRec (causal) and BERT4Rec (bidirectional) share."""
+
+    def __init__(self, max_len: int, dim: int, n_layers: int, n_heads: int, inner_size: int, dropout: float,
+                 activation: str = "gelu") -> None:
+        super().__init__()
+        self.position = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, n_heads, inner_size, dropout, activation) for _ in range(n_layers))
+
+    def forward(self, x: Tensor, real: Tensor, causal: bool) -> Tensor:
+        """x [B, L, d] left-padded inputs, real [B, L] non-padding slots -> [B, L, d]."""
+        h = self.drop(self.norm(x + self.position.weight[-x.shape[1] :]))
+        allowed = attention_mask(real.long(), causal=causal)
+        for block in self.blocks:
+            h = block(h, allowed)
+        return h
