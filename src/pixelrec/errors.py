@@ -4,7 +4,3 @@
 class UserError(Exception):
     """Bad input or configuration: the message names the file, row, key or item at fault."""
 
-
-def fail(message: str) -> "NoReturn":  # noqa: F821 - typing name only
-    """Raise a UserError; a shorthand that reads well at call sites."""
-    raise UserError(message)

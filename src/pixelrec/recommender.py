@@ -43,20 +43,10 @@ class Recommender(nn.Module):
     def uses_catalogue(self) -> bool:
         return self.backbone.needs_catalogue or self.loss.full_catalogue
 
-    def batch_items(self, batch: Batch) -> Tensor:
-        """The distinct non-padding items a training batch needs encoded."""
-        if batch.item_ids is not None:
-            return batch.item_ids
-        parts = [batch.context.reshape(-1), batch.targets.reshape(-1)]
-        if batch.negatives is not None:
-            parts.append(batch.negatives.reshape(-1))
-        ids = torch.unique(torch.cat(parts))
-        return ids[ids > 0]
-
     def lookup(self, batch: Batch) -> ItemLookup:
         if self.uses_catalogue:
             return ItemLookup.catalogue(self.catalogue_with_grad())
-        ids = self.batch_items(batch)
+        ids = batch.distinct_items()
         return ItemLookup(ids, self.item_encoder(ids, batch.item_inputs), self.item_encoder.n_items)
 
     def catalogue_with_grad(self) -> Tensor:

@@ -44,6 +44,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    def distinct_items(self) -> Tensor:
+        """The sorted distinct non-padding items the batch needs encoded (context, targets, negatives)."""
+        if self.item_ids is not None:
+            return self.item_ids
+        parts = [self.context.reshape(-1), self.targets.reshape(-1)]
+        if self.negatives is not None:
+            parts.append(self.negatives.reshape(-1))
+        ids = torch.unique(torch.cat(parts))
+        return ids[ids > 0]
+
     def flat_targets(self) -> tuple[Tensor, Tensor]:
         """(targets [N], users [N]) of the real targets, in row-major order."""
         valid = self.targets > 0

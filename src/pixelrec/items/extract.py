@@ -126,28 +126,44 @@ def extract_features(
     if array is None:
         return sidecar
     start = int(sidecar["rows_done"])
-    chunks = _ItemImages(store, start, data.n_items, batch_size)
-    loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
-        chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     fp16 = device.type == "cuda" and dtype == "fp16"
-    bar = tqdm(total=data.n_items, initial=start, desc=f"extract {encoder}", unit="img", file=sys.stderr,
-               disable=None if progress else True, dynamic_ncols=True)
-    with bar, torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-        for first, images in loader:
-            features = tower(images.to(device, non_blocking=True)).float().cpu().numpy().astype(array.dtype)
-            bad = first_non_finite(features)
-            if bad is not None:
-                token = data.item_tokens[first + bad + 1]
-                raise UserError(f"{out}: the encoder's output for item {token} (row {first + bad}) is not finite "
-                                f"in {DTYPES[dtype]}; try --dtype fp32")
-            array[first : first + len(features)] = features
-            array.flush()  # rows reach the file before the sidecar says they are done
-            sidecar.update(rows_done=first + len(features), batch_size=batch_size)
-            sidecar["complete"] = sidecar["rows_done"] == data.n_items
-            write_sidecar(out, sidecar)
-            bar.update(len(features))
+    row_dtype = array.dtype
+
+    def not_finite(row: int) -> str:
+        return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
+                f"in {DTYPES[dtype]}; try --dtype fp32")
+
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+        fill_item_rows(out, array, sidecar, store, start, data.n_items, batch_size, workers, device,
+                       lambda images: tower(images).float().cpu().numpy().astype(row_dtype),
+                       f"extract {encoder}", progress, not_finite)
     del array
     return sidecar
+
+
+def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_store: Any, start: int, n_items: int,
+                   batch_size: int, workers: int, device: torch.device, compute: Any, desc: str, progress: bool,
+                   not_finite: Any) -> None:
+    """Fill rows start.. of a per-item array with `compute(uint8 images on device) -> numpy rows`, images
+    loaded by `workers`; each chunk is flushed before the sidecar records it done, so an interrupted run
+    continues where it stopped and ends with the same bytes. `not_finite(row)` words the error."""
+    chunks = _ItemImages(image_store, start, n_items, batch_size)
+    loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
+        chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=n_items, initial=start, desc=desc, unit="img", file=sys.stderr,
+               disable=None if progress else True, dynamic_ncols=True)
+    with bar:
+        for first, images in loader:
+            rows = compute(images.to(device, non_blocking=True))
+            bad = first_non_finite(rows.reshape(len(rows), -1))
+            if bad is not None:
+                raise UserError(not_finite(first + bad))
+            array[first : first + len(rows)] = rows
+            array.flush()  # rows reach the file before the sidecar says they are done
+            done = first + len(rows)
+            sidecar.update(rows_done=done, batch_size=batch_size, complete=done == n_items)
+            write_sidecar(out, sidecar)
+            bar.update(len(rows))
 
 
 def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], np.memmap | None]:

@@ -25,10 +25,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from pixelrec.errors import UserError
-from pixelrec.items.feature_store import file_sha256, first_non_finite, sidecar_path, write_sidecar
+from pixelrec.items.feature_store import file_sha256, sidecar_path, write_sidecar
 
 FORMAT = "pixelrec-prefix-cache"
 VERSION = 1
@@ -238,7 +237,7 @@ def build_prefix_cache(
     progress: bool = True,
 ) -> PrefixCache:
     """Write (or finish) the prefix activations of items 1..n_items under `directory`; returns the cache."""
-    from pixelrec.items.extract import _ItemImages
+    from pixelrec.items.extract import fill_item_rows
 
     device = torch.device(device)
     out = cache_file(_writable_dir(Path(directory)), identity)
@@ -257,22 +256,9 @@ def build_prefix_cache(
         array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n_items, *shape))
     else:
         array = np.load(out, mmap_mode="r+", allow_pickle=False)
-    chunks = _ItemImages(image_store, start, n_items, batch_size)
-    loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
-        chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=n_items, initial=start, desc="prefix cache", unit="img", file=sys.stderr,
-               disable=None if progress else True, dynamic_ncols=True)
-    with bar, evaluating(split.tower):
-        for first, images in loader:
-            block = split.prefix(preprocess(images.to(device))).float().cpu().numpy().astype(np.float16)
-            bad = first_non_finite(block.reshape(len(block), -1))
-            if bad is not None:
-                raise UserError(f"{out}: prefix output of item {first + bad + 1} is not finite in fp16")
-            array[first : first + len(block)] = block
-            array.flush()  # rows reach the file before the sidecar says they are done
-            sidecar.update(rows_done=first + len(block), batch_size=batch_size,
-                           complete=first + len(block) == n_items)
-            write_sidecar(out, sidecar)
-            bar.update(len(block))
+    with evaluating(split.tower):
+        fill_item_rows(out, array, sidecar, image_store, start, n_items, batch_size, workers, device,
+                       lambda images: split.prefix(preprocess(images)).float().cpu().numpy().astype(np.float16),
+                       "prefix cache", progress, lambda row: f"{out}: prefix output of item {row + 1} is not finite in fp16")
     del array
     return PrefixCache(out, sidecar)

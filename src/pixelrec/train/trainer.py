@@ -90,9 +90,7 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, number: int) -> Batch:
         batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number))
         if self.encoder is not None:
-            parts = [batch.context, batch.targets] + ([batch.negatives] if batch.negatives is not None else [])
-            ids = torch.unique(torch.cat([p.reshape(-1) for p in parts]))
-            batch.item_ids = ids[ids > 0]
+            batch.item_ids = batch.distinct_items()
             batch.item_inputs = self.encoder.load_inputs(batch.item_ids.numpy())
         return batch
 
