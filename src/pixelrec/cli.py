@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -43,6 +44,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _rank_prefix() -> str:
+    """Under torchrun every rank may report: say which one."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {os.environ.get('RANK', '?')} of {world}] " if world not in ("", "1") else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
@@ -54,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(_command_module(args.command).run(args) or 0)
     except UserError as err:
-        print(f"pixelrec: error: {err}", file=sys.stderr)
+        print(f"pixelrec: error: {_rank_prefix()}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pixelrec: interrupted", file=sys.stderr)

@@ -52,6 +52,7 @@ class ItemsConfig:
 class LossConfig:
     name: Literal["bpr", "softmax", "full-softmax"] = "bpr"  # bpr is the paper's setting
     logq: bool = False  # log-popularity correction for in-batch softmax
+    across_ranks: bool = False  # softmax under several ranks: negatives from every rank's batch share
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast where a GPU is present
     progress: bool = True  # tqdm progress bars
+    dist_timeout_minutes: float = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
     channels_last: bool = False  # NHWC memory format for convolutional image encoders (faster on GPUs)
     compile: bool = False  # torch.compile the image encoder
@@ -287,6 +289,8 @@ def check_combination(config: Config) -> None:
             f"loss full-softmax needs every item's vector at each step, which items.kind={config.items.kind} "
             "cannot afford; use softmax (in-batch) or bpr"
         )
+    if config.loss.across_ranks and config.loss.name != "softmax":
+        raise UserError(f"loss.across_ranks shares in-batch negatives between ranks: it needs loss softmax, not {config.loss.name}")
     if not cheap and getattr(backbone_cls, "needs_catalogue", False):
         raise UserError(
             f"model {config.model_name} propagates over the whole catalogue at each step, which "

@@ -2,7 +2,9 @@
 
 bpr           one sampled negative per target (never one of the user's own items): the paper's setting
 softmax       cross-entropy against the distinct target items of the batch, the user's other
-              positives masked, with optional log-popularity (logQ) correction
+              positives masked, with optional log-popularity (logQ) correction; with across_ranks
+              the candidates are the whole global batch's targets, their vectors gathered from
+              every rank with gradients, so the negative pool grows with the number of GPUs
 full-softmax  cross-entropy over the whole catalogue (item encoders cheap enough to embed it all)
 """
 
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelrec import distributed
 from pixelrec.data.batch import Batch
 from pixelrec.registry import Registry
 
@@ -27,6 +30,7 @@ class Loss:
     negatives: ClassVar[int] = 0  # sampled negatives per target the batches must carry
     in_batch: ClassVar[bool] = False  # batches carry distinct candidates and own-positive masks
     full_catalogue: ClassVar[bool] = False  # every item's vector is needed at each step
+    shares_candidates: bool = False  # in-batch candidates come from every rank's rows
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         """users [N, d] aligned with targets [N]; `vectors(idx)` gives the scoring vectors of items."""
@@ -48,7 +52,8 @@ class BPRLoss(Loss):
 class InBatchSoftmaxLoss(Loss):
     in_batch = True
 
-    def __init__(self, item_popularity: np.ndarray | None = None, logq: bool = False) -> None:
+    def __init__(self, item_popularity: np.ndarray | None = None, logq: bool = False, across_ranks: bool = False) -> None:
+        self.shares_candidates = across_ranks
         self.log_q = None
         if logq:
             counts = torch.as_tensor(np.asarray(item_popularity), dtype=torch.float32).clamp(min=1)
@@ -56,12 +61,28 @@ class InBatchSoftmaxLoss(Loss):
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         candidates = batch.candidates
-        logits = users @ vectors(candidates).T
+        if self.shares_candidates and distributed.current().active:
+            candidate_vectors = _gathered_vectors(candidates, targets, vectors)
+        else:
+            candidate_vectors = vectors(candidates)
+        logits = users @ candidate_vectors.T
         if self.log_q is not None:
             logits = logits - self.log_q.to(logits.device)[candidates]
         logits = logits.masked_fill(batch.candidate_mask, float("-inf"))
         labels = torch.searchsorted(candidates, targets)
         return F.cross_entropy(logits.float(), labels)
+
+
+def _gathered_vectors(candidates: Tensor, targets: Tensor, vectors: ScoreVectors) -> Tensor:
+    """Vectors of the global batch's candidates: each rank encodes its own distinct targets, all
+    are gathered (gradients flow back to the rank that encoded them) and each candidate takes its
+    first copy. Every candidate is some rank's target, so each is found."""
+    own = torch.unique(targets)
+    every_id = distributed.gather_rows(own)
+    every_vector = distributed.gather_rows_with_grad(vectors(own))
+    order = torch.argsort(every_id, stable=True)
+    first = order[torch.searchsorted(every_id[order], candidates)]
+    return every_vector[first]
 
 
 @LOSSES.register("full-softmax")

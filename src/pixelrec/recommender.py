@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import ragged_positions
+from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.losses import Loss
@@ -65,10 +66,12 @@ class Recommender(nn.Module):
         return {"loss": loss, "items_encoded": torch.tensor(float(len(items.item_ids)))}
 
     @torch.no_grad()
-    def catalogue_vectors(self, batch_size: int = 4096, workers: int = 0) -> tuple[ItemLookup, Tensor]:
-        """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation."""
+    def catalogue_vectors(self, batch_size: int = 4096, workers: int = 0,
+                          job: Job = SINGLE) -> tuple[ItemLookup, Tensor]:
+        """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation; under several
+        ranks the item encoder's work is shared out."""
         device = self.device
-        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device, workers))
+        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device, workers, job))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
 

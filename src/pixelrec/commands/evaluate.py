@@ -1,4 +1,5 @@
-"""`pixelrec evaluate`: re-evaluate a run's best checkpoint with full ranking."""
+"""`pixelrec evaluate`: re-evaluate a run's best checkpoint with full ranking (under torchrun the
+catalogue and the users are shared out between the ranks)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pixelrec import distributed
     from pixelrec.evaluate.run import evaluate_run
 
     splits = ["valid", "test"] if args.split == "both" else [args.split]
-    metrics = evaluate_run(Path(args.run), splits, args.checkpoint, args.data)
-    print(json.dumps(metrics, indent=2))
+    try:
+        metrics = evaluate_run(Path(args.run), splits, args.checkpoint, args.data)
+        if distributed.current().main:
+            print(json.dumps(metrics, indent=2))
+    finally:
+        distributed.leave()
     return 0

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.order:
         raise UserError("--order goes with --import only")
-    from pixelrec.train.trainer import resolve_device
+    from pixelrec.distributed import resolve_device
 
     sidecar = extract_features(
         args.data, args.out, args.encoder, encoder_weights=args.encoder_weights, pretrained=args.pretrained,

@@ -40,6 +40,7 @@ def flags_of(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pixelrec import distributed
     from pixelrec.config import dump, read_yaml
     from pixelrec.train.rundir import default_run_dir
     from pixelrec.train.trainer import train
@@ -50,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
         config = resolve(files=args.config, flags=flags_of(args), sets=args.sets, base=base)
     else:
         config = resolve(model=args.model, files=args.config, flags=flags_of(args), sets=args.sets)
-        out = Path(args.out) if args.out else default_run_dir(config.model_name, config.items.kind)
+        out = Path(args.out) if args.out else None
     if args.print_config:
         print(dump(config), end="")
         return 0
-    results = train(config, out, resume=bool(args.resume))
-    print(json.dumps({"run": str(out), "valid": results.get("valid"), "test": results.get("test")}, indent=2))
+    job, _ = distributed.join(config.train.device, config.train.dist_timeout_minutes)
+    try:
+        if out is None:  # one name for the whole job: rank 0's
+            out = distributed.gather_objects(default_run_dir(config.model_name, config.items.kind) if job.main else None)[0]
+        results = train(config, out, resume=bool(args.resume))
+        if job.main:
+            print(json.dumps({"run": str(out), "valid": results.get("valid"), "test": results.get("test")}, indent=2))
+    finally:
+        distributed.leave()
     return 0

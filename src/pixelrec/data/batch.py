@@ -22,6 +22,8 @@ class Batch:
                which candidates are the user's own other positives (in-batch softmax)
     item_ids / item_inputs: distinct items of the batch and their encoder inputs (images), when the
                item encoder needs inputs loaded by DataLoader workers
+    loss_scale: this rank's share of the global batch's targets times the rank count (1.0 on one
+               process): averaging gradients over ranks then gives the global batch's mean loss
     """
 
     users: Tensor
@@ -33,6 +35,7 @@ class Batch:
     candidate_mask: Tensor | None = None
     item_ids: Tensor | None = None
     item_inputs: Any = None
+    loss_scale: float = 1.0
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {}

@@ -20,6 +20,7 @@ import torch
 
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
+from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 
 VIEWS = ("pair", "prefixes", "sequence", "masked")
@@ -99,8 +100,13 @@ class TrainingView:
     def __len__(self) -> int:
         return len(self.example_users)
 
-    def batch(self, example_ids: np.ndarray, rng: np.random.Generator) -> Batch:
-        """Build the batch of the given examples; `rng` drives negatives and cloze masks."""
+    def batch(self, example_ids: np.ndarray, rng: np.random.Generator, job: Job = SINGLE,
+              shared_candidates: bool = False) -> Batch:
+        """Build the batch of the given examples; `rng` drives negatives and cloze masks.
+
+        Under several ranks every rank builds the whole global batch's examples (cheap gathers),
+        so negatives and masks do not depend on the rank count, then keeps its share of rows. With
+        `shared_candidates` the in-batch candidates are the global batch's targets, not just its rows'."""
         users = self.example_users[example_ids]
         ends = self.example_ends[example_ids]
         starts = self.starts[users]
@@ -118,12 +124,21 @@ class TrainingView:
             context = gather_windows(self.item_seq, ends, starts, self.width)
             mask = self._cloze_mask(context, rng)
             targets = np.where(mask, context, 0)
+        negatives = self.sample_negatives(users, targets, rng) if self.negatives else None
+        all_targets, rows = targets, job.share(len(example_ids))
+        users, context, targets = users[rows], context[rows], targets[rows]
         batch = Batch(users=torch.from_numpy(users.astype(np.int64)), context=torch.from_numpy(context),
-                      targets=torch.from_numpy(targets), mask=None if mask is None else torch.from_numpy(mask))
-        if self.negatives:
-            batch.negatives = torch.from_numpy(self.sample_negatives(users, targets, rng))
+                      targets=torch.from_numpy(targets), mask=None if mask is None else torch.from_numpy(mask[rows]))
+        if negatives is not None:
+            batch.negatives = torch.from_numpy(negatives[rows])
         if self.in_batch:
-            batch.candidates, batch.candidate_mask = self._in_batch(users, targets)
+            pool = all_targets if shared_candidates else targets
+            batch.candidates, batch.candidate_mask = self._in_batch(users, targets, pool)
+        n_all = int((all_targets > 0).sum())
+        if n_all:
+            # this rank's share of the global batch's targets x the rank count: averaging gradients
+            # over ranks then gives the gradient of the global batch's mean loss
+            batch.loss_scale = int((targets > 0).sum()) / n_all * job.world
         return batch
 
     def _cloze_mask(self, context: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -148,11 +163,12 @@ class TrainingView:
             negatives[clash] = rng.integers(1, self.n_items + 1, size=int(clash.sum()))
         return np.where(targets > 0, negatives, 0).astype(np.int64)
 
-    def _in_batch(self, users: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _in_batch(self, users: np.ndarray, targets: np.ndarray, pool: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates: the distinct targets of `pool`; mask: which are each target's user's other own items."""
         valid = targets > 0
         owners = np.broadcast_to(users.reshape((-1,) + (1,) * (targets.ndim - 1)), targets.shape)[valid]
         flat = targets[valid]
-        candidates = np.unique(flat)
+        candidates = np.unique(pool[pool > 0])
         own = self.own_items.contains(owners[:, None], candidates[None, :])
         own &= candidates[None, :] != flat[:, None]
         return torch.from_numpy(candidates.astype(np.int64)), torch.from_numpy(own)

@@ -5,6 +5,9 @@ one matrix product each, the block size chosen so a block of scores stays within
 A target's rank counts the unmasked items scoring at least as high (ties count against the model),
 so a constant scorer gets nothing for free. The target itself is never masked, even when the user
 saw it before (re-consumption stays predictable).
+
+Under several ranks the catalogue's encoding and the users are shared out; the integer ranks are
+gathered, so every rank computes the same metrics a single process would, bit for bit.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixelrec import distributed
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import evaluation_batch
+from pixelrec.distributed import SINGLE, Job
 from pixelrec.evaluate.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
 
@@ -45,14 +50,17 @@ def rank_targets(
     score_budget_mb: int = 512,
     catalogue_batch: int = 4096,
     workers: int = 0,
+    job: Job = SINGLE,
 ) -> Tensor:
-    """0-based rank of each user's `split` target among all items (history masked), on the CPU."""
+    """0-based rank of each user's `split` target among all items (history masked), on the CPU;
+    under several ranks (`job`) each scores its share of the users and all get every rank."""
     was_training = model.training
     model.eval()
-    lookup, scoring = model.catalogue_vectors(catalogue_batch, workers)
+    lookup, scoring = model.catalogue_vectors(catalogue_batch, workers, job)
     n_columns = scoring.shape[0]
     block = max(1, min(batch_size, score_budget_mb * 2**20 // (4 * n_columns)))
     users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
+    users = users[job.share(len(users))]
     ranks = []
     for begin in range(0, len(users), block):
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
@@ -62,7 +70,8 @@ def rank_targets(
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
         ranks.append(rank.cpu())
     model.train(was_training)
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    mine = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return distributed.gather_rows(mine).cpu() if job.world > 1 else mine
 
 
 def evaluate(
@@ -74,9 +83,10 @@ def evaluate(
     batch_size: int = 1024,
     score_budget_mb: int = 512,
     workers: int = 0,
+    job: Job = SINGLE,
 ) -> dict[str, dict[str, float]]:
     """{split: metrics} for all users, plus {split_cold: metrics} for users whose target is a cold item."""
-    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers)
+    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers, job=job)
     out = {split: metrics_from_ranks(ranks, ks)}
     if len(data.cold_items):
         targets = np.asarray(data.item_seq)[data.target_positions(split)]

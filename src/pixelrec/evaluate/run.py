@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelrec import distributed
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import history_batch
 from pixelrec.errors import UserError
@@ -17,14 +18,15 @@ from pixelrec.train import rundir
 
 
 def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None):
-    """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory."""
-    from pixelrec.train.trainer import build_model, config_of_run, resolve_device
+    """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory.
+    Under torchrun the process joins the job (and takes the GPU of its local rank)."""
+    from pixelrec.train.trainer import build_model, config_of_run
 
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml)")
     config = config_of_run(run)
     data = PreparedData(data_path or config.data.path)
-    device = resolve_device(config.train.device)
+    _, device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
     model = build_model(config, data).to(device)
     path = run / f"{checkpoint}.pt"
     if not path.exists() and checkpoint == "best":
@@ -38,7 +40,7 @@ def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best", data_pa
     out: dict[str, Any] = {}
     for split in splits:
         out |= evaluate(model, data, split, config.data.max_len, config.eval.ks, config.eval.batch_size,
-                        config.eval.score_budget_mb, workers=config.train.num_workers)
+                        config.eval.score_budget_mb, workers=config.train.num_workers, job=distributed.current())
     return out
 
 

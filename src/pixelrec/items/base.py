@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pixelrec import distributed
+from pixelrec.distributed import SINGLE, Job
+
 
 class ItemEncoder(nn.Module):
     """Maps distinct item indices (>= 1, never padding) to vectors of size `embedding_size`.
@@ -43,11 +46,14 @@ class ItemEncoder(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,
+                  job: Job = SINGLE) -> Tensor:
         """Vectors of every item, row i = item i, row 0 = zeros (padding); inputs are loaded by
-        `workers` DataLoader processes while the encoder runs."""
+        `workers` DataLoader processes while the encoder runs. Under several ranks each encodes its
+        share of the items and all shares are gathered."""
         device = device or next(self.parameters()).device
-        chunks = list(torch.arange(1, self.n_items + 1).split(min(batch_size, self.catalogue_chunk)))
+        items = torch.arange(1, self.n_items + 1)[job.share(self.n_items)]
+        chunks = list(items.split(min(batch_size, self.catalogue_chunk)))
         loaded: Any
         if self.needs_inputs and workers > 0:
             loaded = torch.utils.data.DataLoader(
@@ -55,11 +61,12 @@ class ItemEncoder(nn.Module):
             )
         else:
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
-        out = [torch.zeros(1, self.embedding_size, device=device)]
+        out = [torch.zeros(0, self.embedding_size, device=device)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             for chunk, inputs in loaded:
                 out.append(self(chunk.to(device), move_inputs(inputs, device)).float())
-        return torch.cat(out)
+        vectors = distributed.gather_rows(torch.cat(out)) if job.world > 1 else torch.cat(out)
+        return torch.cat([vectors.new_zeros(1, self.embedding_size), vectors])
 
 
 class _CatalogueInputs(torch.utils.data.Dataset):

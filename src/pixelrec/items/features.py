@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
@@ -56,10 +57,11 @@ class FeatureEncoder(ItemEncoder):
         return raw if self.projection is None else self.projection(raw)
 
     @torch.no_grad()
-    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,
+                  job: Job = SINGLE) -> Tensor:
         if self.projection is None:
             return self.features.float().to(device or self.features.device)
-        return super().catalogue(batch_size, device or self.features.device, workers)
+        return super().catalogue(batch_size, device or self.features.device, workers, job)
 
 
 @ITEM_ENCODERS.register("id+features")

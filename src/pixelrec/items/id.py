@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixelrec.distributed import SINGLE, Job
+
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
 
@@ -24,7 +26,9 @@ class IDEncoder(ItemEncoder):
         return self.embedding(item_ids)
 
     @torch.no_grad()
-    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0) -> Tensor:
+    def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,
+                  job: Job = SINGLE) -> Tensor:
+        """The table itself: every rank holds all of it, so there is nothing to share out."""
         table = self.embedding.weight.clone()
         table[0] = 0
         return table

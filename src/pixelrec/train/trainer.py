@@ -1,10 +1,15 @@
 """The training loop: batches from a training view, AdamW with parameter groups, periodic
-full-ranking validation, early stopping, atomic checkpoints and exact resume."""
+full-ranking validation, early stopping, atomic checkpoints and exact resume.
+
+Under torchrun the same loop runs on every rank: the configured batch size is the global batch,
+each rank trains on its share of every global batch through DistributedDataParallel, validation is
+shared out, and only rank 0 writes the run directory."""
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -14,22 +19,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pixelrec import distributed
 from pixelrec.config import Config, build_config, dump
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
+from pixelrec.distributed import Job
 from pixelrec.errors import UserError
 from pixelrec.evaluate.evaluator import evaluate
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
 from pixelrec.train import rundir
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name}: no CUDA device is available here")
-    return torch.device(name)
 
 
 def build_model(config: Config, data: PreparedData) -> Recommender:
@@ -61,6 +60,16 @@ def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]
     return out
 
 
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the job's ranks. Buffers (frozen feature tables, BN statistics)
+    stay per rank: every rank builds the same tables itself, so none is ever broadcast."""
+    with warnings.catch_warnings():
+        # the suggested replacement still broadcasts buffers once at start-up: a feature table can be GBs
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # completed epochs
@@ -78,17 +87,21 @@ class TrainState:
 
 
 class BatchDataset(torch.utils.data.Dataset):
-    """Batch number -> built batch, so DataLoader workers can build (and load images for) batches."""
+    """Batch number -> this rank's share of that built batch, so DataLoader workers can build (and
+    load images for) batches."""
 
-    def __init__(self, view: TrainingView, model: Recommender, order: list[np.ndarray], seed: int, epoch: int) -> None:
-        self.view, self.order, self.seed, self.epoch = view, order, seed, epoch
+    def __init__(self, view: TrainingView, model: Recommender, order: list[np.ndarray], seed: int, epoch: int,
+                 job: Job = distributed.SINGLE) -> None:
+        self.view, self.order, self.seed, self.epoch, self.job = view, order, seed, epoch, job
         self.encoder = model.item_encoder if model.item_encoder.needs_inputs else None
+        self.shared_candidates = model.loss.shares_candidates
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, number: int) -> Batch:
-        batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number))
+        batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number), self.job,
+                                self.shared_candidates)
         if self.encoder is not None:
             batch.item_ids = batch.distinct_items()
             batch.item_inputs = self.encoder.load_inputs(batch.item_ids.numpy())
@@ -103,9 +116,11 @@ class Trainer:
         if config.data.path is None:
             raise UserError("no dataset: pass --data DIR (a directory written by `pixelrec prepare`)")
         self.data = PreparedData(config.data.path)
-        self.device = resolve_device(config.train.device)
+        self.job, self.device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(self.device)
+        if self.job.world > 1:
+            torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
         backbone, loss = self.model.backbone, self.model.loss
         self.view = TrainingView(
             self.data, backbone.view, config.data.max_len, config.data.sequences,
@@ -114,20 +129,30 @@ class Trainer:
         groups = parameter_groups(self.model, config)
         # one fused update per step instead of one small kernel per parameter tensor
         self.optimizer = torch.optim.AdamW(groups, lr=config.train.lr, foreach=True) if groups else None
+        self.net: nn.Module = self.model
+        if self.job.active and groups:
+            self.net = data_parallel(self.model, self.device)
         self.state = TrainState()
         self.metrics = rundir.MetricsLog(self.out / "metrics.jsonl")
         if resume:
             self._resume()
         else:
             self._start()
-        # after the weights are final: the prefix cache is keyed by the frozen weights it was built from
-        self.model.item_encoder.prepare(self.device, config.train, workers=config.train.num_workers,
-                                        progress=config.train.progress)
+        # after the weights are final: the prefix cache is keyed by the frozen weights it was built
+        # from; rank 0 builds it, the others then find it complete on disk
+        for turn in ([True, False] if self.job.world > 1 else [True]):
+            if turn == self.job.main:
+                self.model.item_encoder.prepare(self.device, config.train, workers=config.train.num_workers,
+                                                progress=config.train.progress and self.job.main)
+            distributed.barrier()
 
     # --- run directory ------------------------------------------------------------------
     def _start(self) -> None:
         if (self.out / "last.pt").exists():
             raise UserError(f"{self.out}: already holds a run; use --resume {self.out} or another --out")
+        distributed.barrier()  # every rank has looked before rank 0 writes anything
+        if not self.job.main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
         rundir.atomic_json(self.out / "environment.json", rundir.environment(self.device))
@@ -139,26 +164,41 @@ class Trainer:
         if self.optimizer is not None and payload.get("optimizer"):
             self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["state"])
-        torch.set_rng_state(payload["torch_rng"])
-        if self.device.type == "cuda" and payload.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
-        self.metrics.truncate_after(self.state.epoch)
+        streams = payload.get("rng_per_rank") or [(payload["torch_rng"], payload.get("cuda_rng"))]
+        if len(streams) != self.job.world:
+            print(f"note: {self.out} was trained on {len(streams)} rank(s), resumed on {self.job.world}: "
+                  "dropout streams restart, so the result will not equal an uninterrupted run", flush=True)
+        if len(streams) == self.job.world:
+            cpu_rng, cuda_rng = streams[self.job.rank]
+            torch.set_rng_state(cpu_rng)
+            if self.device.type == "cuda" and cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+        if self.job.main:
+            self.metrics.truncate_after(self.state.epoch)
+        distributed.barrier()
 
     def _checkpoint(self, name: str) -> None:
+        """Every rank calls this (their random streams are gathered); rank 0 writes."""
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        streams = distributed.gather_objects((torch.get_rng_state(), cuda_rng))
+        if not self.job.main:
+            return
         rundir.save_checkpoint(self.out / name, {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "state": self.state.to_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "torch_rng": streams[0][0],
+            "cuda_rng": streams[0][1],
+            "rng_per_rank": streams,
         })
 
     # --- loop ---------------------------------------------------------------------------
     def batches(self, epoch: int) -> Iterator[Batch]:
         t = self.config.train
-        order = [ids for _, ids in self.view.epoch_batches(t.batch_size, t.seed, epoch)]
-        dataset = BatchDataset(self.view, self.model, order, t.seed, epoch)
+        # under several ranks a final global batch with fewer examples than ranks is dropped
+        order = [ids for _, ids in self.view.epoch_batches(t.batch_size, t.seed, epoch) if len(ids) >= self.job.world]
+        dataset = BatchDataset(self.view, self.model, order, t.seed, epoch, self.job)
         if t.num_workers == 0:
             yield from (dataset[i] for i in range(len(dataset)))
             return
@@ -179,19 +219,19 @@ class Trainer:
         total, count, encoded, positions = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
         bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}", leave=False,
-                   disable=not t.progress, unit="batch", dynamic_ncols=True)
+                   disable=not (t.progress and self.job.main), unit="batch", dynamic_ncols=True)
         for batch in bar:
             batch = batch.to(self.device)
             with self._autocast():
-                out = self.model(batch)
-            loss = out["loss"]
+                out = self.net(batch)
+            loss = out["loss"] * batch.loss_scale
             if not torch.isfinite(loss):
                 raise UserError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
                     f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
             self.optimizer.step()
@@ -206,6 +246,9 @@ class Trainer:
                 self.state.stopped = "max_steps"
                 break
         seconds = time.perf_counter() - started
+        if self.job.world > 1:  # the global batches' mean loss and everything encoded on any rank
+            total = distributed.all_sum(total) / self.job.world
+            encoded, positions = distributed.all_sum(encoded), distributed.all_sum(positions)
         self.state.items_encoded += encoded
         return {"loss": total / max(count, 1), "steps": count, "seconds": seconds,
                 "items_encoded_per_step": encoded / max(count, 1),
@@ -217,7 +260,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, Any]:
         c = self.config
         return evaluate(self.model, self.data, split, c.data.max_len, c.eval.ks, c.eval.batch_size,
-                        c.eval.score_budget_mb, workers=c.train.num_workers)
+                        c.eval.score_budget_mb, workers=c.train.num_workers, job=self.job)
 
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
@@ -244,9 +287,11 @@ class Trainer:
                     if self.state.bad_evaluations >= t.patience:
                         self.state.stopped = "early stopping"
             row["step"] = self.state.step
-            self.metrics.append(row)
+            if self.job.main:
+                self.metrics.append(row)
             self._checkpoint("last.pt")
-            print(_epoch_line(row, c.eval.valid_metric), flush=True)
+            if self.job.main:
+                print(_epoch_line(row, c.eval.valid_metric), flush=True)
             if self.on_epoch is not None:
                 self.on_epoch(row)
         if not self.state.stopped:
@@ -260,10 +305,12 @@ class Trainer:
         valid = self.validate()
         test = self.evaluate("test")
         eval_seconds = (time.perf_counter() - started) / 2
-        if not (self.out / "last.pt").exists():
+        if self.state.epoch == 0:  # nothing trained (a rule-based model): still a loadable run
             self._checkpoint("last.pt")
         results = results_record(self, valid | test, eval_seconds)
-        rundir.atomic_json(self.out / "results.json", results)
+        if self.job.main:
+            rundir.atomic_json(self.out / "results.json", results)
+        distributed.barrier()  # results.json is there when any rank returns
         return results
 
 
