@@ -135,11 +135,28 @@ def gather_rows_with_grad(x: Tensor) -> Tensor:
     job = current()
     if not job.active:
         return x
-    from torch.distributed.nn.functional import all_gather
-
     padded, sizes = _padded(x)
-    parts = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(x.device)
+    every = _GatherWithGrad.apply(padded)
+    longest = padded.shape[0]
+    return torch.cat([every[r * longest : r * longest + n] for r, n in enumerate(sizes)]).to(x.device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forwards; backwards, each rank's rows receive the gradient summed over all ranks."""
+
+    @staticmethod
+    def forward(ctx: Any, padded: Tensor) -> Tensor:
+        job = current()
+        parts = [torch.empty_like(padded) for _ in range(job.world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rows = slice(job.rank * padded.shape[0], (job.rank + 1) * padded.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
 
 
 def _padded(x: Tensor) -> tuple[Tensor, list[int]]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from pixelrec.commands import add_run_argument, run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by `pixelrec train`")
+    add_run_argument(parser)
     parser.add_argument("--split", choices=["valid", "test", "both"], default="both")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
     parser.add_argument("--data", help="evaluate on another prepared dataset with the same items")
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     splits = ["valid", "test"] if args.split == "both" else [args.split]
     try:
-        metrics = evaluate_run(Path(args.run), splits, args.checkpoint, args.data)
+        metrics = evaluate_run(run_directory(args), splits, args.checkpoint, args.data)
         if distributed.current().main:
             print(json.dumps(metrics, indent=2))
     finally:

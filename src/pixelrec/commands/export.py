@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from pixelrec.commands import add_run_argument, run_directory
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="DIR", help="run directory written by `pixelrec train`")
+    add_run_argument(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="where items.npy, users.npy, items.txt, "
                         "users.txt and export.json go")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pixelrec.bench.export import export_vectors
 
-    manifest = export_vectors(args.run, args.out, args.checkpoint, args.batch_size)
+    manifest = export_vectors(run_directory(args), args.out, args.checkpoint, args.batch_size)
     print(f"wrote {args.out}: {manifest['n_users']:,} users and {manifest['n_items']:,} items x {manifest['dim']} "
           f"(score = users . items; mask each user's history as `pixelrec recommend` does)")
     return 0

@@ -7,9 +7,11 @@ import csv
 import sys
 from pathlib import Path
 
+from pixelrec.commands import add_run_argument, run_directory
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by `pixelrec train`")
+    add_run_argument(parser)
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", action="append", help="user token as in the interactions file (repeatable)")
     who.add_argument("--users-file", help="text file with one user token per line (batch mode)")
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UserError(f"-k must be at least 1, not {args.k}")
     tokens = args.user or _read_tokens(Path(args.users_file))
-    config, data, model = load_run(Path(args.run))
+    config, data, model = load_run(run_directory(args))
     users = user_indices(data, tokens)
     items, scores = recommend(model, data, users, args.k, config.data.max_len)
     titles = _titles(data)
