@@ -77,11 +77,12 @@ class PreparedData:
     def train_start(self) -> np.ndarray:
         return np.asarray(self.user_ptr[:-1], dtype=np.int64)
 
-    def target_positions(self, split: str) -> np.ndarray:
-        """Position in item_seq of each user's `split` target, for users 1..n_users."""
+    def target_positions(self, split: str, users: np.ndarray | None = None) -> np.ndarray:
+        """Position in item_seq of each user's `split` target, for `users` (default: 1..n_users)."""
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-        last = np.asarray(self.user_ptr[2:], dtype=np.int64) - 1
+        ends = self.user_ptr[2:] if users is None else self.user_ptr[np.asarray(users, dtype=np.int64) + 1]
+        last = np.asarray(ends, dtype=np.int64) - 1
         return last if split == "test" else last - 1
 
     def history_end(self, split: str) -> np.ndarray:
