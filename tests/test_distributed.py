@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import patterned_sequences, write_prepared
 from helpers import tiny_config, trainable_backbones
 from pixelrec import distributed
 from pixelrec.cli import main
@@ -21,6 +22,7 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.train.trainer import Trainer
+from test_vinet import with_images
 
 TINY = ["--model", "sasrec", "--device", "cpu", "--set", "train.progress=false", "--set", "model.embedding_size=32",
         "--set", "train.batch_size=32"]
@@ -138,3 +140,20 @@ def test_a_failing_job_ends_with_one_line_per_rank(tiny_data, tmp_path):
     assert failed.returncode != 0
     for rank in (0, 1):
         assert f"pixelrec: error: [rank {rank} of 2] {tmp_path / 'taken'}: already holds a run" in failed.stderr
+
+
+def test_pixels_with_a_prefix_cache_under_two_ranks(tmp_path):
+    """Rank 0 builds the frozen-prefix cache once; both ranks train the top block from it with
+    negatives shared across ranks, like one process; the catalogue is encoded half by each rank."""
+    data = with_images(write_prepared(tmp_path / "data", patterned_sequences(30, 20, 6)), 20)
+    args = ["train", "--data", str(data), *TINY, "--epochs", "2", "--items", "pixels", "--encoder", "test_vit",
+            "--loss", "softmax", "--set", "loss.across_ranks=true", "--set", "model.dropout=0",
+            "--set", "items.image_size=32", "--set", "items.tune_last=1", "--set", "train.batch_size=16",
+            "--set", "items.cache=prefix", "--set", f"items.cache_dir={tmp_path / 'cache'}"]
+    two = torchrun([*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    for a, b in zip(epoch_rows(tmp_path / "one"), epoch_rows(tmp_path / "two")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert close(a["valid"], b["valid"], tol=1e-3)

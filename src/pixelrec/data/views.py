@@ -220,7 +220,7 @@ def history_batch(data: PreparedData, users: np.ndarray, history_end: np.ndarray
     """Batch whose context is each user's last max_len items before `history_end` (exclusive
     positions in item_seq), plus the (row, item) pairs of the whole history, to be masked."""
     users = np.asarray(users, dtype=np.int64)
-    starts = data.train_start[users]
+    starts = np.asarray(data.user_ptr[users], dtype=np.int64)  # train_start of these users only
     item_seq = np.asarray(data.item_seq)
     context = gather_windows(item_seq, history_end, starts, max_len)
     pos, row = ragged_positions(starts, history_end - starts)
