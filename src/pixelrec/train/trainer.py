@@ -141,11 +141,15 @@ class Trainer:
             self._start()
         # after the weights are final: the prefix cache is keyed by the frozen weights it was built
         # from; rank 0 builds it, the others then find it complete on disk
-        for turn in ([True, False] if self.job.world > 1 else [True]):
-            if turn == self.job.main:
-                self.model.item_encoder.prepare(self.device, config.train, workers=config.train.num_workers,
-                                                progress=config.train.progress and self.job.main)
-            distributed.barrier()
+        if self.job.main:
+            self._prepare_items()
+        distributed.barrier()
+        if not self.job.main:
+            self._prepare_items()
+
+    def _prepare_items(self) -> None:
+        t = self.config.train
+        self.model.item_encoder.prepare(self.device, t, workers=t.num_workers, progress=t.progress and self.job.main)
 
     # --- run directory ------------------------------------------------------------------
     def _start(self) -> None:
@@ -166,7 +170,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["state"])
         streams = payload.get("rng_per_rank") or [(payload["torch_rng"], payload.get("cuda_rng"))]
-        if len(streams) != self.job.world:
+        if len(streams) != self.job.world and self.job.main:
             print(f"note: {self.out} was trained on {len(streams)} rank(s), resumed on {self.job.world}: "
                   "dropout streams restart, so the result will not equal an uninterrupted run", flush=True)
         if len(streams) == self.job.world:
@@ -247,6 +251,8 @@ class Trainer:
                 self.state.stopped = "max_steps"
                 break
         seconds = time.perf_counter() - started
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients would sit through validation
         if self.job.world > 1:  # the global batches' mean loss and everything encoded on any rank
             total = distributed.all_sum(total) / self.job.world
             encoded, positions = distributed.all_sum(encoded), distributed.all_sum(positions)
