@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from pixelrec.recommender import Recommender
 from pixelrec.train import rundir
 
 
-def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None):
+def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None, shared: bool = False):
     """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory.
-    Under torchrun the process joins the job (and takes the GPU of its local rank)."""
+    With `shared`, a process started by torchrun joins the job (and takes its local rank's GPU);
+    without, such a process is refused: the work would only be repeated on every rank."""
     from pixelrec.train.trainer import build_model, config_of_run
 
+    if not shared and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("only `pixelrec train` and `pixelrec evaluate` share work between ranks; run this without torchrun")
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml)")
     config = config_of_run(run)
@@ -36,7 +40,7 @@ def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None):
 
 
 def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best", data_path: str | None = None) -> dict[str, Any]:
-    config, data, model = load_run(run, checkpoint, data_path)
+    config, data, model = load_run(run, checkpoint, data_path, shared=True)
     out: dict[str, Any] = {}
     for split in splits:
         out |= evaluate(model, data, split, config.data.max_len, config.eval.ks, config.eval.batch_size,
