@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,44 @@ def test_pixels_with_a_prefix_cache_under_two_ranks(tmp_path):
     for a, b in zip(epoch_rows(tmp_path / "one"), epoch_rows(tmp_path / "two")):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert close(a["valid"], b["valid"], tol=1e-3)
+
+
+def test_a_killed_rank_ends_the_job_and_the_run_resumes(tiny_data, tmp_path):
+    """SIGKILL one rank mid-training: the job ends within seconds (no rank left waiting in a
+    collective) and the run directory resumes from its last checkpoint."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "pixelrec", "train", "--data", str(tiny_data), *TINY, "--epochs", "500",
+                            "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "last.pt").exists()
+        os.kill(worker_of(job.pid, rank=1), signal.SIGKILL)
+        killed = time.monotonic()
+        assert job.wait(timeout=60) != 0
+        assert time.monotonic() - killed < 30
+    finally:
+        job.kill()
+    done = len(epoch_rows(out))
+    resumed = torchrun(["train", "--resume", str(out), "--epochs", str(done + 1)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in epoch_rows(out)] == list(range(1, done + 2))
+    assert results(out)["epochs_run"] == done + 1
+
+
+def worker_of(launcher: int, rank: int) -> int:
+    """The pid of the torchrun worker with this RANK, among the launcher's children."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no worker with RANK={rank} under pid {launcher}")
