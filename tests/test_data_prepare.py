@@ -33,6 +33,7 @@ def test_hand_made_example_split(tmp_path):
     assert seq[data.target_positions("valid")].tolist() == [1, 4]
     assert seq[data.target_positions("test")].tolist() == [2, 3]
     assert [seq[s:e].tolist() for s, e in zip(data.train_start[1:], data.train_end[1:])] == [[3], [2, 1]]
+    assert data.train_popularity.tolist() == [0, 1, 1, 1, 0]  # training parts [3] and [2, 1]
     table = data.item_table()
     assert table.column("title").to_pylist()[0] == "title 0, with comma"
     assert meta["image_store"]["size"] == 16 and meta["image_store"]["placeholders"] == []
@@ -86,6 +87,7 @@ def test_cold_items_never_in_training(tmp_path, data_synth_raw):
     assert not np.isin(in_train, cold).any()
     assert np.isin(seq, cold).any()  # they remain as valid/test targets
     assert data.train_popularity[cold].sum() == 0
+    assert data.train_popularity.tolist() == np.bincount(in_train, minlength=data.n_items + 1).tolist()
     assert (data.train_end[1:] - data.train_start[1:]).min() >= 1  # users with nothing to train on are gone
     assert meta["dropped"]["cold_training_interactions"] > 0
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrec.data.views import history_batch
+from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
 from pixelrec.evaluate.run import load_run
 from pixelrec.models.base import Backbone
@@ -39,7 +39,7 @@ def user_vectors(model, data, lookup, users: np.ndarray, max_len: int, batch_siz
     blocks, first = [], None
     for begin in range(0, len(users), batch_size):
         chunk = users[begin : begin + batch_size]
-        batch, _, _ = history_batch(data, chunk, np.asarray(data.user_ptr[chunk + 1]), max_len)
+        batch, _, _ = whole_history_batch(data, chunk, max_len)
         batch = batch.to(model.device)
         if first is None:
             first = batch

@@ -236,19 +236,20 @@ def train_trial(trial, config: Config, run_dir: Path, reported: set[int]) -> dic
     resume = (run_dir / "last.pt").is_file()
     metric = config.eval.valid_metric
 
-    def on_epoch(row: dict[str, Any]) -> None:
+    def report(row: dict[str, Any]) -> None:
         if "valid" in row and row["epoch"] not in reported:
             trial.report(row["valid"][metric], row["epoch"])
             reported.add(row["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} (valid {metric} below the median)")
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        report(row)
+        if "valid" in row and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} (valid {metric} below the median)")
 
     if resume:
         config = config_of_run(run_dir)
         for row in MetricsLog(run_dir / "metrics.jsonl").read():  # epochs done before the interruption
-            if "valid" in row and row["epoch"] not in reported:
-                trial.report(row["valid"][metric], row["epoch"])
-                reported.add(row["epoch"])
+            report(row)
     return train(config, run_dir, resume=resume, on_epoch=on_epoch)
 
 

@@ -8,6 +8,18 @@ from pathlib import Path
 from pixelrec.errors import UserError
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum` (argparse's usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
     """The run directory, as `RUN` or `--run RUN` (torchrun takes `--run` for its own `--run-path`)."""
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="run directory written by `pixelrec train`")

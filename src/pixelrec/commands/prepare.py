@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-
-    return parse
+from pixelrec.commands import at_least
 
 
 def _fraction(text: str) -> float:
@@ -28,12 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="raw folder (interactions CSV or RecBole .inter, item-info CSV, covers/) or one file")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="prepared dataset folder to write")
     parser.add_argument("--name", help="dataset name recorded in meta.json (default: the raw folder's name)")
-    parser.add_argument("--image-size", type=_at_least(8), default=224, metavar="PX",
+    parser.add_argument("--image-size", type=at_least(8), default=224, metavar="PX",
                         help="stored square image side (default 224, as the paper)")
-    parser.add_argument("--workers", type=_at_least(1), default=None, metavar="N",
+    parser.add_argument("--workers", type=at_least(1), default=None, metavar="N",
                         help="processes encoding images (default: all cores)")
-    parser.add_argument("--kcore", type=_at_least(0), default=0, metavar="K", help="iterative k-core on users and items")
-    parser.add_argument("--sample-users", type=_at_least(1), default=None, metavar="N",
+    parser.add_argument("--kcore", type=at_least(0), default=0, metavar="K", help="iterative k-core on users and items")
+    parser.add_argument("--sample-users", type=at_least(1), default=None, metavar="N",
                         help="keep this many users, sampled uniformly after the >=3-interaction filter")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample-users and --cold-items")
     parser.add_argument("--missing-images", choices=("fail", "placeholder"), default="fail",

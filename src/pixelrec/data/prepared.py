@@ -73,8 +73,9 @@ class PreparedData:
         end[0] = 0
         return end.astype(np.int64)
 
-    @property
+    @cached_property
     def train_start(self) -> np.ndarray:
+        """Start of each user's interactions (and training part) in item_seq (user 0: 0)."""
         return np.asarray(self.user_ptr[:-1], dtype=np.int64)
 
     def target_positions(self, split: str, users: np.ndarray | None = None) -> np.ndarray:
@@ -85,16 +86,13 @@ class PreparedData:
         last = np.asarray(ends, dtype=np.int64) - 1
         return last if split == "test" else last - 1
 
-    def history_end(self, split: str) -> np.ndarray:
-        """Exclusive end of the history a `split` prediction may use, for users 1..n_users."""
-        return self.target_positions(split)
-
     @cached_property
     def train_popularity(self) -> np.ndarray:
-        """Training interactions per item index (index 0 = padding = 0)."""
-        users = np.repeat(np.arange(self.n_users + 1), self.lengths)
-        in_train = np.arange(len(self.item_seq)) < self.train_end[users]
-        return np.bincount(self.item_seq[in_train], minlength=self.n_items + 1).astype(np.int64)
+        """Training interactions per item index (index 0 = padding = 0): every interaction counted,
+        less each user's valid and test targets (no per-interaction temporaries at full scale)."""
+        size = self.n_items + 1
+        held_out = np.concatenate([self.item_seq[self.target_positions(split)] for split in SPLITS])
+        return (np.bincount(self.item_seq, minlength=size) - np.bincount(held_out, minlength=size)).astype(np.int64)
 
     @cached_property
     def cold_items(self) -> np.ndarray:

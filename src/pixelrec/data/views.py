@@ -220,13 +220,20 @@ def history_batch(data: PreparedData, users: np.ndarray, history_end: np.ndarray
     """Batch whose context is each user's last max_len items before `history_end` (exclusive
     positions in item_seq), plus the (row, item) pairs of the whole history, to be masked."""
     users = np.asarray(users, dtype=np.int64)
-    starts = np.asarray(data.user_ptr[users], dtype=np.int64)  # train_start of these users only
+    starts = data.train_start[users]
     item_seq = np.asarray(data.item_seq)
     context = gather_windows(item_seq, history_end, starts, max_len)
     pos, row = ragged_positions(starts, history_end - starts)
     batch = Batch(users=torch.from_numpy(users), context=torch.from_numpy(context),
                   targets=torch.zeros(len(users), dtype=torch.long))
     return batch, row, item_seq[pos].astype(np.int64)
+
+
+def whole_history_batch(data: PreparedData, users: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """`history_batch` after each user's whole history (valid and test items included): what
+    `recommend` and `export` score from."""
+    users = np.asarray(users, dtype=np.int64)
+    return history_batch(data, users, np.asarray(data.user_ptr[users + 1], dtype=np.int64), max_len)
 
 
 def evaluation_batch(data: PreparedData, split: str, users: np.ndarray, max_len: int) -> tuple[Batch, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import torch
 
 from pixelrec import distributed
 from pixelrec.data.prepared import PreparedData
-from pixelrec.data.views import history_batch
+from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
 from pixelrec.evaluate.evaluator import evaluate, masked_scores
 from pixelrec.recommender import Recommender
@@ -71,7 +71,7 @@ def recommend(model: Recommender, data: PreparedData, users: np.ndarray, k: int,
     k = min(k, data.n_items)
     for begin in range(0, len(users), batch_size):
         chunk = users[begin : begin + batch_size]
-        batch, rows, items = history_batch(data, chunk, np.asarray(data.user_ptr[chunk + 1]), max_len)
+        batch, rows, items = whole_history_batch(data, chunk, max_len)
         top = torch.topk(masked_scores(model, lookup, scoring, batch, rows, items), k, dim=1)
         items_out.append(top.indices.cpu().numpy())
         scores_out.append(top.values.cpu().numpy())

@@ -52,9 +52,7 @@ class FeatureTower(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """The pre-processing, as the sidecar records it."""
-        return {"style": self.style, "size": self.preprocess.size, "interpolation": self.preprocess.mode,
-                "mean": [round(float(v) / 255, 6) for v in self.preprocess.mean.flatten()],
-                "std": [round(float(v) / 255, 6) for v in self.preprocess.std.flatten()]}
+        return {"style": self.style, **self.preprocess.describe()}
 
 
 class _ItemImages(torch.utils.data.Dataset):

@@ -212,6 +212,12 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(stats["mean"]).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(stats["std"]).view(1, 3, 1, 1) * 255, persistent=False)
 
+    def describe(self) -> dict[str, Any]:
+        """Size, interpolation and mean/std (as fractions of 255), as feature and cache files record them."""
+        return {"size": self.size, "interpolation": self.mode,
+                "mean": [round(float(v) / 255, 6) for v in self.mean.flatten()],
+                "std": [round(float(v) / 255, 6) for v in self.std.flatten()]}
+
     def forward(self, images: Tensor) -> Tensor:
         x = images.float()
         if x.shape[-1] != self.size or x.shape[-2] != self.size:

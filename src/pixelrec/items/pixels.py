@@ -133,7 +133,7 @@ class PixelEncoder(ItemEncoder):
         encoder, weights, pretrained, tune_last = self._encoder_args
         identity = cache_identity(
             self.split, timm_name=timm_name(encoder), weights=weights, pretrained=pretrained, tune_last=tune_last,
-            preprocessing=self.describe_preprocessing(), shape=self.split.prefix_shape(self.preprocess, device),
+            preprocessing=self.preprocess.describe(), shape=self.split.prefix_shape(self.preprocess, device),
             n_items=self.n_items, item_order_sha256=self.item_order_sha256,
         )
         return build_prefix_cache(self.split, self.preprocess, self.image_store, self.n_items, identity,
@@ -147,12 +147,6 @@ class PixelEncoder(ItemEncoder):
         if store is None:
             raise UserError("items.cache=prefix: the image store has no location; set items.cache_dir")
         return Path(store).parent / "prefix_cache"
-
-    def describe_preprocessing(self) -> dict[str, Any]:
-        """The pre-processing, as the cache identity records it."""
-        p = self.preprocess
-        return {"size": p.size, "interpolation": p.mode, "mean": [round(float(v) / 255, 6) for v in p.mean.flatten()],
-                "std": [round(float(v) / 255, 6) for v in p.std.flatten()]}
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The image tower's trainable layers (the projection takes the recommender's rate)."""

@@ -221,11 +221,13 @@ class Trainer:
         t = self.config.train
         self.model.train()
         n_batches = -(-len(self.view) // t.batch_size)
-        total, count, encoded, positions = 0.0, 0, 0.0, 0.0
+        total = torch.zeros((), device=self.device)  # summed on the device: no synchronisation per step
+        count, encoded, positions = 0, 0.0, 0.0
         started = time.perf_counter()
         bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not (t.progress and self.job.main), unit="batch", dynamic_ncols=True)
         for batch in bar:
+            positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())  # still on the CPU
             batch = batch.to(self.device)
             with self._autocast():
                 out = self.net(batch)
@@ -235,24 +237,22 @@ class Trainer:
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
                     f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # gradients never outlive their step (nor sit through validation)
             self.state.step += 1
-            total += float(loss.detach())
+            total += loss.detach()
             count += 1
             encoded += float(out["items_encoded"])
-            positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())
             if count % 20 == 0:
-                bar.set_postfix(loss=f"{total / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
+                bar.set_postfix(loss=f"{float(total) / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
             if t.max_steps is not None and self.state.step >= t.max_steps:
                 self.state.stopped = "max_steps"
                 break
         seconds = time.perf_counter() - started
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)  # the last step's gradients would sit through validation
+        total = float(total)
         if self.job.world > 1:  # the global batches' mean loss and everything encoded on any rank
             total = distributed.all_sum(total) / self.job.world
             encoded, positions = distributed.all_sum(encoded), distributed.all_sum(positions)
