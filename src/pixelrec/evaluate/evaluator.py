@@ -66,7 +66,7 @@ def rank_targets(
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
         scores = masked_scores(model, lookup, scoring, batch, rows, items)
         target_scores = scores.gather(1, batch.targets[:, None].to(scores.device))
-        rank = (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # int32 counts: 1.7x faster
+        rank = (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # counting in int32 is cheaper than int64
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
         ranks.append(rank.cpu())
     model.train(was_training)
