@@ -48,18 +48,18 @@ COMMON = {
 
 # Per model: the pixelrec configuration mirroring RecBole's model defaults (see the README's table).
 MODELS: dict[str, dict] = {
-    "sasrec": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256, "dropout": 0.5,
+    "sasrec": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "inner_factor": 4, "dropout": 0.5,
                          "activation": "gelu"},
                "data": {"sequences": "sliding"}, "loss": {"name": "full-softmax"}},
-    "gru4rec": {"model": {"embedding_size": 64, "hidden_size": 128, "n_layers": 1, "dropout": 0.3},
+    "gru4rec": {"model": {"embedding_size": 64, "hidden_factor": 2, "n_layers": 1, "dropout": 0.3},
                 "data": {"sequences": "sliding"}, "loss": {"name": "full-softmax"}},
-    "bert4rec": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256, "dropout": 0.2,
+    "bert4rec": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "inner_factor": 4, "dropout": 0.2,
                            "activation": "gelu", "mask_ratio": 0.2},
                  "data": {"sequences": "sliding"}, "loss": {"name": "full-softmax"}},
     "nextitnet": {"model": {"embedding_size": 64, "kernel_size": 3, "block_num": 5, "dilations": [1, 4]},
                   "data": {"sequences": "sliding"}, "loss": {"name": "full-softmax"}},
     "srgnn": {"model": {"embedding_size": 64, "step": 1}, "loss": {"name": "full-softmax"}},
-    "lightsans": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "k_interests": 5, "inner_size": 256,
+    "lightsans": {"model": {"embedding_size": 64, "n_layers": 2, "n_heads": 2, "k_interests": 5, "inner_factor": 4,
                             "dropout": 0.5, "activation": "gelu"},
                   "loss": {"name": "full-softmax"}},
     "mf": {"model": {"embedding_size": 64}, "loss": {"name": "bpr"}},

@@ -87,7 +87,7 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path):
 def test_train_and_evaluate_commands(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--data", str(tiny_data), "--model", "sasrec", "--epochs", "1", "--out", str(out),
-                 "--set", "model.embedding_size=16", "--set", "model.inner_size=32", "--set", "train.progress=false"])
+                 "--set", "model.embedding_size=16", "--set", "model.inner_factor=2", "--set", "train.progress=false"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "Recall@10" in printed

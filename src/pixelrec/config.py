@@ -62,11 +62,16 @@ class TrainConfig:
     weight_decay: float = 0.0  # recommender weight decay (never on norms and biases)
     encoder_lr: float | None = None  # item-encoder learning rate (default: lr)
     encoder_weight_decay: float | None = None  # item-encoder weight decay (default: weight_decay)
-    epochs: int = 50
+    # 200 epochs with a patience of 20 evaluations: sequential models often sit at popularity level for
+    # 10-20 epochs before they improve, and pixel models can dip after an early peak and recover; a short
+    # patience stops inside such plateaus (the paper's code: 200 epochs, stop after 31 evaluations)
+    epochs: int = 200
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, benchmarks)
-    patience: int = 5  # evaluations without improvement of the validation metric before stopping
+    patience: int = 20  # evaluations without improvement of the validation metric before stopping
+    ties_improve: bool = False  # a validation metric equal to the best counts as an improvement (the paper's code: >=)
     eval_every: int = 1  # evaluate every N epochs
     clip_grad: float | None = None  # max gradient norm
+    decay_all: bool = False  # weight decay on every parameter, norms and biases too (the paper's code)
     seed: int = 0
     num_workers: int = 0  # DataLoader workers that build batches (and load images)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -83,11 +88,13 @@ class EvalConfig:
     batch_size: int = 1024  # users scored per matrix product
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     valid_metric: str = "NDCG@10"  # early stopping and best checkpoint
+    mask_target: bool = False  # also mask the target when the user had it earlier: a re-consumed target is a miss (the paper's code)
     score_budget_mb: int = 512  # cap on one users x catalogue score block
 
 
 @dataclass
 class Config:
+    profile: str = "default"  # default | paper: the packaged layer set the configuration was resolved with
     model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})
     data: DataConfig = field(default_factory=DataConfig)
     items: ItemsConfig = field(default_factory=ItemsConfig)
@@ -107,7 +114,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "profile"}
+PROFILE_DIR = CONFIG_DIR / "profiles"
 
 
 def _hint(word: str, choices: list[str]) -> str:
@@ -223,9 +231,24 @@ def overrides_to_dict(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def profile_names() -> list[str]:
+    """`default` and the packaged profiles (configs/profiles/<name>/)."""
+    return ["default"] + sorted(p.name for p in PROFILE_DIR.iterdir() if p.is_dir())
+
+
+def is_profile(name: str | Path) -> bool:
+    """True when a `--config` entry names a packaged profile rather than a YAML file."""
+    return not Path(name).is_file() and str(name) in profile_names()
+
+
 def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:
     """Validate a nested mapping into a Config; every problem names its key."""
+    profile = raw.get("profile", "default")
+    if profile not in profile_names():
+        raise UserError(f"{source}: profile {profile!r} is not one of {', '.join(profile_names())}")
     for section in raw:
+        if section == "profile":
+            continue
         if section not in SECTIONS:
             raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
     kwargs: dict[str, Any] = {}
@@ -244,7 +267,7 @@ def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:
                 raise UserError(f"{source}: unknown key {name}.{key}{_hint(key, list(fields))}")
             checked[key] = _coerce(value, fields[key].type, f"{source}: {name}.{key}")
         kwargs[name] = cls(**checked)
-    config = Config(**kwargs)
+    config = Config(profile=profile, **kwargs)
     check_combination(config)
     return config
 
@@ -302,16 +325,31 @@ def check_combination(config: Config) -> None:
             raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
 
 
-def packaged_defaults(model: str, items_kind: str | None, encoder: str | None) -> list[Path]:
-    """The packaged YAML layers for a combination: the backbone's IDNet settings, then, for pixels,
-    the pixel items' own defaults (in-batch softmax), the backbone's PixelNet settings and the image
-    encoder's settings (the paper's tables)."""
-    candidates = [CONFIG_DIR / "models" / f"{model}.yaml"]
-    if items_kind == "pixels":
-        candidates.append(CONFIG_DIR / "items" / "pixels.yaml")
-        candidates.append(CONFIG_DIR / "pixelnet" / f"{model}.yaml")
-        if encoder:
-            candidates.append(CONFIG_DIR / "encoders" / f"{encoder}.yaml")
+#: The folder of per-backbone settings for each item kind's family (PixelNet, ViNet).
+FAMILY_DIRS = {"pixels": "pixelnet", "features": "vinet", "id+features": "vinet"}
+
+
+def packaged_defaults(model: str, items_kind: str | None, encoder: str | None, profile: str = "default") -> list[Path]:
+    """The packaged YAML layers for a combination, first to last: the backbone's IDNet settings, the
+    item kind's own defaults (pixels: in-batch softmax), the backbone's settings for that family
+    (PixelNet) and the image encoder's settings (the paper's tables).
+
+    A profile adds its own files: `base.yaml` under everything, and `X/name.yaml` right after each
+    default layer `X/name.yaml`, except that its family settings (the paper README's per-backbone
+    PixelNet exceptions) come after the encoder's, and its encoder file comes last."""
+    family = FAMILY_DIRS.get(items_kind or "")
+    layers = [("models", model), ("items", items_kind), (family, model), ("encoders", encoder if family == "pixelnet" else None)]
+    layers = [(folder, name) for folder, name in layers if folder and name]
+    candidates = [CONFIG_DIR / folder / f"{name}.yaml" for folder, name in layers]
+    if profile != "default":
+        root = PROFILE_DIR / profile
+        late = [(folder, name) for folder, name in layers if folder in (family, "encoders")]
+        candidates = [root / "base.yaml"]
+        for folder, name in layers:
+            candidates.append(CONFIG_DIR / folder / f"{name}.yaml")
+            if (folder, name) not in late:
+                candidates.append(root / folder / f"{name}.yaml")
+        candidates += [root / folder / f"{name}.yaml" for folder, name in late]
     return [path for path in candidates if path.is_file()]
 
 
@@ -324,7 +362,12 @@ def resolve(
 ) -> Config:
     """Layer the sources in order: a run's saved config (`base`) or the packaged defaults of the
     chosen combination, the user's YAML files, command-line flags, then `--set` overrides."""
-    user_layers = [(str(f), read_yaml(f)) for f in files or []]
+    user_layers = [(str(f), read_yaml(f)) for f in files or [] if not is_profile(f)]
+    # a profile is chosen by name (--config paper) or by a YAML file that records one (a run's config.yaml)
+    profiles = sorted({str(f) for f in files or [] if is_profile(f)}
+                      | {str(layer.pop("profile")) for _, layer in user_layers if "profile" in layer})
+    if len(profiles) > 1:
+        raise UserError(f"--config: choose one profile, not {' and '.join(profiles)}")
     user_layers.append(("command line", flags or {}))
     user_layers.append(("--set", overrides_to_dict(sets or [])))
     if model:
@@ -338,9 +381,14 @@ def resolve(
         probe = merge(probe, layer)
     layers: list[tuple[str, dict[str, Any]]] = []
     chosen = probe.get("model", {}).get("name")
+    if base is not None and profiles and profiles[0] != base.get("profile", "default"):
+        raise UserError(f"--config {profiles[0]}: the run was resolved with profile {base.get('profile', 'default')!r}; "
+                        "a profile cannot change on --resume")
     if base is None and chosen:
         items = probe.get("items", {})
-        layers = [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), items.get("encoder"))]
+        profile = profiles[0] if profiles else "default"
+        layers = [("profile", {"profile": profile})]
+        layers += [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), items.get("encoder"), profile)]
     raw: dict[str, Any] = dict(base or {})
     for _, layer in layers + user_layers:
         raw = merge(raw, layer)

@@ -3,8 +3,9 @@
 The catalogue's scoring vectors are computed once per evaluation; users are scored in blocks by
 one matrix product each, the block size chosen so a block of scores stays within a memory budget.
 A target's rank counts the unmasked items scoring at least as high (ties count against the model),
-so a constant scorer gets nothing for free. The target itself is never masked, even when the user
-saw it before (re-consumption stays predictable).
+so a constant scorer gets nothing for free. By default the target itself is not masked when the user
+saw it before (re-consumption stays predictable); with `mask_target` it is, as in PixelRec's code, so a
+re-consumed target always counts as a miss.
 
 Under several ranks the catalogue's encoding and the users are shared out; the integer ranks are
 gathered, so every rank computes the same metrics a single process would, bit for bit.
@@ -24,9 +25,10 @@ from pixelrec.evaluate.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
 
 
-def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray) -> Tensor:
+def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray,
+                  mask_target: bool = False) -> Tensor:
     """[B, n_items + 1] scores of every item for each user of `batch`; padding and history -inf,
-    except each row's target (when the batch has targets), which keeps its score."""
+    except each row's target (when the batch has targets and not `mask_target`), which keeps its score."""
     device = scoring.device
     batch = batch.to(device)
     scores = model.backbone.score_catalogue(batch, lookup, scoring)
@@ -34,7 +36,7 @@ def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.n
     kept = scores.gather(1, targets)
     scores[:, 0] = float("-inf")
     scores[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = float("-inf")
-    has_target = targets > 0
+    has_target = (targets > 0) & (not mask_target)
     scores.scatter_(1, targets, torch.where(has_target, kept, scores.gather(1, targets)))
     return scores
 
@@ -51,6 +53,7 @@ def rank_targets(
     catalogue_batch: int = 4096,
     workers: int = 0,
     job: Job = SINGLE,
+    mask_target: bool = False,
 ) -> Tensor:
     """0-based rank of each user's `split` target among all items (history masked), on the CPU;
     under several ranks (`job`) each scores its share of the users and all get every rank."""
@@ -64,7 +67,7 @@ def rank_targets(
     ranks = []
     for begin in range(0, len(users), block):
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
-        scores = masked_scores(model, lookup, scoring, batch, rows, items)
+        scores = masked_scores(model, lookup, scoring, batch, rows, items, mask_target)
         target_scores = scores.gather(1, batch.targets[:, None].to(scores.device))
         rank = (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # counting in int32 is cheaper than int64
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
@@ -84,9 +87,11 @@ def evaluate(
     score_budget_mb: int = 512,
     workers: int = 0,
     job: Job = SINGLE,
+    mask_target: bool = False,
 ) -> dict[str, dict[str, float]]:
     """{split: metrics} for all users, plus {split_cold: metrics} for users whose target is a cold item."""
-    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers, job=job)
+    ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers, job=job,
+                         mask_target=mask_target)
     out = {split: metrics_from_ranks(ranks, ks)}
     if len(data.cold_items):
         targets = np.asarray(data.item_seq)[data.target_positions(split)]

@@ -26,11 +26,12 @@ class GRU4Rec(Backbone):
     def __init__(
         self,
         embedding_size: int = 64,
-        hidden_size: int = 128,
+        hidden_factor: int = 2,
         n_layers: int = 1,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        hidden_size = hidden_factor * embedding_size  # a multiple, so a new embedding size scales it (the paper's grid)
         self.drop = nn.Dropout(dropout)
         self.gru = nn.GRU(embedding_size, hidden_size, n_layers, bias=False, batch_first=True)
         self.dense = nn.Linear(hidden_size, embedding_size)

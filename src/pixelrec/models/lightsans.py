@@ -106,7 +106,7 @@ class LightSANs(Backbone):
         n_layers: int = 1,
         n_heads: int = 2,
         k_interests: int = 3,
-        inner_size: int = 128,
+        inner_factor: int = 2,
         dropout: float = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
     ) -> None:
@@ -115,7 +115,7 @@ class LightSANs(Backbone):
         self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            LightTransformerBlock(embedding_size, n_heads, k_interests, inner_size, dropout, activation)
+            LightTransformerBlock(embedding_size, n_heads, k_interests, inner_factor * embedding_size, dropout, activation)
             for _ in range(n_layers)
         )
         self.apply(init_weights)

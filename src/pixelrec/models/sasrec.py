@@ -23,13 +23,13 @@ class SASRec(Backbone):
         embedding_size: int = 64,
         n_layers: int = 2,
         n_heads: int = 2,
-        inner_size: int | None = None,
+        inner_factor: int = 2,
         dropout: float = 0.1,
         activation: str = "gelu",
     ) -> None:
         super().__init__()
-        inner_size = inner_size or 2 * embedding_size  # the paper's "inner x2"
-        self.body = PositionalTransformer(max_len, embedding_size, n_layers, n_heads, inner_size, dropout, activation)
+        self.body = PositionalTransformer(max_len, embedding_size, n_layers, n_heads, inner_factor * embedding_size,
+                                          dropout, activation)
         self.apply(init_weights)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:

@@ -41,7 +41,8 @@ def build_model(config: Config, data: PreparedData) -> Recommender:
 
 
 def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]:
-    """Item encoder vs the rest, each with its own lr and decay; no decay on norms and biases."""
+    """Item encoder vs the rest, each with its own lr and decay; no decay on norms and biases unless
+    train.decay_all."""
     t = config.train
     encoder_lr = t.lr if t.encoder_lr is None else t.encoder_lr
     encoder_decay = t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay
@@ -55,7 +56,7 @@ def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]
         out.append({
             "params": params,
             "lr": encoder_lr if is_encoder else t.lr,
-            "weight_decay": (encoder_decay if is_encoder else t.weight_decay) if decays else 0.0,
+            "weight_decay": (encoder_decay if is_encoder else t.weight_decay) if decays or t.decay_all else 0.0,
         })
     return out
 
@@ -267,7 +268,8 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, Any]:
         c = self.config
         return evaluate(self.model, self.data, split, c.data.max_len, c.eval.ks, c.eval.batch_size,
-                        c.eval.score_budget_mb, workers=c.train.num_workers, job=self.job)
+                        c.eval.score_budget_mb, workers=c.train.num_workers, job=self.job,
+                        mask_target=c.eval.mask_target)
 
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
@@ -284,7 +286,7 @@ class Trainer:
                 valid = self.validate()
                 row["valid"] = valid["valid"]
                 metric = valid["valid"][c.eval.valid_metric]
-                if metric > self.state.best_metric:
+                if metric > self.state.best_metric or (t.ties_improve and metric == self.state.best_metric):
                     self.state.best_metric, self.state.best_epoch = metric, self.state.epoch
                     self.state.best_valid = valid
                     self.state.bad_evaluations = 0
@@ -326,6 +328,7 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model.backbone.trainable else 0
     record: dict[str, Any] = {
         "model": c.model_name,
+        "profile": c.profile,
         "items": c.items.kind,
         "encoder": c.items.encoder,
         "loss": c.loss.name,
