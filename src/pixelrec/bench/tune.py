@@ -26,9 +26,11 @@ from pixelrec.train.rundir import MetricsLog, atomic_write
 from pixelrec.train.trainer import config_of_run, train
 
 STUDY_NAME = "pixelrec"
-# The PixelRec paper's search (its Section 5); 735 points with embedding sizes meant for many GPUs.
+# The PixelRec README's search grid (embedding sizes, batch sizes and decays as listed; its learning rates
+# are written "[0.000001, 0.00005, ..., 0.001]", read here as the 1-5 steps between): 630 points, with
+# embedding sizes meant for many GPUs. Inner sizes are multiples of the embedding size, so they scale with it.
 PAPER_GRID: dict[str, list[Any]] = {
-    "model.embedding_size": [128, 256, 512, 1024, 2048, 4096, 8192],
+    "model.embedding_size": [128, 512, 1024, 2048, 4096, 8192],
     "train.lr": [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3],
     "train.weight_decay": [0.0, 0.01, 0.1],
     "train.batch_size": [64, 128, 256, 512, 1024],
