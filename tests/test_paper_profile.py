@@ -119,3 +119,30 @@ def test_inner_sizes_follow_the_embedding_size(tiny_data, tmp_path, model, key, 
     widths = {m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear) and m.in_features == 32}
     widths |= {m.hidden_size for m in net.modules() if isinstance(m, torch.nn.GRU)}
     assert factor * 32 in widths
+
+
+def test_recbole_lightsans_attention_equals_the_formula_written_out():
+    from pixelrec.models.lightsans import LowRankAttention
+
+    torch.manual_seed(0)
+    dim, heads, k, length = 8, 2, 3, 5
+    layer = LowRankAttention(dim, heads, k, dropout=0.0, recbole=True).eval()
+    x, positions = torch.randn(2, length, dim), torch.randn(length, dim)
+    real = torch.tensor([[False, True, True, True, True], [True] * length])
+    q, key, v = layer.qkv(x).chunk(3, -1)
+
+    def split(t):  # [..., n, d] -> [..., h, n, d/h]
+        return t.reshape(*t.shape[:-1], heads, dim // heads).transpose(-3, -2)
+
+    pooled_k = torch.einsum("bld,blk->bkd", key, layer.key_interests(key).softmax(1))  # padding included
+    pooled_v = torch.einsum("bld,blk->bkd", v, layer.value_interests(v).softmax(1))
+    head = dim // heads
+    items = (split(q) @ split(pooled_k).transpose(-1, -2) / head**0.5).softmax(-2) @ split(pooled_v)
+    pq, pk = layer.position_qk(layer.position_norm(positions)).chunk(2, -1)
+    bias = (split(pq) * (2 * head) ** -0.5) @ split(pk).transpose(-1, -2) / head**0.5
+    merged = (items + bias.softmax(-2) @ split(v)).transpose(1, 2).reshape(2, length, dim)
+    expected = layer.norm(x + layer.out(merged))
+    assert torch.allclose(layer(x, positions, real), expected, atol=1e-5)
+    ours = LowRankAttention(dim, heads, k, dropout=0.0).eval()
+    ours.load_state_dict(layer.state_dict())
+    assert not torch.allclose(ours(x, positions, real), expected, atol=1e-3)

@@ -75,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader workers that build batches (and load images)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # autocast where a GPU is present
+    amp: bool = True  # bf16 autocast on a GPU, in training and when the catalogue is encoded (the paper's code: fp32)
     progress: bool = True  # tqdm progress bars
     dist_timeout_minutes: float = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)

@@ -25,6 +25,8 @@ class ItemEncoder(nn.Module):
     needs_inputs: ClassVar[bool] = False
     #: Most items encoded at once when embedding the whole catalogue.
     catalogue_chunk: ClassVar[int] = 65536
+    #: bf16 autocast when the catalogue is encoded on a GPU (train.amp; the paper's code runs fp32).
+    amp: bool = True
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
@@ -62,7 +64,7 @@ class ItemEncoder(nn.Module):
         else:
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
         out = [torch.zeros(0, self.embedding_size, device=device)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda"):
             for chunk, inputs in loaded:
                 out.append(self(chunk.to(device), move_inputs(inputs, device)).float())
         vectors = distributed.gather_rows(torch.cat(out)) if job.world > 1 else torch.cat(out)

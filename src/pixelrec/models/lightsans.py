@@ -3,7 +3,10 @@
 Where RecBole's code (which PixelRec uses) departs from the paper, this follows the paper: attention
 weights are normalised over the keys (interests, positions), not over the queries, and position
 logits are scaled once by 1/sqrt(2 d_head). Padding is kept out of the interests and the position
-attention, which the original leaves to zero padding vectors.
+attention, which the original leaves to zero padding vectors. `attention: recbole` computes RecBole's
+form instead (what the PixelRec paper's numbers come from): weights normalised over the queries,
+position logits scaled by 1/sqrt(2 d_head) and again by 1/sqrt(d_head), padding not masked, interests
+drawn from N(0, 1).
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ class LowRankAttention(nn.Module):
     """Queries attend to k latent interests instead of L items (item-to-interest aggregation of keys
     and values), plus a position-to-position attention computed from positions alone."""
 
-    def __init__(self, dim: int, n_heads: int, k_interests: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, k_interests: int, dropout: float, recbole: bool = False) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"embedding_size {dim} is not divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
+        self.n_heads, self.recbole = n_heads, recbole
         self.qkv = nn.Linear(dim, 3 * dim)
         self.key_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_K: items -> interests
         self.value_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_V
@@ -51,21 +54,24 @@ class LowRankAttention(nn.Module):
     def forward(self, x: Tensor, positions: Tensor, real: Tensor) -> Tensor:
         """x [B, L, d], positions [L, d], real [B, L] -> [B, L, d]"""
         query, keys, values = self.qkv(x).chunk(3, -1)
-        at_item = real.unsqueeze(-1)
-        key_weights = masked_softmax(self.key_interests(keys), at_item, dim=1)  # [B, L, k], over items
-        value_weights = masked_softmax(self.value_interests(values), at_item, dim=1)
+        keep = torch.ones_like(real) if self.recbole else real  # RecBole lets padding take part
+        key_weights = masked_softmax(self.key_interests(keys), keep.unsqueeze(-1), dim=1)  # [B, L, k], over items
+        value_weights = masked_softmax(self.value_interests(values), keep.unsqueeze(-1), dim=1)
         interest_keys = self.heads(key_weights.transpose(1, 2) @ keys)  # [B, h, k, d/h]
         interest_values = self.heads(value_weights.transpose(1, 2) @ values)
         query = self.heads(query)  # [B, h, L, d/h]
         scale = query.shape[-1] ** -0.5
-        item_attention = (query @ interest_keys.transpose(-1, -2) * scale).softmax(-1)  # [B, h, L, k]
+        over = -2 if self.recbole else -1  # RecBole normalises over the queries
+        item_attention = (query @ interest_keys.transpose(-1, -2) * scale).softmax(over)  # [B, h, L, k]
         item_part = self.attention_drop(item_attention) @ interest_values
 
         p = self.position_norm(positions)
         position_query, position_key = (self.heads(t) for t in self.position_qk(p).chunk(2, -1))  # [h, L, d/h]
         position_logits = position_query @ position_key.transpose(-1, -2)
         position_logits = position_logits * (2 * query.shape[-1]) ** -0.5  # [h, L, L]
-        position_attention = masked_softmax(position_logits, real[:, None, None, :], dim=-1)  # [B, h, L, L]
+        if self.recbole:
+            position_logits = position_logits * scale
+        position_attention = masked_softmax(position_logits, keep[:, None, None, :], dim=over)  # [B, h, L, L]
         position_part = self.attention_drop(position_attention) @ self.heads(values)
 
         merged = (item_part + position_part).transpose(1, 2).flatten(2)
@@ -76,10 +82,11 @@ class LightTransformerBlock(nn.Module):
     """Low-rank attention and a feed-forward sub-layer, each with dropout, residual and LayerNorm after."""
 
     def __init__(
-        self, dim: int, n_heads: int, k_interests: int, inner_size: int, dropout: float, activation: str
+        self, dim: int, n_heads: int, k_interests: int, inner_size: int, dropout: float, activation: str,
+        recbole: bool = False,
     ) -> None:
         super().__init__()
-        self.attention = LowRankAttention(dim, n_heads, k_interests, dropout)
+        self.attention = LowRankAttention(dim, n_heads, k_interests, dropout, recbole)
         self.ffn = nn.Sequential(
             nn.Linear(dim, inner_size), nn.GELU() if activation == "gelu" else nn.ReLU(), nn.Linear(inner_size, dim)
         )
@@ -109,19 +116,22 @@ class LightSANs(Backbone):
         inner_factor: int = 2,
         dropout: float = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
+        attention: Literal["normalised", "recbole"] = "normalised",
     ) -> None:
         super().__init__()
+        recbole = attention == "recbole"
         self.position = nn.Embedding(max_len, embedding_size)
         self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            LightTransformerBlock(embedding_size, n_heads, k_interests, inner_factor * embedding_size, dropout, activation)
+            LightTransformerBlock(embedding_size, n_heads, k_interests, inner_factor * embedding_size, dropout, activation,
+                                  recbole)
             for _ in range(n_layers)
         )
         self.apply(init_weights)
         for block in self.blocks:  # distinct interests from the start (the original draws them N(0, 1))
             for theta in (block.attention.key_interests, block.attention.value_interests):
-                nn.init.normal_(theta.weight, std=embedding_size**-0.5)
+                nn.init.normal_(theta.weight, std=1.0 if recbole else embedding_size**-0.5)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         context = batch.context

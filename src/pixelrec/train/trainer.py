@@ -34,10 +34,12 @@ from pixelrec.train import rundir
 def build_model(config: Config, data: PreparedData) -> Recommender:
     items_args = {k: v for k, v in vars(config.items).items() if k != "kind"}
     loss_args = {k: v for k, v in vars(config.loss).items() if k != "name"}
-    return build_recommender(
+    model = build_recommender(
         config.model_name, config.model_args, config.items.kind, items_args,
         config.loss.name, loss_args, DatasetFacts(data, config.data.max_len),
     )
+    model.item_encoder.amp = config.train.amp
+    return model
 
 
 def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]:
