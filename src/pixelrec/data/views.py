@@ -9,6 +9,17 @@ A view enumerates examples once (a few integer arrays) and builds each batch by 
 `windows` cuts each user's training history into non-overlapping windows aligned to its end
 (PixelRec's construction); `sliding` makes one example per training target with up to max_len of
 context (targets only at the last position for the sequence and masked views).
+
+PixelRec's own examples, each an option (the `paper` profile sets them all):
+  window_remainder=drop  the leading L mod width items of a longer history make no window, and a
+                         history of one item is a window too (its `_build_seq`)
+  prefixes=window        prefixes inside each window of max_len + 1; a window's first item is never a
+                         target (its `_build_aug_seq`)
+  pair_context=window    each item of a window of max_len + 1 predicted from the window's other items,
+                         earlier and later; a batch counts windows or rows (its SampleTwoTower /
+                         SampleOneTower / SampleACF datasets)
+  negatives_avoid=window a sampled negative avoids only the example's own items: its window, or a
+                         prefix's context and target; pair examples without windows (MF) keep the history
 """
 
 from __future__ import annotations
@@ -24,6 +35,14 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 
 VIEWS = ("pair", "prefixes", "sequence", "masked")
+#: the view options set from the `data` section, and their values (the first is the default)
+OPTIONS = {
+    "sequences": ("windows", "sliding"),
+    "window_remainder": ("keep", "drop"),
+    "prefixes": ("history", "window"),
+    "pair_context": ("earlier", "window"),
+    "negatives_avoid": ("history", "window"),
+}
 
 
 def ragged_positions(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +59,29 @@ def gather_windows(item_seq: np.ndarray, ends: np.ndarray, starts: np.ndarray, w
     idx = ends[:, None] - width + np.arange(width)[None, :]
     valid = idx >= starts[:, None]
     return np.where(valid, item_seq[np.maximum(idx, 0)], 0).astype(np.int64)
+
+
+def end_windows(starts: np.ndarray, ends: np.ndarray, width: int,
+                min_items: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of `width` positions cut from the end of each segment [starts, ends) with the leading
+    remainder dropped; a segment of at most `width` items (and at least min_items) is one window.
+    Returns (segment, first, end) of every window, the most recent window of a segment first."""
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    length = ends - starts
+    counts = np.where(length > width, length // width, (length >= min_items).astype(np.int64))
+    k, owner = ragged_positions(np.zeros_like(counts), counts)
+    last = ends[owner] - k * width
+    return owner, np.maximum(last - width, starts[owner]), last
+
+
+def leave_one_out(item_seq: np.ndarray, first: np.ndarray, length: np.ndarray, left_out: np.ndarray,
+                  width: int) -> np.ndarray:
+    """Rows of the items of windows [first, first + length) except position `left_out`, in order,
+    left-padded to `width` (each window has at most width + 1 items)."""
+    others = np.arange(width)[None, :] - (width - (length - 1))[:, None]  # index among the others; < 0: padding
+    offset = others + (others >= left_out[:, None])
+    valid = others >= 0
+    return np.where(valid, item_seq[np.where(valid, first[:, None] + offset, 0)], 0).astype(np.int64)
 
 
 def sorted_distinct(values: np.ndarray) -> np.ndarray:
@@ -84,7 +126,13 @@ class MembershipIndex:
 
 
 class TrainingView:
-    """Examples of one view over the training part of each user's history."""
+    """Examples of one view over the training part of each user's history.
+
+    The options after `mask_ratio` select PixelRec's own examples (module docstring). Masked view:
+    `masked_width` items per window (default max_len); `force_mask` hides a window's last item when
+    the draw hid none (PixelRec's draw leaves such a window without targets). Pair view with
+    pair_context=window: `window_batches` makes a batch's examples windows (each expanded into its
+    rows, PixelRec's FM and DSSM), else rows (its ACF)."""
 
     def __init__(
         self,
@@ -95,61 +143,102 @@ class TrainingView:
         negatives: int = 0,
         in_batch: bool = False,
         mask_ratio: float = 0.2,
+        *,
+        window_remainder: str = "keep",
+        prefixes: str = "history",
+        pair_context: str = "earlier",
+        negatives_avoid: str = "history",
+        window_batches: bool = True,
+        force_mask: bool = True,
+        masked_width: int | None = None,
     ) -> None:
         if view not in VIEWS:
             raise UserError(f"unknown training view {view!r}; choose from {', '.join(VIEWS)}")
-        if sequences not in ("windows", "sliding"):
-            raise UserError(f"data.sequences: {sequences!r} is not one of 'windows', 'sliding'")
+        chosen = {"sequences": sequences, "window_remainder": window_remainder, "prefixes": prefixes,
+                  "pair_context": pair_context, "negatives_avoid": negatives_avoid}
+        for key, value in chosen.items():
+            if value not in OPTIONS[key]:
+                raise UserError(f"data.{key}: {value!r} is not one of {', '.join(repr(v) for v in OPTIONS[key])}")
         self.view, self.max_len, self.sequences = view, max_len, sequences
-        self.negatives, self.in_batch, self.mask_ratio = negatives, in_batch, mask_ratio
+        self.negatives, self.in_batch, self.mask_ratio, self.force_mask = negatives, in_batch, mask_ratio, force_mask
         self.n_items = data.n_items
         self.item_seq = np.asarray(data.item_seq)
         self.starts = data.train_start
         ends = data.train_end
         train_len = ends - self.starts
+        self.window_pairs = view == "pair" and pair_context == "window"
+        self.window_batches = window_batches
+        # pair examples with earlier context have no window: they avoid the history, as PixelRec's pairs
+        self.avoid_own = negatives_avoid == "window" and (view != "pair" or self.window_pairs)
+        needs_history = in_batch or bool(negatives and not self.avoid_own)
         self.own_items = (MembershipIndex.of_segments(self.item_seq, self.starts, ends, data.n_items)
-                          if negatives or in_batch else None)
-        width = max_len + 1 if view == "sequence" else max_len
-        if view in ("pair", "prefixes") or sequences == "sliding":
+                          if needs_history else None)
+        width = max_len + 1 if view == "sequence" else (masked_width or max_len)
+        self.example_starts: np.ndarray | None = None  # context floor per example when not the user's train start
+        if self.window_pairs:
+            users, first, last = end_windows(self.starts, ends, max_len + 1)
+            self.window_users, self.window_first = _compact(users), _compact(first)
+            self.window_length = (last - first).astype(np.int32)
+            self.window_rows = np.cumsum(last - first) - (last - first)  # first row of each window
+            self.n_examples = len(users) if window_batches else int((last - first).sum())
+        elif view == "prefixes" and prefixes == "window":
+            users, first, last = end_windows(self.starts, ends, max_len + 1, min_items=2)
+            pos, window = ragged_positions(first + 1, last - first - 1)  # every target but a window's first
+            self.example_users, self.example_ends = _compact(users[window]), _compact(pos + 1)
+            self.example_starts = _compact(first[window])
+        elif view in ("pair", "prefixes") or sequences == "sliding":
             skip_first = view != "pair"
             counts = np.maximum(train_len - int(skip_first), 0)
             pos, users = ragged_positions(self.starts + int(skip_first), counts)
             self.example_users, self.example_ends = _compact(users), _compact(pos + 1)  # predicts item_seq[end - 1]
+        elif window_remainder == "drop":
+            users, _, last = end_windows(self.starts, ends, width)
+            self.example_users, self.example_ends = _compact(users), _compact(last)
         else:
             counts = np.where(train_len >= 2, -(-(train_len - 1) // width), 0)
             k, users = ragged_positions(np.zeros_like(counts), counts)
             self.example_users, self.example_ends = _compact(users), _compact(ends[users] - k * width)
+        if not self.window_pairs:
+            self.n_examples = len(self.example_users)
         self.width = width
 
     def __len__(self) -> int:
-        return len(self.example_users)
+        return self.n_examples
 
     def batch(self, example_ids: np.ndarray, rng: np.random.Generator, job: Job = SINGLE,
               shared_candidates: bool = False) -> Batch:
         """Build the batch of the given examples; `rng` drives negatives and cloze masks.
 
-        Under several ranks every rank builds the whole global batch's examples (cheap gathers),
-        so negatives and masks do not depend on the rank count, then keeps its share of rows. With
+        Under several ranks every rank builds the whole global batch's rows (cheap gathers), so
+        negatives and masks do not depend on the rank count, then keeps its share of rows. With
         `shared_candidates` the in-batch candidates are the global batch's targets, not just its rows'."""
-        users = self.example_users[example_ids]
-        ends = self.example_ends[example_ids]
-        starts = self.starts[users]
-        mask = None
-        if self.view in ("pair", "prefixes"):
-            targets = self.item_seq[ends - 1].astype(np.int64)
-            context = gather_windows(self.item_seq, ends - 1, starts, self.max_len)
-        elif self.view == "sequence":
-            window = gather_windows(self.item_seq, ends, starts, self.width)
-            context, targets = window[:, :-1], window[:, 1:].copy()
-            targets[context == 0] = 0
-            if self.sequences == "sliding":
-                targets[:, :-1] = 0
+        mask = window = None
+        if self.window_pairs:
+            users, context, targets = self._window_pair_rows(np.asarray(example_ids, dtype=np.int64))
         else:
-            context = gather_windows(self.item_seq, ends, starts, self.width)
-            mask = self._cloze_mask(context, rng)
-            targets = np.where(mask, context, 0)
-        negatives = self.sample_negatives(users, targets, rng) if self.negatives else None
-        all_targets, rows = targets, job.share(len(example_ids))
+            users = self.example_users[example_ids]
+            ends = self.example_ends[example_ids]
+            starts = self.starts[users] if self.example_starts is None else self.example_starts[example_ids]
+            if self.view in ("pair", "prefixes"):
+                targets = self.item_seq[ends - 1].astype(np.int64)
+                context = gather_windows(self.item_seq, ends - 1, starts, self.max_len)
+            elif self.view == "sequence":
+                window = gather_windows(self.item_seq, ends, starts, self.width)
+                context, targets = window[:, :-1], window[:, 1:].copy()
+                targets[context == 0] = 0
+                if self.sequences == "sliding":
+                    targets[:, :-1] = 0
+            else:
+                context = window = gather_windows(self.item_seq, ends, starts, self.width)
+                mask = self._cloze_mask(context, rng)
+                targets = np.where(mask, context, 0)
+        negatives = None
+        if self.negatives:
+            own = None
+            if self.avoid_own:  # the example's own items: its window, or a pair or prefix row's context and target
+                own = window if window is not None else np.concatenate([context, targets[:, None]], axis=1)
+            negatives = self.sample_negatives(users, targets, rng, own)
+        all_targets, rows = targets, job.share(len(targets))
         users, context, targets = users[rows], context[rows], targets[rows]
         batch = Batch(users=torch.from_numpy(users.astype(np.int64)), context=torch.from_numpy(context),
                       targets=torch.from_numpy(targets), mask=None if mask is None else torch.from_numpy(mask[rows]))
@@ -159,11 +248,24 @@ class TrainingView:
             pool = all_targets if shared_candidates else targets
             batch.candidates, batch.candidate_mask = self._in_batch(users, targets, pool)
         n_all = int((all_targets > 0).sum())
-        if n_all:
-            # this rank's share of the global batch's targets x the rank count: averaging gradients
-            # over ranks then gives the gradient of the global batch's mean loss
-            batch.loss_scale = int((targets > 0).sum()) / n_all * job.world
+        # this rank's share of the global batch's targets x the rank count: averaging gradients over
+        # ranks then gives the gradient of the global batch's mean loss; 0 for a share without targets
+        batch.loss_scale = int((targets > 0).sum()) / n_all * job.world if n_all else 0.0
         return batch
+
+    def _window_pair_rows(self, example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, context, targets) of the leave-one-out rows of windows (window_batches) or of rows."""
+        if self.window_batches:
+            left_out, owner = ragged_positions(np.zeros(len(example_ids), dtype=np.int64),
+                                               self.window_length[example_ids])
+            windows = example_ids[owner]
+        else:
+            windows = np.searchsorted(self.window_rows, example_ids, side="right") - 1
+            left_out = example_ids - self.window_rows[windows]
+        first = self.window_first[windows].astype(np.int64)
+        length = self.window_length[windows].astype(np.int64)
+        context = leave_one_out(self.item_seq, first, length, left_out, self.max_len)
+        return self.window_users[windows], context, self.item_seq[first + left_out].astype(np.int64)
 
     def _cloze_mask(self, context: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         real = context > 0
@@ -172,20 +274,30 @@ class TrainingView:
             mask[:, -1] = True
             return mask & real
         mask = (rng.random(context.shape) < self.mask_ratio) & real
-        none = ~mask.any(axis=1)
-        mask[none, -1] = real[none, -1]  # every window predicts at least its last item
+        if self.force_mask:
+            none = ~mask.any(axis=1)
+            mask[none, -1] = real[none, -1]  # every window predicts at least its last item
         return mask
 
-    def sample_negatives(self, users: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One uniform negative per target, never one of the user's own training items."""
-        owners = np.broadcast_to(users.reshape((-1,) + (1,) * (targets.ndim - 1)), targets.shape)
+    def sample_negatives(self, users: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
+                         own: np.ndarray | None = None) -> np.ndarray:
+        """One uniform negative per target, never one of the user's own training items, or with
+        `own` ([rows, K]) never one of its row's items."""
         negatives = rng.integers(1, self.n_items + 1, size=targets.shape)
         for _ in range(50):  # rejection rounds; each round is vectorised over the whole batch
-            clash = self.own_items.contains(owners, negatives) & (targets > 0)
+            clash = self._is_own(users, own, negatives) & (targets > 0)
             if not clash.any():
                 break
             negatives[clash] = rng.integers(1, self.n_items + 1, size=int(clash.sum()))
         return np.where(targets > 0, negatives, 0).astype(np.int64)
+
+    def _is_own(self, users: np.ndarray, own: np.ndarray | None, items: np.ndarray) -> np.ndarray:
+        """Whether each of `items` (one per target slot) is one of the user's training items, or
+        with `own` one of its row's items."""
+        lead = (len(items),) + (1,) * (items.ndim - 1)
+        if own is None:
+            return self.own_items.contains(np.broadcast_to(users.reshape(lead), items.shape), items)
+        return (items[..., None] == own.reshape(lead + own.shape[1:])).any(axis=-1)
 
     def _in_batch(self, users: np.ndarray, targets: np.ndarray, pool: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates: the distinct targets of `pool`; mask: which are each target's user's other own items."""

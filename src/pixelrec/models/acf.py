@@ -30,6 +30,8 @@ class ACF(Backbone):
     computed from the user and each item (item-level attention); an empty history leaves the user's vector."""
 
     view = "pair"
+    set_context = True
+    window_batches = False  # PixelRec's SampleACFTrainDataset lists every leave-one-out row: a batch counts rows
 
     def __init__(self, n_users: int, embedding_size: int = 64, attention_size: int | None = None) -> None:
         super().__init__()

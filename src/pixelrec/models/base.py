@@ -26,9 +26,15 @@ class Backbone(nn.Module):
     """
 
     view: ClassVar[str] = "sequence"  # pair | prefixes | sequence | masked
+    #: pair view: the context is an unordered set of the user's items (FM, DSSM, ACF), so it may be a
+    #: window's other items (data.pair_context=window); a batch then counts windows, or rows if False
+    set_context: ClassVar[bool] = False
+    window_batches: ClassVar[bool] = True
     trainable: ClassVar[bool] = True  # False for rule-based baselines (pop): nothing to optimise
     needs_catalogue: ClassVar[bool] = False  # True when each step needs every item (LightGCN)
     mask_ratio: float = 0.0  # fraction of positions hidden by the masked view
+    force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
+    extra_slot: bool = False  # masked view: windows of max_len + 1 items (the mask token's own slot)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         raise NotImplementedError

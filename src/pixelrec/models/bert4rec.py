@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
+from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
@@ -17,7 +18,12 @@ from pixelrec.models.layers import PositionalTransformer
 @BACKBONES.register("bert4rec")
 class BERT4Rec(Backbone):
     """Hidden positions carry a learned mask token; every position attends to every real one, and the
-    output at a masked position predicts the hidden item. To recommend, the next slot is the mask."""
+    output at a masked position predicts the hidden item. To recommend, the next slot is the mask.
+
+    PixelRec's form (its IDNet/bert4rec.py, BERT4RecTrainDataset): extra_slot=True (max_len + 1
+    positions, training windows of max_len + 1, prediction from the last max_len items + the mask),
+    head=False, force_mask=False, inner_factor=1, mask_ratio=0.6, with data.window_remainder=drop and
+    data.negatives_avoid=window."""
 
     view = "masked"
 
@@ -27,21 +33,27 @@ class BERT4Rec(Backbone):
         embedding_size: int = 64,
         n_layers: int = 2,
         n_heads: int = 2,
-        inner_size: int = 128,
+        inner_factor: int = 2,
         dropout: float = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
         mask_ratio: float = 0.2,
+        force_mask: bool = True,
+        extra_slot: bool = False,
+        head: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1]")
-        self.mask_ratio = mask_ratio
+            raise UserError(f"model.mask_ratio must be in (0, 1], got {mask_ratio}")
+        if inner_factor < 1:
+            raise UserError(f"model.inner_factor must be >= 1, got {inner_factor}")
+        self.mask_ratio, self.force_mask, self.extra_slot = mask_ratio, force_mask, extra_slot
         self.mask_token = nn.Parameter(torch.empty(embedding_size))
-        self.body = PositionalTransformer(max_len, embedding_size, n_layers, n_heads, inner_size, dropout, activation)
-        # The paper's output transform before scoring against item vectors: dense + GELU + LayerNorm.
+        self.body = PositionalTransformer(max_len + int(extra_slot), embedding_size, n_layers, n_heads,
+                                          inner_factor * embedding_size, dropout, activation)
+        # The BERT4Rec paper's output transform before scoring against item vectors: dense + GELU + LayerNorm.
         self.head = nn.Sequential(
             nn.Linear(embedding_size, embedding_size), nn.GELU(), nn.LayerNorm(embedding_size, eps=1e-12)
-        )
+        ) if head else nn.Identity()
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.04, b=0.04)
         # A masked slot holds no item, so every bit of its prediction flows through attention. BERT's
@@ -62,8 +74,9 @@ class BERT4Rec(Backbone):
         return self.encode(x, batch.context > 0)
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
-        """Drop the oldest slot, append the mask token as the next item, and read it out there."""
-        context = batch.context[:, 1:]
+        """Append the mask token as the next item and read it out there: after the whole context with
+        extra_slot, else after all but its oldest slot."""
+        context = batch.context if self.extra_slot else batch.context[:, 1:]
         x = items(context)
         token = self.mask_token.to(x.dtype).expand(x.shape[0], 1, -1)
         real = torch.cat([context > 0, context.new_ones(context.shape[0], 1, dtype=torch.bool)], 1)

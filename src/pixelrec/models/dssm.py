@@ -34,6 +34,7 @@ class DSSM(Backbone):
     product. With n_layers=0 and dot product it is PixelRec's IDNet DSSM (mean history . item)."""
 
     view = "pair"
+    set_context = True  # PixelRec's batches hold windows of leave-one-out rows (SampleTwoTowerTrainDataset)
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ class FM(Backbone):
     """
 
     view = "pair"
+    set_context = True  # PixelRec's batches hold windows of leave-one-out rows (SampleOneTowerTrainDataset)
 
     def __init__(self, embedding_size: int = 64, linear: bool = True) -> None:
         super().__init__()
