@@ -26,6 +26,10 @@ class DataConfig:
     path: str | None = None  # prepared dataset directory
     max_len: int = 10  # sequences are cut to the last max_len items (the paper: 10)
     sequences: Literal["windows", "sliding"] = "windows"  # windows: PixelRec's own; sliding: every target
+    window_remainder: Literal["keep", "drop"] = "keep"  # windows: a history's leading remainder is a short window, or dropped (PixelRec's)
+    prefixes: Literal["history", "window"] = "history"  # SR-GNN, LightSANs: targets after up to max_len earlier items, or prefixes in windows (PixelRec's)
+    pair_context: Literal["earlier", "window"] = "earlier"  # FM, DSSM, ACF: a target's earlier items, or its window's other items (PixelRec's)
+    negatives_avoid: Literal["history", "window"] = "history"  # BPR negatives avoid the user's training items, or the example's window (PixelRec's)
 
 
 @dataclass
@@ -40,12 +44,19 @@ class ItemsConfig:
     id_size: int | None = None  # id+features with combine=concat: size of the ID part (default: half)
     image_size: int | None = None  # encoder input size; default: the encoder's own data config
     tune_last: int | Literal["all"] = 2  # trainable top blocks of the image encoder
-    pooling: str = "default"  # cls | mean | default (the encoder's own pooling)
+    pooling: str = "default"  # cls | mean | default (the encoder's own pooling) | head (its own head and output projection) | tokens (project every token, then average)
     dnn_layers: int = 0  # hidden layers of the projection MLP from image features to embedding_size
     activation: str = "gelu"  # activation of the projection MLP
     preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
     cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
     cache_dir: str | None = None  # where the prefix cache lives (default: prefix_cache/ beside the prepared image store)
+    final_activation: bool = False  # apply items.activation after the projection's last Linear too (the paper's Linear -> ReLU)
+    projection_group: Literal["recommender", "encoder"] = "recommender"  # optimiser group (lr, decay) of the projection
+    projection_init: Literal["default", "xavier"] = "default"  # projection init: PyTorch's Linear default, or Xavier-normal weights and zero biases
+    final_norm: bool = True  # false: drop the norm after the encoder's last block (Hugging Face CLIP's last_hidden_state)
+    tune_head: bool = True  # false: the encoder's layers above its blocks (final norm, attention pool) stay frozen
+    timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
+    frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
 
 
 @dataclass

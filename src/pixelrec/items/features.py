@@ -17,9 +17,10 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
-from pixelrec.items.feature_store import load_features
+from pixelrec.items.feature_store import load_features, read_sidecar
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import projection
+from pixelrec.items.weight_layouts import note_encoder
 
 
 @ITEM_ENCODERS.register("features")
@@ -38,15 +39,20 @@ class FeatureEncoder(ItemEncoder):
         project: bool = True,
         dnn_layers: int = 0,
         activation: str = "gelu",
+        final_activation: bool = False,
     ) -> None:
         if features is None:
             raise UserError("items.kind=features needs a feature file: --set items.features=FILE.npy "
                             "(write one with `pixelrec extract`)")
         table = load_features(features, n_items, item_order_sha256)
+        made = read_sidecar(features) or {}
+        note_encoder(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
+                     source=str(features), hint="extract them again with --encoder-weights FILE")
         super().__init__(n_items, embedding_size if project else table.shape[1])
         self.register_buffer("features", table, persistent=False)
         self.feature_size = table.shape[1]
-        self.projection = projection(self.feature_size, embedding_size, dnn_layers, activation) if project else None
+        self.projection = (projection(self.feature_size, embedding_size, dnn_layers, activation, final_activation)
+                           if project else None)
 
     def raw(self, item_ids: Tensor) -> Tensor:
         """The frozen features of `item_ids` as float32 (zeros for padding)."""

@@ -28,7 +28,8 @@ SHORT_NAMES = {
     "clip-rn50x16": "resnet50x16_clip",
     "clip-rn50x64": "resnet50x64_clip",
 }
-POOLINGS = ("default", "cls", "mean")
+#: How `pool` makes one vector of forward_features' output; `head` needs a tower created with keep_head.
+POOLINGS = ("default", "cls", "mean", "head")
 MAX_LAYER = 99999  # timm's group id for layers above the last block
 #: The paper's own pre-processing: resize to 224, mean = std = 0.5.
 PAPER_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -48,16 +49,20 @@ def timm_name(name: str) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a local checkpoint (safetensors, or torch with weights_only), unwrapped from the
-    usual containers ('state_dict', 'model'); nothing executable is loaded."""
+    """Tensors of a local checkpoint (safetensors, torch with weights_only, or a TorchScript archive
+    read as data), unwrapped from the usual containers ('state_dict', 'model'); nothing executable is loaded."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: encoder weights file not found")
+    from pixelrec.items.weight_layouts import is_torchscript, read_torchscript
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif is_torchscript(path):  # OpenAI's `clip` downloads: tensors only, no code is loaded
+            state = read_torchscript(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unreadable file is the same problem for the user
@@ -67,16 +72,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict of tensors")
-    # an open_clip or OpenAI CLIP file holds both towers; timm converts the `visual.` keys itself
     return state
 
 
-def create_tower(name: str, weights: str | None = None, pretrained: bool = False, image_size: int | None = None) -> nn.Module:
-    """A timm model without classifier, with random, local-file or hub weights."""
+def create_tower(name: str, weights: str | None = None, pretrained: bool = False, image_size: int | None = None,
+                 keep_head: bool = False, timm_args: dict[str, Any] | None = None) -> nn.Module:
+    """A timm model with random, local-file or hub weights: without classifier, or with its own head
+    and classifier/projection (`keep_head`, e.g. CLIP-ResNet's attention pool and output projection);
+    `timm_args` are extra keyword arguments of `timm.create_model` (e.g. act_layer)."""
     import timm
 
     resolved = timm_name(name)
-    kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": pretrained and not weights}
+    kwargs: dict[str, Any] = {"pretrained": pretrained and not weights}
+    if not keep_head:
+        kwargs["num_classes"] = 0
+    kwargs |= timm_args or {}
     if image_size:
         kwargs["img_size"] = image_size
     try:
@@ -87,6 +97,10 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
                 raise
             kwargs.pop("img_size")
             tower = timm.create_model(resolved, **kwargs)
+    except TypeError as err:
+        if not timm_args:
+            raise
+        raise UserError(f"items.timm_args: {resolved} does not take {sorted(timm_args)} ({err})") from None
     except (OSError, ValueError, RuntimeError) as err:
         if kwargs["pretrained"]:
             raise UserError(
@@ -95,33 +109,30 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
             ) from None
         raise
     if weights:
-        load_weights(tower, weights, resolved)
+        load_weights(tower, weights, resolved, keep_head=keep_head)
     return tower
 
 
-def load_weights(tower: nn.Module, path: str, resolved: str) -> None:
-    """Load a local checkpoint strictly, after timm's own conversion for the model family (which
-    maps OpenAI CLIP and open_clip visual towers); classifier weights are ignored."""
-    import sys
+def load_weights(tower: nn.Module, path: str, resolved: str, keep_head: bool = False) -> None:
+    """Load a local checkpoint strictly, in any layout researchers have for the encoder (timm, OpenAI
+    CLIP, open_clip, Hugging Face, torchvision, Microsoft; see weight_layouts). The classifier (timm's
+    pretrained_cfg 'classifier', e.g. CLIP-RN's head.proj = OpenAI's attnpool.c_proj) is dropped
+    unless `keep_head`, for a tower built with it."""
+    from pixelrec.items.weight_layouts import accepted, classifier_prefixes, convert, mismatches
 
-    state = read_state_dict(path)
-    convert = getattr(sys.modules[type(tower).__module__], "checkpoint_filter_fn", None)
-    if convert is not None:
-        try:
-            state = convert(state, tower)
-        except Exception:  # noqa: BLE001 - an unconvertible file shows up as mismatched keys below
-            pass
-    classifier = tower.pretrained_cfg.get("classifier") or "head"
-    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifiers)}
-    result = tower.load_state_dict(state, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"Missing keys ({len(result.missing_keys)}): {', '.join(result.missing_keys[:4])}")
-    if result.unexpected_keys:
-        problems.append(f"Unexpected keys ({len(result.unexpected_keys)}): {', '.join(result.unexpected_keys[:4])}")
+    layout, state, origin = convert(read_state_dict(path), tower)
+    if not keep_head:
+        heads = tuple(c + "." for c in classifier_prefixes(tower))
+        state = {k: v for k, v in state.items() if not k.startswith(heads)}
+    problems = mismatches(state, tower, origin)
     if problems:
-        raise UserError(f"{path}: does not fit {resolved}: {'; '.join(problems)}")
+        raise UserError(f"{path}: does not fit {resolved}: {'; '.join(problems)} (read as {layout.name} weights; "
+                        f"{resolved} takes {', '.join(accepted(tower))})")
+    current = tower.state_dict()
+    for key in current:  # a counter, not a weight: files written without it still load
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = current[key]
+    tower.load_state_dict(state, strict=True)
 
 
 def layer_groups(tower: nn.Module) -> list[list[str]]:
@@ -147,10 +158,15 @@ def _is_head_parameter(name: str, matcher: dict) -> bool:
     return True
 
 
-def freeze_below(tower: nn.Module, tune_last: int | str) -> None:
+def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True) -> None:
     """Train the top `tune_last` groups of blocks/stages, plus anything above them (final norm,
-    pooling head); freeze everything below. 0 freezes the whole tower; 'all' trains everything."""
+    pooling head) unless `tune_head` is false; freeze everything below. 0 freezes the whole tower;
+    'all' trains every block."""
     if tune_last == "all":
+        if not tune_head:
+            matcher = tower.group_matcher()
+            for name, p in tower.named_parameters():
+                p.requires_grad_(not _is_head_parameter(name, matcher))
         return
     matcher = tower.group_matcher()
     groups = layer_groups(tower)
@@ -161,7 +177,16 @@ def freeze_below(tower: nn.Module, tune_last: int | str) -> None:
     chosen = groups[len(groups) - n - heads :] if n > 0 else []
     trainable = {name for group in chosen for name in group}
     for name, p in tower.named_parameters():
-        p.requires_grad_(name in trainable)
+        p.requires_grad_(name in trainable and (tune_head or not _is_head_parameter(name, matcher)))
+
+
+def remove_final_norm(tower: nn.Module, name: str) -> None:
+    """Replace the norm that ends forward_features by the identity, so the tokens are the last
+    block's raw output (as Hugging Face's CLIP `last_hidden_state`, which has no post-LayerNorm)."""
+    norm = getattr(tower, "norm", None)
+    if not isinstance(norm, nn.Module) or isinstance(norm, nn.Identity):
+        raise UserError(f"items.final_norm=false: {name} has no final norm after its blocks to remove")
+    tower.norm = nn.Identity()
 
 
 def frozen_modules(tower: nn.Module) -> list[nn.Module]:
@@ -179,23 +204,43 @@ def is_convolutional(tower: nn.Module) -> bool:
     return not any("Attention" in type(m).__name__ for m in tower.modules())
 
 
-def check_pooling(tower: nn.Module, pooling: str, name: str) -> None:
-    if pooling not in POOLINGS:
-        raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+def check_pooling(tower: nn.Module, pooling: str, name: str, allowed: tuple[str, ...] = POOLINGS) -> None:
+    if pooling not in allowed:
+        raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(allowed)}")
     if pooling == "cls" and getattr(tower, "num_prefix_tokens", 0) < 1:
         raise UserError(f"items.pooling=cls: {name} has no class token; use mean or default")
+    if pooling == "head" and not getattr(tower, "num_classes", 0):
+        raise UserError(f"items.pooling=head: {name} was created without its own head (create_tower keep_head)")
+
+
+def pooled_size(tower: nn.Module, pooling: str) -> int:
+    """Width of `pool`'s output: the head's output size for `head`, else the tower's feature width."""
+    return int(tower.num_classes) if pooling == "head" else int(tower.num_features)
 
 
 def pool(tower: nn.Module, features: Tensor, pooling: str) -> Tensor:
     """[B, C] from timm's forward_features output (tokens [B, N, C] or maps [B, C, H, W] / [B, H, W, C])."""
     if pooling == "default":
         return tower.forward_head(features, pre_logits=True)
+    if pooling == "head":
+        return tower.forward_head(features)
     if features.dim() == 3:
         if pooling == "cls":
             return features[:, 0]
         return features[:, getattr(tower, "num_prefix_tokens", 0) :].mean(1)
-    channels_last = features.shape[-1] == tower.num_features and features.shape[1] != tower.num_features
-    return features.mean((1, 2)) if channels_last else features.mean((2, 3))
+    return features.mean((1, 2)) if _channels_last(tower, features) else features.mean((2, 3))
+
+
+def tokens(tower: nn.Module, features: Tensor) -> Tensor:
+    """[B, N, C]: every token (class token included), or every position of a feature map."""
+    if features.dim() == 3:
+        return features
+    return features.flatten(1, 2) if _channels_last(tower, features) else features.flatten(2).transpose(1, 2)
+
+
+def _channels_last(tower: nn.Module, maps: Tensor) -> bool:
+    """True for [B, H, W, C] maps (Swin), false for [B, C, H, W] (CNNs)."""
+    return maps.shape[-1] == tower.num_features and maps.shape[1] != tower.num_features
 
 
 class Preprocess(nn.Module):

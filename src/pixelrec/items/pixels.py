@@ -13,29 +13,52 @@ from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
 from pixelrec.items.image_tower import (
-    Preprocess, check_pooling, create_tower, freeze_below, frozen_modules, is_convolutional, pool,
-    timm_name,
+    POOLINGS, Preprocess, check_pooling, create_tower, freeze_below, frozen_modules, is_convolutional, pool,
+    pooled_size, remove_final_norm, timm_name, tokens,
 )
 from pixelrec.items.prefix_cache import PrefixCache, TowerSplit, build_prefix_cache, cache_identity
+from pixelrec.items.weight_layouts import note_encoder
 
 
-def projection(in_features: int, out_features: int, hidden_layers: int, activation: str) -> nn.Sequential:
-    """An MLP from the pooled image features to the recommender's embedding size."""
+#: pooling values of the pixels encoder: the tower's (`pool`), and `tokens`, which projects every
+#: token before averaging
+PIXEL_POOLINGS = POOLINGS + ("tokens",)
+
+
+def projection(in_features: int, out_features: int, hidden_layers: int, activation: str,
+               final_activation: bool = False, init: str = "default") -> nn.Sequential:
+    """An MLP from the pooled image features to the recommender's embedding size; `final_activation`
+    also applies the activation after the last Linear; `init` is PyTorch's default Linear init or
+    `xavier` (Xavier-normal weights, zero biases)."""
     act = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
     if activation not in act:
         raise UserError(f"items.activation: {activation!r} is not one of {', '.join(act)}")
+    _check_choice("items.projection_init", init, ("default", "xavier"))
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(hidden_layers):
         layers += [nn.Linear(width, out_features), act[activation]()]
         width = out_features
     layers.append(nn.Linear(width, out_features))
+    if final_activation:
+        layers.append(act[activation]())
+    if init == "xavier":
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}")
 
 
 @ITEM_ENCODERS.register("pixels")
 class PixelEncoder(ItemEncoder):
-    """timm image tower (top layers trainable) -> pooling -> projection MLP -> item vector.
+    """timm image tower (top layers trainable) -> pooling -> projection MLP -> item vector
+    (with `pooling: tokens`: tower -> projection of every token -> mean).
 
     Images come from the prepared image store as uint8 (loaded in DataLoader workers by
     `load_inputs`) and are resized and normalised on the device, as the encoder expects.
@@ -62,20 +85,43 @@ class PixelEncoder(ItemEncoder):
         cache: str | None = None,
         cache_dir: str | None = None,
         item_order_sha256: str | None = None,
+        final_activation: bool = False,
+        projection_group: Literal["recommender", "encoder"] = "recommender",
+        projection_init: Literal["default", "xavier"] = "default",
+        final_norm: bool = True,
+        tune_head: bool = True,
+        timm_args: dict[str, Any] | None = None,
+        frozen_mode: Literal["eval", "train"] = "eval",
     ) -> None:
         super().__init__(n_items, embedding_size)
         if encoder is None:
             raise UserError("items.kind=pixels needs an image encoder: --encoder NAME (e.g. clip-vit-b32, test_vit)")
-        self.image_store = image_store
-        self.tower = create_tower(encoder, encoder_weights, pretrained, image_size)
-        check_pooling(self.tower, pooling, encoder)
-        freeze_below(self.tower, tune_last)
-        self.pooling = pooling
-        self.preprocess = Preprocess(self.tower, image_size, preprocess)
-        self.projection = projection(self.tower.num_features, embedding_size, dnn_layers, activation)
-        self._frozen = frozen_modules(self.tower)
+        _check_choice("items.pooling", pooling, PIXEL_POOLINGS)
+        _check_choice("items.projection_group", projection_group, ("recommender", "encoder"))
+        _check_choice("items.frozen_mode", frozen_mode, ("eval", "train"))
         if cache not in (None, "none", "prefix"):
             raise UserError(f"items.cache: {cache!r} is not one of none, prefix")
+        if frozen_mode == "train" and cache == "prefix":
+            raise UserError("items.frozen_mode=train runs the frozen layers in training mode (batch statistics, "
+                            "drop-path), so their output is not fixed: it cannot combine with items.cache=prefix")
+        self.image_store = image_store
+        self.timm_args = dict(timm_args or {})
+        self.tower = create_tower(encoder, encoder_weights, pretrained, image_size, keep_head=pooling == "head",
+                                  timm_args=self.timm_args)
+        if not final_norm:
+            remove_final_norm(self.tower, encoder)
+        if pooling != "tokens":
+            check_pooling(self.tower, pooling, encoder)
+        freeze_below(self.tower, tune_last, tune_head)
+        self.pooling = pooling
+        self.preprocess = Preprocess(self.tower, image_size, preprocess)
+        note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, input_size=self.preprocess.size,
+                     stored_size=getattr(image_store, "size", None), hint="give items.encoder_weights=FILE")
+        self.projection = projection(pooled_size(self.tower, pooling), embedding_size, dnn_layers, activation,
+                                     final_activation, projection_init)
+        self.projection_group = projection_group
+        # frozen_mode=train: the whole tower follows train()/eval(), as the paper's code (model.train())
+        self._frozen = frozen_modules(self.tower) if frozen_mode == "eval" else []
         self.cache_mode, self.cache_dir = (cache if cache != "none" else None), cache_dir
         self.item_order_sha256 = item_order_sha256
         self._encoder_args = (encoder, encoder_weights, pretrained, tune_last)
@@ -100,7 +146,10 @@ class PixelEncoder(ItemEncoder):
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         if inputs is None:
             inputs = self.load_inputs(item_ids.cpu().numpy()).to(item_ids.device)
-        return self.projection(pool(self.tower, self._features(inputs), self.pooling))
+        features = self._features(inputs)
+        if self.pooling == "tokens":
+            return self.projection(tokens(self.tower, features)).mean(1)
+        return self.projection(pool(self.tower, features, self.pooling))
 
     def _tower_features(self, inputs: Tensor) -> Tensor:
         """forward_features from images (uint8) or from cached prefix activations (fp16)."""
@@ -134,7 +183,7 @@ class PixelEncoder(ItemEncoder):
         identity = cache_identity(
             self.split, timm_name=timm_name(encoder), weights=weights, pretrained=pretrained, tune_last=tune_last,
             preprocessing=self.preprocess.describe(), shape=self.split.prefix_shape(self.preprocess, device),
-            n_items=self.n_items, item_order_sha256=self.item_order_sha256,
+            n_items=self.n_items, item_order_sha256=self.item_order_sha256, timm_args=self.timm_args,
         )
         return build_prefix_cache(self.split, self.preprocess, self.image_store, self.n_items, identity,
                                   self._cache_directory(), device=device, batch_size=batch_size or self.catalogue_chunk,
@@ -149,5 +198,7 @@ class PixelEncoder(ItemEncoder):
         return Path(store).parent / "prefix_cache"
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The image tower's trainable layers (the projection takes the recommender's rate)."""
-        return [p for p in self.tower.parameters() if p.requires_grad]
+        """The image tower's trainable layers, and the projection with projection_group=encoder (else
+        the projection takes the recommender's learning rate and weight decay)."""
+        modules = [self.tower, self.projection] if self.projection_group == "encoder" else [self.tower]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]

@@ -174,15 +174,18 @@ class PrefixCache:
 
 def cache_identity(split: TowerSplit, *, timm_name: str, weights: str | None, pretrained: bool, tune_last: Any,
                    preprocessing: dict[str, Any], shape: tuple[int, ...], n_items: int,
-                   item_order_sha256: str | None) -> dict[str, Any]:
+                   item_order_sha256: str | None, timm_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a cache depends on; the file name carries its hash."""
     source = f"sha256:{file_sha256(weights)}" if weights else ("pretrained" if pretrained else "random")
-    return {
+    identity = {
         "format": FORMAT, "version": VERSION, "timm_name": timm_name, "weights": source,
         "prefix_sha256": split.prefix_sha256(), "cut": split.cut_name, "cut_index": split.cut,
         "tune_last": tune_last, "image_size": preprocessing["size"], "preprocessing": preprocessing,
         "dtype": "float16", "shape": list(shape), "n_items": n_items, "item_order_sha256": item_order_sha256,
     }
+    if timm_args:  # e.g. act_layer changes the prefix's output but none of its weights
+        identity["timm_args"] = {k: timm_args[k] for k in sorted(timm_args)}
+    return identity
 
 
 def cache_file(directory: Path, identity: dict[str, Any]) -> Path:
