@@ -125,9 +125,14 @@ class Trainer:
         if self.job.world > 1:
             torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
         backbone, loss = self.model.backbone, self.model.loss
+        d = config.data
         self.view = TrainingView(
-            self.data, backbone.view, config.data.max_len, config.data.sequences,
+            self.data, backbone.view, d.max_len, d.sequences,
             negatives=loss.negatives, in_batch=loss.in_batch, mask_ratio=backbone.mask_ratio,
+            window_remainder=d.window_remainder, prefixes=d.prefixes, negatives_avoid=d.negatives_avoid,
+            pair_context=d.pair_context if backbone.set_context else "earlier",
+            window_batches=backbone.window_batches, force_mask=backbone.force_mask,
+            masked_width=d.max_len + int(backbone.extra_slot),
         )
         groups = parameter_groups(self.model, config)
         # the fused kernel updates each tensor in one pass (foreach makes several): it matters for a
@@ -234,7 +239,8 @@ class Trainer:
             batch = batch.to(self.device)
             with self._autocast():
                 out = self.net(batch)
-            loss = out["loss"] * batch.loss_scale
+            # a share without targets (PixelRec's one-item windows, a cloze draw that hid nothing) has no loss: zero gradients
+            loss = out["loss"] * batch.loss_scale if batch.loss_scale else out["loss"].nan_to_num() * 0.0
             if not torch.isfinite(loss):
                 raise UserError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
