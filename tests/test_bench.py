@@ -317,3 +317,30 @@ def test_export_refuses_a_backbone_that_does_not_score_by_dot_product(data, tmp_
     assert main(["train", *common, "--set", "model.aggregation=average", "--out", str(tmp_path / "average")]) == 0
     assert main(["export", "--run", str(tmp_path / "average"), "--out", str(tmp_path / "vectors")]) == 0
     assert np.load(tmp_path / "vectors/items.npy").shape == (20, 8)
+
+
+def test_weights_pattern_gives_each_pixels_cell_its_encoders_file(data, tmp_path):
+    for encoder in ("test_vit", "test_resnet"):
+        (tmp_path / f"{encoder}.pt").write_bytes(b"")
+    spec = BenchSpec(str(data), cells_of(["sasrec"], ["id", "pixels"], ["test_vit", "test_resnet"]), sets=TINY,
+                     weights=str(tmp_path / "{encoder}.pt"))
+    chosen = {p.name: p.config.items.encoder_weights for p in matrix.plan(spec)}
+    assert chosen == {"sasrec-id": None, "sasrec-pixels-test_vit": str(tmp_path / "test_vit.pt"),
+                      "sasrec-pixels-test_resnet": str(tmp_path / "test_resnet.pt")}
+
+
+def test_a_missing_weights_file_stops_the_bench_before_any_cell_runs(data, tmp_path, monkeypatch, capsys):
+    (tmp_path / "test_vit.pt").write_bytes(b"")
+    calls = counting(monkeypatch, matrix)
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", str(data), "--models", "sasrec", "--items", "pixels", "--encoders", "test_resnet",
+                 "--weights", str(tmp_path / "{encoder}.pt"), "--out", str(out)]) != 0
+    assert f"cell sasrec-pixels-test_resnet: {tmp_path / 'test_resnet.pt'} not found" in capsys.readouterr().err
+    spec = BenchSpec(str(data), cells_of(["mf", "sasrec"], ["id", "pixels"], ["test_vit", "test_resnet"]), sets=TINY,
+                     weights=str(tmp_path / "{encoder}.pt"))
+    with pytest.raises(UserError, match=f"cell mf-pixels-test_resnet: {tmp_path / 'test_resnet.pt'} not found"):
+        run_matrix(spec, out, log=lambda line: None)
+    assert calls == [] and not out.exists()
+    spec.weights = str(tmp_path / "test_vit.pt")  # one file for two encoders
+    with pytest.raises(UserError, match=r"one file for 2 encoders \(test_resnet, test_vit\); put \{encoder\}"):
+        run_matrix(spec, out, log=lambda line: None)

@@ -50,6 +50,7 @@ class BenchSpec:
     files: list[str] = field(default_factory=list)  # YAML files / presets, layered over each cell's defaults
     sets: list[str] = field(default_factory=list)  # section.key=value overrides
     features: str | None = None  # feature file for features cells; "{encoder}" is replaced by the cell's
+    weights: str | None = None  # encoder weights file for pixels cells; "{encoder}" is replaced by the cell's
 
 
 def cells_of(models: list[str], items: list[str], encoders: list[str]) -> list[Cell]:
@@ -69,8 +70,27 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
         items["encoder"] = cell.encoder
     if spec.features and cell.items in ("features", "id+features"):
         items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
-    return resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                   sets=spec.sets)
+    config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
+                     sets=spec.sets)
+    if spec.weights and cell.items == "pixels":  # the encoder may come from the configuration (a preset)
+        items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
+        config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
+                         sets=spec.sets)
+    return config
+
+
+def check_weights(planned: list["Planned"], pattern: str) -> None:
+    """Before any cell runs: every pixels cell's weights file exists, and one file is not given to
+    several encoders; the error names the cell and the path."""
+    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items == "pixels"]
+    encoders = sorted({str(entry.cell.encoder) for entry in pixels})
+    if "{encoder}" not in pattern and len(encoders) > 1:
+        raise UserError(f"--weights {pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "
+                        "put {encoder} in the pattern")
+    for entry in pixels:
+        weights = entry.config.items.encoder_weights
+        if weights and not Path(weights).is_file():
+            raise UserError(f"--weights: cell {entry.name}: {weights} not found")
 
 
 def one_line(err: BaseException) -> str:
@@ -144,6 +164,8 @@ def plan(spec: BenchSpec) -> list[Planned]:
     reasons = {p.reason for p in planned}
     if all(p.config is None for p in planned) and len(reasons) == 1:
         raise UserError(reasons.pop())
+    if spec.weights:
+        check_weights(planned, spec.weights)
     return planned
 
 

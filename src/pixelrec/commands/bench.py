@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "e.g. clip-rn50,clip-vit-b32 (default: the configuration's)")
     parser.add_argument("--features", metavar="PATTERN", help="feature file of features cells; {encoder} is "
                         "replaced by the cell's encoder, e.g. feats/{encoder}.npy")
+    parser.add_argument("--weights", metavar="PATTERN", help="image encoder weights of pixels cells; {encoder} is "
+                        "replaced by the cell's encoder, e.g. weights/{encoder}.safetensors")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML file(s) or presets layered over every cell's defaults, later ones win")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = BenchSpec(data=args.data, cells=cells_of(split_list(args.models), split_list(args.items),
                                                     split_list(args.encoders)),
-                     files=args.config, sets=args.sets, features=args.features)
+                     files=args.config, sets=args.sets, features=args.features, weights=args.weights)
     try:
         rows = run_matrix(spec, Path(args.out))
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from pixelrec.items.feature_store import (
     read_feature_array, read_sidecar, sidecar_path, write_sidecar,
 )
 from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name
+from pixelrec.items.weight_layouts import note_encoder
 
 
 class FeatureTower(nn.Module):
@@ -110,6 +111,8 @@ def extract_features(
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     store = ImageStore.from_prepared(data)
     tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
+    note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
+                 input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
     with torch.inference_mode():
         dim = int(tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device)).shape[-1])
     random_init = not (encoder_weights or pretrained)
