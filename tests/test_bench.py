@@ -344,3 +344,13 @@ def test_a_missing_weights_file_stops_the_bench_before_any_cell_runs(data, tmp_p
     spec.weights = str(tmp_path / "test_vit.pt")  # one file for two encoders
     with pytest.raises(UserError, match=r"one file for 2 encoders \(test_resnet, test_vit\); put \{encoder\}"):
         run_matrix(spec, out, log=lambda line: None)
+
+
+def test_shared_item_keys_apply_to_the_cells_that_take_them_and_a_useless_one_stops_the_bench():
+    from pixelrec.bench.matrix import BenchSpec, cells_of, plan
+
+    cells = cells_of(["sasrec"], ["id", "pixels"], ["test_vit"])
+    planned = {p.name: p.config for p in plan(BenchSpec(data="unused", cells=cells, sets=["items.tune_last=all"]))}
+    assert planned["sasrec-pixels-test_vit"].items.tune_last == "all" and planned["sasrec-id"].items.tune_last == 2
+    with pytest.raises(UserError, match="loss.logq applies to no cell of the matrix"):
+        plan(BenchSpec(data="unused", cells=cells_of(["sasrec"], ["id"], []), sets=["loss.logq=true"]))

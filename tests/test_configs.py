@@ -41,7 +41,7 @@ def test_explicit_flags_and_sets_win_over_files():
 
 
 def test_set_values_parse_like_yaml_with_plain_exponents():
-    config = resolve(model="sasrec", sets=["train.lr=1e-4", "train.epochs=3", "eval.ks=[1, 5]", "items.encoder=test_vit",
+    config = resolve(model="sasrec", sets=["train.lr=1e-4", "train.epochs=3", "eval.ks=[1, 5]", "items.kind=pixels", "items.encoder=test_vit",
                                            "eval.valid_metric=NDCG@5"])
     assert config.train.lr == 1e-4 and config.train.epochs == 3 and config.eval.ks == [1, 5]
     assert config.items.encoder == "test_vit"

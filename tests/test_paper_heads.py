@@ -226,28 +226,23 @@ def test_timm_args_reach_the_tower_and_the_cache_identity():
     assert cache_identity(split, **common, timm_args=quick)["timm_args"] == quick
 
 
-#: The paper profile's item options per encoder, and the trainable tower parameters of the original code:
-#: its index windows (load.py; overall/*.yaml tune_scale) applied to Hugging Face's CLIPVisionModel
-#: (post_layernorm removed), BeitModel and OpenAI CLIP's ModifiedResNet, counted on randomly built models.
-PAPER_ITEMS = {
-    "clip-vit-b32": (dict(tune_last=2, pooling="tokens", final_norm=False, timm_args={"act_layer": "quick_gelu"}),
-                     14_175_744),
-    "beit-b": (dict(tune_last=2, pooling="default", timm_args={"drop_path_rate": 0.1}), 14_196_384),
-    "clip-rn50": (dict(tune_last=9, pooling="head", tune_head=False), 22_063_104),
-    "clip-rn50x4": (dict(tune_last=6, pooling="mean", tune_head=False), 44_288_000),
-    "clip-rn50x16": (dict(tune_last=8, pooling="mean", tune_head=False), 83_834_880),
-    "clip-rn50x64": (dict(tune_last=10, pooling="mean", tune_head=False), 184_680_448),
-}
+#: Trainable tower parameters of the original code: its index windows (load.py; overall/*.yaml
+#: tune_scale) applied to Hugging Face's CLIPVisionModel (post_layernorm removed), BeitModel and OpenAI
+#: CLIP's ModifiedResNet, counted on randomly built models.
+ORIGINAL_TRAINABLE = {"clip-vit-b32": 14_175_744, "beit-b": 14_196_384, "clip-rn50": 22_063_104,
+                      "clip-rn50x4": 44_288_000, "clip-rn50x16": 83_834_880, "clip-rn50x64": 184_680_448}
 
 
-@pytest.mark.parametrize("name", list(PAPER_ITEMS))
-def test_paper_options_train_as_many_tower_parameters_as_the_original(name):
-    options, original = PAPER_ITEMS[name]
+@pytest.mark.parametrize("name", list(ORIGINAL_TRAINABLE))
+def test_the_paper_profile_trains_as_many_tower_parameters_as_the_original(name):
+    from pixelrec.config import resolve
+    from pixelrec.registry import constructor_parameters
+
+    config = resolve(model="sasrec", files=["paper"], flags={"items": {"kind": "pixels", "encoder": name}})
+    options = {k: v for k, v in vars(config.items).items() if k in constructor_parameters(PixelEncoder)}
     with torch.device("meta"):
-        enc = PixelEncoder(n_items=2, embedding_size=512, image_store=None, encoder=name, frozen_mode="train",
-                           projection_group="encoder", final_activation=True, activation="relu", preprocess="paper",
-                           **options)
-    assert sum(p.numel() for p in enc.tower.parameters() if p.requires_grad) == original
+        enc = PixelEncoder(n_items=2, embedding_size=512, image_store=None, **options)
+    assert sum(p.numel() for p in enc.tower.parameters() if p.requires_grad) == ORIGINAL_TRAINABLE[name]
     assert enc.preprocess.size == 224  # every encoder at 224 px, CLIP-RN50x4/x16/x64 included
 
 

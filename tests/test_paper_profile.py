@@ -146,3 +146,38 @@ def test_recbole_lightsans_attention_equals_the_formula_written_out():
     ours = LowRankAttention(dim, heads, k, dropout=0.0).eval()
     ours.load_state_dict(layer.state_dict())
     assert not torch.allclose(ours(x, positions, real), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["loss.logq=true"], "loss.logq does not apply to loss.name=bpr (it takes no other keys)"),
+    (["items.pooling=cls"], "items.pooling does not apply to items.kind=id"),
+    (["items.kind=pixels", "items.encoder=test_vit", "items.features=f.npy"], "(it takes items.activation, "),
+    (["train.batch_size=0"], "train.batch_size: 0 is out of range (allowed: 1 <= x)"),
+    (["train.epochs=-3"], "train.epochs: -3 is out of range"),
+    (["train.lr=nan"], "train.lr: nan is not a finite number"),
+    (["train.lr=-1e-3"], "train.lr: -0.001 is out of range (allowed: 0 < x)"),
+    (["train.eval_every=0"], "train.eval_every: 0 is out of range"),
+    (["model.dropout=1.5"], "model.dropout: 1.5 is out of range (allowed: 0 <= x < 1)"),
+    (["items.kind=pixels", "items.encoder=test_vit", "items.tune_last=-1"], "items.tune_last: -1 is out of range"),
+    (["eval.ks=[10, 0]"], "eval.ks: 0 is out of range"),
+])
+def test_one_schema_refuses_inapplicable_keys_and_out_of_range_values(sets, message):
+    with pytest.raises(UserError) as caught:
+        resolve(model="sasrec", sets=sets)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_saved_configuration_reads_back_and_resume_refuses_an_inapplicable_key():
+    saved = resolve(model="sasrec", flags={"items": {"kind": "pixels", "encoder": "test_vit"}}).to_dict()
+    assert resolve(base=saved).items.encoder == "test_vit"
+    ids = resolve(model="sasrec").to_dict()
+    with pytest.raises(UserError, match="items.pooling does not apply"):
+        resolve(base=ids, sets=["items.pooling=mean"])
+
+
+def test_heads_that_do_not_divide_the_width_are_one_line(tiny_data, tmp_path, capsys):
+    code = main(["train", "--data", str(tiny_data), "--model", "sasrec", "--set", "model.n_heads=3",
+                 "--set", "model.embedding_size=64", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.embedding_size 64 is not divisible by model.n_heads 3" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -1,22 +1,25 @@
 """Typed, validated configuration: defaults -> YAML files -> command-line flags -> `--set key=value`.
 
-The resolved configuration is a `Config` of plain dataclasses. Unknown keys get a "did you mean"
-hint and bad values name the key and the expected type. The `model` section is checked against the
-chosen backbone's constructor, so each backbone declares its own hyper-parameters in one place.
+The resolved configuration is a `Config` of plain dataclasses. One schema checks it
+(`pixelrec.schema`): each key's type annotation, with its allowed range, in the section's dataclass or,
+for the `model` section, in the chosen backbone's constructor. The `model`, `items` and `loss` sections
+configure a component each (backbone, item encoder, loss): a key the chosen component does not take is
+an error that lists what it does take, so no setting is silently ignored. Unknown keys get a "did you
+mean" hint; every problem is one line naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from pixelrec.errors import UserError
+from pixelrec.schema import AT_LEAST_ONE, NonNegative, NonNegativeInt, Positive, PositiveInt, check, hints
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -24,7 +27,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class DataConfig:
     path: str | None = None  # prepared dataset directory
-    max_len: int = 10  # sequences are cut to the last max_len items (the paper: 10)
+    max_len: PositiveInt = 10  # sequences are cut to the last max_len items (the paper: 10)
     sequences: Literal["windows", "sliding"] = "windows"  # windows: PixelRec's own; sliding: every target
     window_remainder: Literal["keep", "drop"] = "keep"  # windows: a history's leading remainder is a short window, or dropped (PixelRec's)
     prefixes: Literal["history", "window"] = "history"  # SR-GNN, LightSANs: targets after up to max_len earlier items, or prefixes in windows (PixelRec's)
@@ -41,11 +44,11 @@ class ItemsConfig:
     features: str | None = None  # path of extracted features (.npy, from `pixelrec extract`)
     project: bool = True  # features: project to embedding_size (false: the raw features, for VisRank)
     combine: Literal["sum", "concat"] = "sum"  # id+features: ID vector + projected features, or [ID ; features]
-    id_size: int | None = None  # id+features with combine=concat: size of the ID part (default: half)
-    image_size: int | None = None  # encoder input size; default: the encoder's own data config
-    tune_last: int | Literal["all"] = 2  # trainable top blocks of the image encoder
+    id_size: PositiveInt | None = None  # id+features with combine=concat: size of the ID part (default: half)
+    image_size: Annotated[int, AT_LEAST_ONE] | None = None  # encoder input size; default: the encoder's own data config
+    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top blocks of the image encoder
     pooling: str = "default"  # cls | mean | default (the encoder's own pooling) | head (its own head and output projection) | tokens (project every token, then average)
-    dnn_layers: int = 0  # hidden layers of the projection MLP from image features to embedding_size
+    dnn_layers: NonNegativeInt = 0  # hidden layers of the projection MLP from image features to embedding_size
     activation: str = "gelu"  # activation of the projection MLP
     preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
     cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
@@ -68,27 +71,27 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # global batch size (examples per optimiser step)
-    lr: float = 1e-3  # recommender learning rate
-    weight_decay: float = 0.0  # recommender weight decay (never on norms and biases)
-    encoder_lr: float | None = None  # item-encoder learning rate (default: lr)
-    encoder_weight_decay: float | None = None  # item-encoder weight decay (default: weight_decay)
+    batch_size: PositiveInt = 64  # global batch size (examples per optimiser step)
+    lr: Positive = 1e-3  # recommender learning rate
+    weight_decay: NonNegative = 0.0  # recommender weight decay (never on norms and biases)
+    encoder_lr: NonNegative | None = None  # item-encoder learning rate (default: lr)
+    encoder_weight_decay: NonNegative | None = None  # item-encoder weight decay (default: weight_decay)
     # 200 epochs with a patience of 20 evaluations: sequential models often sit at popularity level for
     # 10-20 epochs before they improve, and pixel models can dip after an early peak and recover; a short
     # patience stops inside such plateaus (the paper's code: 200 epochs, stop after 31 evaluations)
-    epochs: int = 200
-    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs, benchmarks)
-    patience: int = 20  # evaluations without improvement of the validation metric before stopping
+    epochs: PositiveInt = 200
+    max_steps: PositiveInt | None = None  # stop after this many optimiser steps (smoke runs, benchmarks)
+    patience: PositiveInt = 20  # evaluations without improvement of the validation metric before stopping
     ties_improve: bool = False  # a validation metric equal to the best counts as an improvement (the paper's code: >=)
-    eval_every: int = 1  # evaluate every N epochs
-    clip_grad: float | None = None  # max gradient norm
+    eval_every: PositiveInt = 1  # evaluate every N epochs
+    clip_grad: Positive | None = None  # max gradient norm
     decay_all: bool = False  # weight decay on every parameter, norms and biases too (the paper's code)
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers that build batches (and load images)
+    num_workers: NonNegativeInt = 0  # DataLoader workers that build batches (and load images)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on a GPU, in training and when the catalogue is encoded (the paper's code: fp32)
     progress: bool = True  # tqdm progress bars
-    dist_timeout_minutes: float = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
+    dist_timeout_minutes: Positive = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
     channels_last: bool = False  # NHWC memory format for convolutional image encoders (faster on GPUs)
     compile: bool = False  # torch.compile the image encoder
@@ -96,11 +99,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 1024  # users scored per matrix product
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: PositiveInt = 1024  # users scored per matrix product
+    ks: list[PositiveInt] = field(default_factory=lambda: [5, 10, 20])
     valid_metric: str = "NDCG@10"  # early stopping and best checkpoint
     mask_target: bool = False  # also mask the target when the user had it earlier: a re-consumed target is a miss (the paper's code)
-    score_budget_mb: int = 512  # cap on one users x catalogue score block
+    score_budget_mb: PositiveInt = 512  # cap on one users x catalogue score block
 
 
 @dataclass
@@ -132,54 +135,6 @@ PROFILE_DIR = CONFIG_DIR / "profiles"
 def _hint(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check `value` against a type annotation, converting the safe cases (int -> float)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"Literal": Literal})  # noqa: S307 - own annotations
-    origin = get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin is Literal:
-        if value not in get_args(annotation):
-            choices = ", ".join(repr(a) for a in get_args(annotation))
-            raise UserError(f"{where}: {value!r} is not one of {choices}")
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        errors = []
-        for option in get_args(annotation):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(value, option, where)
-            except UserError as err:
-                errors.append(str(err).split(": ", 1)[-1])
-        raise UserError(f"{where}: {value!r} does not fit {_type_name(annotation)}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        (inner,) = get_args(annotation) or (Any,)
-        return [_coerce(v, inner, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool):
-        if isinstance(value, bool) and annotation is not bool:
-            raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        if not isinstance(value, annotation):
-            raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        return value
-    return value
-
-
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "")
 
 
 def parse_value(text: str) -> Any:
@@ -252,79 +207,136 @@ def is_profile(name: str | Path) -> bool:
     return not Path(name).is_file() and str(name) in profile_names()
 
 
-def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:
-    """Validate a nested mapping into a Config; every problem names its key."""
+#: The sections that configure one component each, and the key that chooses it.
+COMPONENT_SECTIONS = {"model": "name", "items": "kind", "loss": "name"}
+
+
+def component(section: str, name: str) -> type:
+    """The class a component section's chosen name stands for (a backbone, item encoder or loss)."""
+    from pixelrec.items import ITEM_ENCODERS
+    from pixelrec.losses import LOSSES
+    from pixelrec.models import BACKBONES
+
+    return {"model": BACKBONES, "items": ITEM_ENCODERS, "loss": LOSSES}[section].get(name)
+
+
+def component_keys(section: str, cls: type) -> set[str]:
+    """The keys a component takes from its section: its constructor's parameters that the dataset does
+    not supply, and the keys it declares besides (`config_keys`, e.g. a label)."""
+    from pixelrec.models import DATA_ARGUMENTS
+    from pixelrec.registry import constructor_parameters
+
+    keys = set(constructor_parameters(cls)) - DATA_ARGUMENTS - {"embedding_size"}
+    keys |= set(getattr(cls, "config_keys", ())) | {COMPONENT_SECTIONS[section]}
+    if section == "model":
+        keys.add("embedding_size")  # the composition's vector size, which the item encoder takes too
+    return keys
+
+
+def build_config(raw: dict[str, Any], source: str = "configuration", explicit: set[tuple[str, str]] | None = None,
+                 strict: bool = True) -> Config:
+    """Validate a nested mapping into a Config; every problem names its key.
+
+    A key the chosen item encoder or loss does not take is an error when a layer set it (`explicit`:
+    (section, key) pairs; None: any) to something other than its default, so a whole saved
+    configuration reads back; not `strict` (`bench`, whose shared settings apply to the cells that take
+    them), such keys are dropped."""
     profile = raw.get("profile", "default")
     if profile not in profile_names():
         raise UserError(f"{source}: profile {profile!r} is not one of {', '.join(profile_names())}")
     for section in raw:
-        if section == "profile":
-            continue
-        if section not in SECTIONS:
+        if section != "profile" and section not in SECTIONS:
             raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
-    kwargs: dict[str, Any] = {}
+    sections = {name: dict(_section(raw, name, source)) for name in SECTIONS}
+    _check_item_kind(sections["model"].get("name", "sasrec"), sections["items"].get("kind", ItemsConfig.kind))
+    for name in ("items", "loss"):  # the model section's keys are all the backbone's: checked below
+        selector = COMPONENT_SECTIONS[name]
+        chosen = sections[name].get(selector, getattr(SECTIONS[name].default_factory(), selector))  # type: ignore[misc]
+        _drop_inapplicable(sections[name], name, chosen, source, explicit, strict)
+    kwargs: dict[str, Any] = {"model": validate_model_section(sections["model"], source)}
     for name, f in SECTIONS.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise UserError(f"{source}: section {name!r} must be a mapping")
         if name == "model":
-            kwargs[name] = validate_model_section(dict(values), source)
             continue
         cls = f.default_factory().__class__  # type: ignore[misc]
-        fields = {x.name: x for x in dataclasses.fields(cls)}
+        types = hints(cls)
         checked = {}
-        for key, value in values.items():
-            if key not in fields:
-                raise UserError(f"{source}: unknown key {name}.{key}{_hint(key, list(fields))}")
-            checked[key] = _coerce(value, fields[key].type, f"{source}: {name}.{key}")
+        for key, value in sections[name].items():
+            if key not in types:
+                raise UserError(f"{source}: unknown key {name}.{key}{_hint(key, list(types))}")
+            checked[key] = check(value, types[key], f"{source}: {name}.{key}")
         kwargs[name] = cls(**checked)
     config = Config(profile=profile, **kwargs)
     check_combination(config)
     return config
 
 
+def _check_item_kind(model: Any, kind: Any) -> None:
+    """A backbone that works only with some item encoders says so (before their keys are checked)."""
+    if isinstance(model, str) and isinstance(kind, str):
+        kinds = getattr(component("model", model), "item_kinds", ())
+        if kinds and kind not in kinds:
+            raise UserError(f"model {model} needs items.kind {' or '.join(kinds)}, not {kind}")
+
+
+def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    values = raw.get(name) or {}
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: section {name!r} must be a mapping")
+    return values
+
+
+def _drop_inapplicable(values: dict[str, Any], section: str, chosen: Any, source: str,
+                       explicit: set[tuple[str, str]] | None, strict: bool) -> None:
+    """Refuse (or, not strict, remove) the keys of a component section that the chosen component does
+    not take; such keys at their defaults are removed. Misspelt keys are left for the section's own
+    check, which suggests the right one."""
+    selector = COMPONENT_SECTIONS[section]
+    known = hints(SECTIONS[section].default_factory().__class__)  # type: ignore[misc]
+    chosen = check(chosen, known[selector], f"{source}: {section}.{selector}")
+    accepted = component_keys(section, component(section, chosen))
+    defaults = SECTIONS[section].default_factory()  # type: ignore[misc]
+    for key in [k for k in values if k in known and k not in accepted]:
+        chosen_here = values[key] != getattr(defaults, key) and (explicit is None or (section, key) in explicit)
+        if strict and chosen_here:
+            takes = ", ".join(f"{section}.{k}" for k in sorted((accepted & set(known)) - {selector})) or "no other keys"
+            raise UserError(f"{source}: {section}.{key} does not apply to {section}.{selector}={chosen} "
+                            f"(it takes {takes})")
+        del values[key]
+
+
 def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check model keys against the backbone constructor (its signature is the schema)."""
-    from pixelrec.models import BACKBONES, DATA_ARGUMENTS
-    from pixelrec.registry import constructor_parameters
+    """Check model keys against the backbone constructor (its signature, ranges included, is the schema)."""
+    from pixelrec.models import BACKBONES
 
     name = values.get("name")
     if not isinstance(name, str):
         raise UserError(f"{source}: model.name is required (one of {', '.join(BACKBONES.names())})")
     cls = BACKBONES.get(name)
-    params = {k: p for k, p in constructor_parameters(cls).items() if k not in DATA_ARGUMENTS}
-    hints = typing.get_type_hints(cls.__init__)
+    accepted = component_keys("model", cls)
+    types = hints(cls.__init__) | {"embedding_size": PositiveInt}
     out = {"name": name}
     for key, value in values.items():
         if key == "name":
             continue
-        if key == "embedding_size":  # the composition's vector size: the item encoder takes it too
-            out[key] = _coerce(value, int, f"{source}: model.{key}")
-            continue
-        if key not in params:
-            raise UserError(f"{source}: unknown key model.{key} for {name}{_hint(key, list(params))}")
-        out[key] = _coerce(value, hints.get(key, Any), f"{source}: model.{key}")
+        if key not in accepted:
+            raise UserError(f"{source}: unknown key model.{key} for {name}{_hint(key, sorted(accepted - {'name'}))}")
+        out[key] = check(value, types.get(key, Any), f"{source}: model.{key}")
     return out
 
 
 def check_combination(config: Config) -> None:
-    """Refuse combinations that cannot work, at configuration time."""
-    from pixelrec.items import ITEM_ENCODERS
-    from pixelrec.models import BACKBONES
+    """Refuse combinations that cannot work, at configuration time; each component declares what it
+    needs (item kinds, the whole catalogue each step), no name is special-cased here."""
+    from pixelrec.losses import LOSSES
 
-    encoder_cls = ITEM_ENCODERS.get(config.items.kind)
-    backbone_cls = BACKBONES.get(config.model_name)
+    encoder_cls = component("items", config.items.kind)
+    backbone_cls = component("model", config.model_name)
     cheap = getattr(encoder_cls, "catalogue_each_step", True)
-    kinds = getattr(backbone_cls, "item_kinds", ())  # a backbone that works only with some item encoders
-    if kinds and config.items.kind not in kinds:
-        raise UserError(f"model {config.model_name} needs items.kind {' or '.join(kinds)}, not {config.items.kind}")
-    if not cheap and config.loss.name == "full-softmax":
+    if not cheap and LOSSES.get(config.loss.name).full_catalogue:
         raise UserError(
-            f"loss full-softmax needs every item's vector at each step, which items.kind={config.items.kind} "
+            f"loss {config.loss.name} needs every item's vector at each step, which items.kind={config.items.kind} "
             "cannot afford; use softmax (in-batch) or bpr"
         )
-    if config.loss.across_ranks and config.loss.name != "softmax":
-        raise UserError(f"loss.across_ranks shares in-batch negatives between ranks: it needs loss softmax, not {config.loss.name}")
     if not cheap and getattr(backbone_cls, "needs_catalogue", False):
         raise UserError(
             f"model {config.model_name} propagates over the whole catalogue at each step, which "
@@ -370,9 +382,11 @@ def resolve(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    strict: bool = True,
 ) -> Config:
     """Layer the sources in order: a run's saved config (`base`) or the packaged defaults of the
-    chosen combination, the user's YAML files, command-line flags, then `--set` overrides."""
+    chosen combination, the user's YAML files, command-line flags, then `--set` overrides. A key that
+    the chosen item encoder or loss does not take is an error (`strict`) or left out."""
     user_layers = [(str(f), read_yaml(f)) for f in files or [] if not is_profile(f)]
     # a profile is chosen by name (--config paper) or by a YAML file that records one (a run's config.yaml)
     profiles = sorted({str(f) for f in files or [] if is_profile(f)}
@@ -403,7 +417,9 @@ def resolve(
     raw: dict[str, Any] = dict(base or {})
     for _, layer in layers + user_layers:
         raw = merge(raw, layer)
-    return build_config(raw)
+    explicit = {(section, key) for _, layer in layers + user_layers
+                for section, values in layer.items() if isinstance(values, dict) for key in values}
+    return build_config(raw, explicit=explicit, strict=strict)
 
 
 def dump(config: Config) -> str:

@@ -94,7 +94,10 @@ def build_recommender(
     backbone_cls = BACKBONES.get(model)
     params = constructor_parameters(backbone_cls)
     dim = model_args.get("embedding_size") or getattr(params.get("embedding_size"), "default", None) or 64
-    backbone = BACKBONES.create(model, **facts.for_class(backbone_cls), **model_args)
+    try:
+        backbone = BACKBONES.create(model, **facts.for_class(backbone_cls), **model_args)
+    except ValueError as err:  # settings that fit their ranges but not each other (heads vs width)
+        raise UserError(f"model {model}: {err}") from None
     encoder_cls = ITEM_ENCODERS.get(items_kind)
     encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
     loss_fn = LOSSES.create(loss, **facts.for_class(LOSSES.get(loss)), **loss_args)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pixelrec.config import Config, resolve
+from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.errors import UserError
 from pixelrec.train.rundir import atomic_json
 from pixelrec.train.trainer import config_of_run, train
@@ -71,12 +71,24 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     if spec.features and cell.items in ("features", "id+features"):
         items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                     sets=spec.sets)
+                     sets=spec.sets, strict=False)
     if spec.weights and cell.items == "pixels":  # the encoder may come from the configuration (a preset)
         items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                         sets=spec.sets)
+                         sets=spec.sets, strict=False)
     return config
+
+
+def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
+    """An `items` or `loss` key of the shared `--config` files or `--set` applies to the cells whose
+    item encoder or loss takes it; one that no cell takes is a mistake in the command, not a no-op."""
+    shared = [read_yaml(f) for f in spec.files if not is_profile(f)] + [overrides_to_dict(spec.sets)]
+    for section, selector in (("items", "kind"), ("loss", "name")):
+        keys = {key for layer in shared for key in (layer.get(section) or {})}
+        taken = {selector}.union(*(component_keys(section, component(section, getattr(getattr(c, section), selector)))
+                                   for c in configs))
+        for key in sorted(keys - taken):
+            raise UserError(f"{section}.{key} applies to no cell of the matrix (no cell's {section}.{selector} takes it)")
 
 
 def check_weights(planned: list["Planned"], pattern: str) -> None:
@@ -164,6 +176,7 @@ def plan(spec: BenchSpec) -> list[Planned]:
     reasons = {p.reason for p in planned}
     if all(p.config is None for p in planned) and len(reasons) == 1:
         raise UserError(reasons.pop())
+    check_shared_keys(spec, [p.config for p in planned if p.config is not None])
     if spec.weights:
         check_weights(planned, spec.weights)
     return planned

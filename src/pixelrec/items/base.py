@@ -27,6 +27,8 @@ class ItemEncoder(nn.Module):
     catalogue_chunk: ClassVar[int] = 65536
     #: bf16 autocast when the catalogue is encoded on a GPU (train.amp; the paper's code runs fp32).
     amp: bool = True
+    #: `items` keys the encoder takes besides its constructor's parameters (labels, read by others).
+    config_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ class FeatureEncoder(ItemEncoder):
     `embedding_size` becomes the feature size), for models that compare features directly (VisRank)."""
 
     catalogue_each_step = True  # a gather and a small MLP: every backbone and loss can afford the catalogue
+    config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
 
     def __init__(
         self,
@@ -75,6 +76,8 @@ class IDFeatureEncoder(ItemEncoder):
     """A learned ID vector and projected frozen features per item, summed (`combine=sum`) or
     concatenated as [ID ; projected features] (`combine=concat`, ID part `id_size`, default half of
     `embedding_size`), so the item vector keeps `embedding_size` either way. VBPR's item is the concat."""
+
+    config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from pixelrec.errors import UserError
 
 #: The image encoders of the PixelRec paper by short name -> timm model name.
 SHORT_NAMES = {
-    "clip-vit-b32": "vit_base_patch32_clip_224",
+    "clip-vit-b32": "vit_base_patch32_clip_quickgelu_224",  # OpenAI's CLIP (the paper's) uses QuickGELU
     "swin-t": "swin_tiny_patch4_window7_224",
     "swin-b": "swin_base_patch4_window7_224",
     "beit-b": "beit_base_patch16_224",

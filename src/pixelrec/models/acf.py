@@ -22,6 +22,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
+from pixelrec.schema import PositiveInt
 
 
 @BACKBONES.register("acf")
@@ -33,7 +34,7 @@ class ACF(Backbone):
     set_context = True
     window_batches = False  # PixelRec's SampleACFTrainDataset lists every leave-one-out row: a batch counts rows
 
-    def __init__(self, n_users: int, embedding_size: int = 64, attention_size: int | None = None) -> None:
+    def __init__(self, n_users: int, embedding_size: PositiveInt = 64, attention_size: PositiveInt | None = None) -> None:
         super().__init__()
         hidden = attention_size or embedding_size
         self.user_embedding = nn.Embedding(n_users + 1, embedding_size)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
 from pixelrec.models.layers import PositionalTransformer
+from pixelrec.schema import Dropout, PROBABILITY, PositiveInt
 
 
 @BACKBONES.register("bert4rec")
@@ -30,22 +30,18 @@ class BERT4Rec(Backbone):
     def __init__(
         self,
         max_len: int,
-        embedding_size: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 2,
-        inner_factor: int = 2,
-        dropout: float = 0.1,
+        embedding_size: PositiveInt = 64,
+        n_layers: PositiveInt = 2,
+        n_heads: PositiveInt = 2,
+        inner_factor: PositiveInt = 2,
+        dropout: Dropout = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
-        mask_ratio: float = 0.2,
+        mask_ratio: Annotated[float, PROBABILITY] = 0.2,
         force_mask: bool = True,
         extra_slot: bool = False,
         head: bool = True,
     ) -> None:
         super().__init__()
-        if not 0.0 < mask_ratio <= 1.0:
-            raise UserError(f"model.mask_ratio must be in (0, 1], got {mask_ratio}")
-        if inner_factor < 1:
-            raise UserError(f"model.inner_factor must be >= 1, got {inner_factor}")
         self.mask_ratio, self.force_mask, self.extra_slot = mask_ratio, force_mask, extra_slot
         self.mask_token = nn.Parameter(torch.empty(embedding_size))
         self.body = PositionalTransformer(max_len + int(extra_slot), embedding_size, n_layers, n_heads,

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import NonNegativeInt, PositiveInt
 
 
 def selu_layers(sizes: list[int]) -> nn.Sequential:
@@ -36,10 +36,9 @@ class CuratorNet(Backbone):
 
     view = "pair"
 
-    def __init__(self, embedding_size: int = 64, item_layers: int = 1, user_layers: int = 3, hidden_factor: int = 2) -> None:
+    def __init__(self, embedding_size: PositiveInt = 64, item_layers: NonNegativeInt = 1, user_layers: PositiveInt = 3,
+                 hidden_factor: PositiveInt = 2) -> None:
         super().__init__()
-        if item_layers < 0 or user_layers < 1 or hidden_factor < 1:
-            raise UserError("model.item_layers must be >= 0, model.user_layers and model.hidden_factor >= 1")
         d, hidden = embedding_size, hidden_factor * embedding_size
         self.item_tower = nn.Sequential(nn.SELU(), selu_layers([d] * (item_layers + 1)))
         self.user_tower = selu_layers([2 * d] + [hidden] * (user_layers - 1) + [d])

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import Dropout, NonNegativeInt, Positive, PositiveInt
 
 
 def tower(dim: int, n_layers: int, dropout: float) -> nn.Module:
@@ -38,17 +38,13 @@ class DSSM(Backbone):
 
     def __init__(
         self,
-        embedding_size: int = 64,
-        n_layers: int = 1,
-        dropout: float = 0.0,
+        embedding_size: PositiveInt = 64,
+        n_layers: NonNegativeInt = 1,
+        dropout: Dropout = 0.0,
         similarity: Literal["cosine", "dot"] = "cosine",
-        temperature: float = 0.1,
+        temperature: Positive = 0.1,
     ) -> None:
         super().__init__()
-        if n_layers < 0:
-            raise UserError(f"model.n_layers must be >= 0, got {n_layers}")
-        if temperature <= 0:
-            raise UserError(f"model.temperature must be > 0, got {temperature}")
         self.similarity, self.temperature = similarity, temperature
         self.user_tower = tower(embedding_size, n_layers, dropout)
         self.item_tower = tower(embedding_size, n_layers, dropout)

@@ -9,6 +9,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import PositiveInt
 
 
 @BACKBONES.register("fm")
@@ -31,7 +32,7 @@ class FM(Backbone):
     view = "pair"
     set_context = True  # PixelRec's batches hold windows of leave-one-out rows (SampleOneTowerTrainDataset)
 
-    def __init__(self, embedding_size: int = 64, linear: bool = True) -> None:
+    def __init__(self, embedding_size: PositiveInt = 64, linear: bool = True) -> None:
         super().__init__()
         self.linear = nn.Parameter(torch.zeros(embedding_size)) if linear else None
 

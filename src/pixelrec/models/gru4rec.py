@@ -9,6 +9,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import Dropout, PositiveInt
 
 
 @BACKBONES.register("gru4rec")
@@ -25,10 +26,10 @@ class GRU4Rec(Backbone):
 
     def __init__(
         self,
-        embedding_size: int = 64,
-        hidden_factor: int = 2,
-        n_layers: int = 1,
-        dropout: float = 0.1,
+        embedding_size: PositiveInt = 64,
+        hidden_factor: PositiveInt = 2,
+        n_layers: PositiveInt = 1,
+        dropout: Dropout = 0.1,
     ) -> None:
         super().__init__()
         hidden_size = hidden_factor * embedding_size  # a multiple, so a new embedding size scales it (the paper's grid)

@@ -11,7 +11,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % n_heads:
-            raise ValueError(f"embedding_size {dim} is not divisible by n_heads {n_heads}")
+            raise ValueError(f"model.embedding_size {dim} is not divisible by model.n_heads {n_heads}")
         self.n_heads, self.dropout = n_heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)

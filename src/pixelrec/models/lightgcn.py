@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
+from pixelrec.schema import NonNegativeInt, PositiveInt
 
 
 def normalized_adjacency(train_users: np.ndarray, train_items: np.ndarray, n_users: int, n_items: int) -> Tensor:
@@ -80,12 +80,10 @@ class LightGCN(Backbone):
         n_items: int,
         train_users: np.ndarray,
         train_items: np.ndarray,
-        embedding_size: int = 64,
-        n_layers: int = 3,
+        embedding_size: PositiveInt = 64,
+        n_layers: NonNegativeInt = 3,
     ) -> None:
         super().__init__()
-        if n_layers < 0:
-            raise UserError(f"model.n_layers must be >= 0, got {n_layers}")
         self.n_users, self.n_items, self.n_layers = n_users, n_items, n_layers
         self.user_embedding = nn.Embedding(n_users + 1, embedding_size)
         self.apply(init_weights)

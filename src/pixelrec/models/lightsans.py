@@ -20,6 +20,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
+from pixelrec.schema import Dropout, PositiveInt
 
 
 def masked_softmax(logits: Tensor, keep: Tensor, dim: int) -> Tensor:
@@ -35,7 +36,7 @@ class LowRankAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, k_interests: int, dropout: float, recbole: bool = False) -> None:
         super().__init__()
         if dim % n_heads:
-            raise ValueError(f"embedding_size {dim} is not divisible by n_heads {n_heads}")
+            raise ValueError(f"model.embedding_size {dim} is not divisible by model.n_heads {n_heads}")
         self.n_heads, self.recbole = n_heads, recbole
         self.qkv = nn.Linear(dim, 3 * dim)
         self.key_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_K: items -> interests
@@ -109,12 +110,12 @@ class LightSANs(Backbone):
     def __init__(
         self,
         max_len: int,
-        embedding_size: int = 64,
-        n_layers: int = 1,
-        n_heads: int = 2,
-        k_interests: int = 3,
-        inner_factor: int = 2,
-        dropout: float = 0.1,
+        embedding_size: PositiveInt = 64,
+        n_layers: PositiveInt = 1,
+        n_heads: PositiveInt = 2,
+        k_interests: PositiveInt = 3,
+        inner_factor: PositiveInt = 2,
+        dropout: Dropout = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
         attention: Literal["normalised", "recbole"] = "normalised",
     ) -> None:

@@ -8,6 +8,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
+from pixelrec.schema import PositiveInt
 
 
 @BACKBONES.register("mf")
@@ -17,7 +18,7 @@ class MF(Backbone):
 
     view = "pair"
 
-    def __init__(self, n_users: int, embedding_size: int = 64) -> None:
+    def __init__(self, n_users: int, embedding_size: PositiveInt = 64) -> None:
         super().__init__()
         self.user_embedding = nn.Embedding(n_users + 1, embedding_size)  # row 0: padding user, never trained
         self.apply(init_weights)

@@ -9,6 +9,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import PositiveInt
 
 
 class CausalConv(nn.Module):
@@ -55,15 +56,15 @@ class NextItNet(Backbone):
 
     def __init__(
         self,
-        embedding_size: int = 64,
-        kernel_size: int = 3,
-        block_num: int = 2,
-        dilations: list[int] | None = None,
+        embedding_size: PositiveInt = 64,
+        kernel_size: PositiveInt = 3,
+        block_num: PositiveInt = 2,
+        dilations: list[PositiveInt] | None = None,
     ) -> None:
         super().__init__()
         pattern = list(dilations) if dilations is not None else [1, 4]
-        if not pattern or min(pattern) < 1 or kernel_size < 1:
-            raise ValueError(f"dilations {pattern} and kernel_size {kernel_size} must be positive")
+        if not pattern:
+            raise ValueError("model.dilations: give at least one dilation")
         self.blocks = nn.ModuleList(
             ResidualBlock(embedding_size, kernel_size, r) for r in pattern * block_num
         )

@@ -9,6 +9,7 @@ from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
 from pixelrec.models.layers import PositionalTransformer
+from pixelrec.schema import Dropout, PositiveInt
 
 
 @BACKBONES.register("sasrec")
@@ -20,11 +21,11 @@ class SASRec(Backbone):
     def __init__(
         self,
         max_len: int,
-        embedding_size: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 2,
-        inner_factor: int = 2,
-        dropout: float = 0.1,
+        embedding_size: PositiveInt = 64,
+        n_layers: PositiveInt = 2,
+        n_heads: PositiveInt = 2,
+        inner_factor: PositiveInt = 2,
+        dropout: Dropout = 0.1,
         activation: str = "gelu",
     ) -> None:
         super().__init__()

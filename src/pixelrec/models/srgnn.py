@@ -11,6 +11,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
+from pixelrec.schema import PositiveInt
 
 
 class SessionGraph(NamedTuple):
@@ -73,7 +74,7 @@ class SRGNN(Backbone):
 
     view = "prefixes"
 
-    def __init__(self, embedding_size: int = 64, step: int = 1) -> None:
+    def __init__(self, embedding_size: PositiveInt = 64, step: PositiveInt = 1) -> None:
         super().__init__()
         self.steps = nn.ModuleList(GatedGraphStep(embedding_size) for _ in range(step))
         self.query_last = nn.Linear(embedding_size, embedding_size)

@@ -21,6 +21,7 @@ from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
+from pixelrec.schema import PositiveInt
 
 
 @BACKBONES.register("vbpr")
@@ -31,7 +32,7 @@ class VBPR(Backbone):
 
     view = "pair"
 
-    def __init__(self, n_users: int, embedding_size: int = 64, item_bias: bool = True, visual_bias: bool = True) -> None:
+    def __init__(self, n_users: int, embedding_size: PositiveInt = 64, item_bias: bool = True, visual_bias: bool = True) -> None:
         super().__init__()
         self.item_bias, self.visual_bias = item_bias, visual_bias
         free = embedding_size - int(item_bias) - int(visual_bias)

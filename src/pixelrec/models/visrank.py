@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrec.data.batch import Batch
-from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
@@ -33,8 +32,6 @@ class VisRank(Backbone):
 
     def __init__(self, aggregation: Literal["maximum", "average"] = "maximum") -> None:
         super().__init__()
-        if aggregation not in ("maximum", "average"):
-            raise UserError(f"model.aggregation: {aggregation!r} is not one of 'maximum', 'average'")
         self.aggregation = aggregation
 
     def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
