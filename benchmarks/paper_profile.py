@@ -6,8 +6,9 @@
    + 1) windows of max_len + 1 items, each predicting all but its first item). The profile must match
    the rule exactly.
 2. Training: ID SASRec and pixel SASRec (timm's tiny `test_vit`, random weights, 32 px) trained under
-   each profile with the same model size, learning rate, batch and epoch cap, several seeds, the two
-   profiles alternated (default, paper, default, paper, ...), one torch thread. Reported per run: best
+   each profile with the same model size, learning rate, batch and epoch cap, several seeds, the
+   profiles alternated (default, paper, default, paper, ...), one torch thread; pixels also under our
+   default with the paper's BPR loss (`default-bpr`), to tell the loss's share. Reported per run: best
    validation NDCG@10, test Recall@10 / NDCG@10, the test NDCG@10 of the same checkpoint under the
    other profile's evaluation (`eval.mask_target` flipped: the paper's code counts a test item the user
    had before as a miss, and the synthetic users re-consume often, see `test_target_seen_before`), epochs
@@ -71,12 +72,17 @@ def cell(data: Path, items: str, seed: int, epochs: int) -> list[str]:
     return sets
 
 
+#: The arms compared: (name, --config files, extra --set). `default-bpr` is our default with the paper's
+#: loss, which separates the loss's share of a pixel gap from the rest of the profile.
+ARMS = {"id": [("default", [], []), ("paper", ["paper"], [])],
+        "pixels": [("default", [], []), ("paper", ["paper"], []), ("default-bpr", [], ["loss.name=bpr"])]}
+
+
 def run_training(data: Path, root: Path, items: str, seeds: list[int], epochs: int) -> list[dict]:
     rows = []
     for seed in seeds:
-        for profile in ("default", "paper"):
-            config = resolve(model="sasrec", files=[profile] if profile != "default" else [],
-                             sets=cell(data, items, seed, epochs))
+        for profile, files, extra in ARMS[items]:
+            config = resolve(model="sasrec", files=files, sets=cell(data, items, seed, epochs) + extra)
             out = root / f"{items}-{profile}-{seed}"
             started = time.perf_counter()
             result = train(config, out)
@@ -120,7 +126,7 @@ def re_consumed(data: PreparedData) -> float:
 def summary(rows: list[dict]) -> dict:
     out = {}
     for items in sorted({r["items"] for r in rows}):
-        for profile in ("default", "paper"):
+        for profile, _, _ in ARMS[items]:
             mine = [r for r in rows if r["items"] == items and r["profile"] == profile]
             key = f"{items}-{profile}"
             out[key] = {name: round(float(np.mean([r[name] for r in mine])), 4)
