@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixelrec.bench.tables import backbone_order, load_results, paper_table, summary_table
+from pixelrec.bench.tables import (backbone_order, duplicates_note, load_results, newest, paper_table,
+                                   summary_table)
 from pixelrec.errors import UserError
 from pixelrec.train.rundir import MetricsLog, atomic_write
 
@@ -30,9 +32,10 @@ def bench_runs(bench: Path) -> list[Path]:
     return [bench / "runs" / name for name in names]
 
 
-def collect(paths: list[str | Path]) -> ReportInputs:
+def collect(paths: list[str | Path], latest: bool = False) -> ReportInputs:
     """Sort the given paths into runs (a run directory or results.json), benchmark directories
-    (OUT of `pixelrec bench`: their finished runs) and studies (a directory with study.db)."""
+    (OUT of `pixelrec bench`: their finished runs) and studies (a directory with study.db).
+    Several runs of one cell are all kept, unless `latest`: then only the newest of each."""
     inputs = ReportInputs()
     for given in paths:
         path = Path(given)
@@ -44,29 +47,54 @@ def collect(paths: list[str | Path]) -> ReportInputs:
             inputs.runs.extend(load_results([path]))
     if not inputs.runs and not inputs.studies:
         raise UserError("nothing to report: no finished run among the given directories")
+    once = {str(Path(r["results_file"]).resolve()): r for r in reversed(inputs.runs)}  # a run named twice is one run
+    inputs.runs = [r for r in inputs.runs if once[str(Path(r["results_file"]).resolve())] is r]
+    if latest:
+        inputs.runs = newest(inputs.runs)
     return inputs
 
 
 def tables_text(inputs: ReportInputs, split: str = "test") -> str:
-    """The per-run summary table and the paper-layout table of the runs."""
+    """The per-run summary table and the paper-layout table of the runs, then a note naming the
+    cells that have several runs."""
     if not inputs.runs:
         return ""
+    note = duplicates_note(inputs.runs)
     return (f"## Runs ({split})\n\n{summary_table(inputs.runs, split)}\n\n"
-            f"## Paper layout ({split}, %)\n\n{paper_table(inputs.runs, split)}\n")
+            f"## Paper layout ({split}, %)\n\n{paper_table(inputs.runs, split)}\n"
+            + (f"\n{note}\n" if note else ""))
+
+
+def check_out(out: str | Path) -> Path:
+    """The report's folder: refused (one line) when it exists as something else than a folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; the report is a folder (report.md and PNG figures), "
+                        "give a new or existing folder")
+    return out
 
 
 def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> list[Path]:
     """OUT/report.md and the PNGs: encoders-<model>.png (Figure 4), curves.png, study-<name>.png."""
     from pixelrec.bench import plots
 
-    out = Path(out)
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     text = tables_text(inputs, split)
-    for model in backbone_order([r.get("model", "?") for r in inputs.runs]):
-        figure = plots.encoder_figure(inputs.runs, model, split)
-        if figure is not None:
-            written.append(plots.save(figure, out / f"encoders-{model}.png"))
+    shown = newest(inputs.runs)  # a figure has one point per cell
+    if len(shown) < len(inputs.runs):
+        text += "\nThe encoder figures show the newest run of each cell.\n"
+    groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}  # one figure per dataset and profile
+    for record in shown:
+        groups.setdefault((record.get("dataset"), record.get("profile") or "default"), []).append(record)
+    for (dataset, profile), runs in groups.items():
+        parts = [re.sub(r"[^\w.-]+", "_", part) for part in (dataset, profile) if part] if len(groups) > 1 else []
+        suffix = "".join(f"-{part}" for part in parts)
+        for model in backbone_order([r.get("model", "?") for r in runs]):
+            figure = plots.encoder_figure(runs, model, split)
+            if figure is not None:
+                written.append(plots.save(figure, out / f"encoders-{model}{suffix}.png"))
     curves = [(label, MetricsLog(Path(r["run"]) / "metrics.jsonl").read())
               for label, r in zip(run_labels(inputs.runs), inputs.runs)]
     curves = [(label, rows) for label, rows in curves if rows]

@@ -1,16 +1,26 @@
-"""Tables from run directories: each run's results.json becomes one row."""
+"""Tables from run directories: each run's results.json becomes one row.
+
+A run is one *cell* (model, item kind, image encoder, dataset, profile). Two runs of one cell are
+both shown, never merged; `newest` keeps the most recently finished run of each cell on request.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 from pixelrec.errors import UserError
 
+FEATURE_KINDS = ("features", "id+features")  # item kinds read from a feature file
+SPLITS = ("valid", "test", "valid_cold", "test_cold")
+
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
-    """results.json of each run directory (or results.json path), in the order given."""
+    """results.json of each run directory (or results.json path), in the order given; each record
+    gains "run" (its directory), "results_file" and an "encoder" label fit for tables (see `encoder_label`)."""
     out = []
     for run in runs:
         path = Path(run)
@@ -18,33 +28,164 @@ def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
         if not path.is_file():
             raise UserError(f"{path}: no results.json (is the run finished?)")
         try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON (line {err.lineno})") from None
+            record = json.loads(path.read_bytes())
+        except OSError as err:
+            raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+            raise UserError(f"{path}: malformed results.json: not valid JSON{where}") from None
+        check_record(record, path)
         record["run"] = str(path.parent)
+        record["results_file"] = str(path)
+        record["encoder"] = encoder_label(record, path.parent)
         out.append(record)
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_record(record: Any, path: Path) -> None:
+    """A one-line UserError unless `record` has the shape `pixelrec train` writes: model and items
+    names, metrics as {name: number} per split, numbers where tables expect numbers."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: malformed results.json: {what}")
+
+    if not isinstance(record, dict):
+        raise bad(f"expected an object, found {type(record).__name__}")
+    for key in ("model", "items"):
+        if not isinstance(record.get(key), str):
+            raise bad(f"{key!r} must be a name, found {record.get(key)!r}"[:200])
+    for key in ("encoder", "dataset", "profile"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise bad(f"{key!r} must be a name or null, found {type(record[key]).__name__}")
+    for split in SPLITS:
+        metrics = record.get(split)
+        if metrics is None:
+            continue
+        if not isinstance(metrics, dict):
+            raise bad(f"{split!r} must map metric names to numbers, found {type(metrics).__name__}")
+        wrong = [name for name, value in metrics.items() if not _number(value)]
+        if wrong:
+            raise bad(f"{split}.{wrong[0]} must be a number, found {type(metrics[wrong[0]]).__name__}")
+    for key in ("trainable_parameters", "train_seconds_per_epoch"):
+        if key in record and not _number(record[key]):
+            raise bad(f"{key!r} must be a number, found {type(record[key]).__name__}")
+
+
+def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | None:
+    """The image encoder a result belongs to: none for ID items (whatever the record says); for
+    feature items the recorded name, else the one in the feature file's sidecar (`pixelrec extract`),
+    else the feature file's name, so runs on different features never share a row."""
+    kind = record.get("items")
+    if kind == "id":
+        return None
+    encoder = record.get("encoder")
+    if encoder or kind not in FEATURE_KINDS or run_dir is None:
+        return encoder
+    return _features_label(run_dir)
+
+
+def _features_label(run_dir: Path) -> str | None:
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        features = (config.get("items") or {}).get("features")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(features, str) or not features:
+        return None
+    try:
+        sidecar = json.loads(Path(features).with_suffix(".json").read_text())
+        named = sidecar.get("encoder") if isinstance(sidecar, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        named = None
+    return named if isinstance(named, str) and named else Path(features).name
+
+
+def cell_of(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str]:
+    """(model, items, encoder, dataset, profile): runs with the same cell measure the same thing."""
+    return (record.get("model", "?"), record.get("items", "?"), encoder_label(record), record.get("dataset"),
+            record.get("profile") or "default")
+
+
+def duplicates(results: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Groups of two or more runs of one cell, in the order first seen."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in results:
+        groups.setdefault(cell_of(record), []).append(record)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _finished(record: dict[str, Any]) -> int:
+    try:
+        return os.stat(record["results_file"]).st_mtime_ns
+    except (KeyError, OSError):
+        return -1
+
+
+def newest(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per cell: the one whose results.json was written last (the later given on a tie);
+    the kept runs stay in the order given."""
+    chosen: dict[tuple, tuple[int, int]] = {}
+    for number, record in enumerate(results):
+        key, rank = cell_of(record), (_finished(record), number)
+        if key not in chosen or rank >= chosen[key]:
+            chosen[key] = rank
+    keep = {number for _, number in chosen.values()}
+    return [record for number, record in enumerate(results) if number in keep]
+
+
+def cell_name(record: dict[str, Any]) -> str:
+    """'sasrec pixels clip-rn50 (dataset x, profile paper)', for notes and messages."""
+    model, items, encoder, dataset, profile = cell_of(record)
+    extra = ([f"dataset {dataset}"] if dataset else []) + [f"profile {profile}"]
+    return " ".join(x for x in (model, items, encoder) if x) + f" ({', '.join(extra)})"
+
+
+def duplicates_note(results: list[dict[str, Any]]) -> str:
+    """Lines naming each cell that has several runs (empty when none): all are shown, in the order given."""
+    groups = duplicates(results)
+    if not groups:
+        return ""
+    lines = [f"- {cell_name(group[0])}: {len(group)} runs: " + ", ".join(r.get("run", "?") for r in group)
+             for group in groups]
+    return ("Several runs of one cell, all shown (paper layout: values in the order of the runs; "
+            "`--latest` keeps the newest):\n\n" + "\n".join(lines))
+
+
+def mixed(results: list[dict[str, Any]], key: str) -> bool:
+    """True when the runs differ in `key` (dataset or profile), so tables must say which is which."""
+    default = "default" if key == "profile" else None
+    return len({r.get(key) or default for r in results}) > 1
 
 
 def _percent(metrics: dict[str, Any] | None, name: str) -> str:
     if not metrics or name not in metrics:
         return "-"
-    return f"{100 * metrics[name]:.3f}"
+    value = 100 * metrics[name]
+    return f"{value:.3f}" if math.isfinite(value) else str(value)
 
 
 def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     """Markdown: one row per run with test metrics (percent, as the paper), cold-item metrics,
-    trainable parameters and seconds per epoch."""
-    header = ["model", "items", "encoder", "Recall@10 %", "NDCG@10 %", "cold Recall@10 %", "cold NDCG@10 %",
-              "trainable params", "s/epoch"]
+    trainable parameters, seconds per epoch and the run directory; dataset and profile columns when
+    the runs mix several."""
+    datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
+    header = ["model", "items", "encoder", *(["dataset"] if datasets else []), *(["profile"] if profiles else []),
+              "Recall@10 %", "NDCG@10 %", "cold Recall@10 %", "cold NDCG@10 %", "trainable params", "s/epoch", "run"]
     rows = [header, ["---"] * len(header)]
     for r in results:
         cold = r.get(f"{split}_cold")
         rows.append([
-            r.get("model", "?"), r.get("items", "?"), r.get("encoder") or "-",
+            r.get("model", "?"), r.get("items", "?"), encoder_label(r) or "-",
+            *([r.get("dataset") or "-"] if datasets else []), *([r.get("profile") or "default"] if profiles else []),
             _percent(r.get(split), "Recall@10"), _percent(r.get(split), "NDCG@10"),
             _percent(cold, "Recall@10"), _percent(cold, "NDCG@10"),
-            f"{r.get('trainable_parameters', 0):,}", f"{r.get('train_seconds_per_epoch', 0.0):.2f}",
+            f"{int(r.get('trainable_parameters', 0)):,}", f"{r.get('train_seconds_per_epoch', 0.0):.2f}",
+            str(r.get("run", "-")).replace("|", "\\|"),
         ])
     return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
 
@@ -68,27 +209,34 @@ def backbone_order(models: list[str]) -> list[str]:
     return known + [m for m in dict.fromkeys(models) if m not in known]
 
 
-def item_row_key(record: dict[str, Any]) -> tuple[str, str | None]:
-    """(items kind, encoder) of a result; the encoder matters only where the items are images."""
-    kind = record.get("items", "?")
-    return kind, (record.get("encoder") if kind != "id" else None)
+RowKey = tuple[str, str | None, str | None, str]  # item kind, encoder, dataset, profile
 
 
-def item_row_label(key: tuple[str, str | None]) -> str:
-    """Row label: ID, the encoder's name for pixels (PixelNet), 'features: <encoder>' for ViNet."""
-    kind, encoder = key
+def item_row_key(record: dict[str, Any]) -> RowKey:
+    """(items kind, encoder, dataset, profile) of a result; the encoder only where items are images."""
+    _, kind, encoder, dataset, profile = cell_of(record)
+    return kind, encoder, dataset, profile
+
+
+def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False) -> str:
+    """Row label: ID, the encoder's name for pixels (PixelNet), 'features: <encoder>' for ViNet; the
+    dataset and profile in brackets when the table mixes several."""
+    kind, encoder, dataset, profile = key
     if kind == "id":
-        return "ID"
-    if kind == "pixels":
-        return encoder or "pixels"
-    return f"{kind}: {encoder}" if encoder else kind
+        label = "ID"
+    elif kind == "pixels":
+        label = encoder or "pixels"
+    else:
+        label = f"{kind}: {encoder}" if encoder else kind
+    extra = ([dataset or "?"] if datasets else []) + ([profile] if profiles else [])
+    return f"{label} ({', '.join(extra)})" if extra else label
 
 
-def _row_order(keys: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+def _row_order(keys: list[RowKey]) -> list[RowKey]:
     seen = list(dict.fromkeys(keys))
 
-    def rank(key: tuple[str, str | None]) -> tuple[int, int, int]:
-        kind, encoder = key
+    def rank(key: RowKey) -> tuple[int, int, int]:
+        kind, encoder = key[0], key[1]
         kind_rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
         enc_rank = PAPER_ENCODERS.index(encoder) if encoder in PAPER_ENCODERS else len(PAPER_ENCODERS)
         return kind_rank, enc_rank, seen.index(key)
@@ -100,16 +248,18 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
                 metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     """Markdown in the paper's layout: rows = item encoder x metric, columns = backbones, values in
     percent with three decimals, '-' where a combination has no result (missing, skipped, failed).
-    When two results share a cell, the later one wins (pass results in the order to prefer)."""
-    cells: dict[tuple[tuple[str, str | None], str], dict[str, Any]] = {}
+    Rows are told apart by dataset and profile where the results mix several. A cell with several
+    runs shows each run's value, in the order given, separated by ' / ' (see `newest` for one)."""
+    cells: dict[tuple[RowKey, str], list[dict[str, Any]]] = {}
     for record in results:
-        cells[(item_row_key(record), record.get("model", "?"))] = record.get(split) or {}
+        cells.setdefault((item_row_key(record), record.get("model", "?")), []).append(record.get(split) or {})
+    datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
     models = backbone_order([model for _, model in cells])
     header = ["Item encoder", "Metric"] + [DISPLAY.get(m, m) for m in models]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * len(models)) + " |"]
     for key in _row_order([key for key, _ in cells]):
         for number, metric in enumerate(metrics):
-            label = item_row_label(key) if number == 0 else ""
-            values = [_percent(cells.get((key, m)), metric) for m in models]
+            label = item_row_label(key, datasets, profiles) if number == 0 else ""
+            values = [" / ".join(_percent(m, metric) for m in cells.get((key, model), [{}])) for model in models]
             lines.append("| " + " | ".join([label, metric] + values) + " |")
     return "\n".join(lines)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 from pixelrec.errors import UserError
 
@@ -24,6 +27,8 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
     """The run directory, as `RUN` or `--run RUN` (torchrun takes `--run` for its own `--run-path`)."""
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="run directory written by `pixelrec train`")
     parser.add_argument("--run", help="the same, as an option")
+    parser.add_argument("--data", metavar="DIR", help="the run's prepared dataset where it is now, if it moved "
+                        "(refused unless it is the dataset the run was trained on)")
 
 
 def run_directory(args: argparse.Namespace) -> Path:
@@ -31,3 +36,25 @@ def run_directory(args: argparse.Namespace) -> Path:
     if not chosen:
         raise UserError("which run? give its directory: RUN or --run RUN")
     return Path(chosen)
+
+
+def run_data(args: argparse.Namespace) -> str | None:
+    """The dataset given with --data for a run command (None: the one the run recorded)."""
+    return getattr(args, "data", None)
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """`value` with every float rounded to `digits` significant digits (ints, strings, None kept)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    return value
+
+
+def results_json(payload: Any) -> str:
+    """Results as printed by every command: JSON, metrics as fractions with 4 significant digits
+    (results.json and metrics.jsonl keep full precision)."""
+    return json.dumps(rounded(payload), indent=2)

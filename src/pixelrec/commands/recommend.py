@@ -4,65 +4,90 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
-from pixelrec.commands import add_run_argument, run_directory
+from pixelrec.commands import add_run_argument, at_least, run_data, run_directory
+from pixelrec.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", action="append", help="user token as in the interactions file (repeatable)")
-    who.add_argument("--users-file", help="text file with one user token per line (batch mode)")
-    parser.add_argument("-k", type=int, default=10, help="number of items per user")
-    parser.add_argument("--out", help="write CSV here instead of printing")
-    parser.add_argument("--image", help="PNG contact sheet of the first user's recent and recommended covers")
+    who.add_argument("--users-file", metavar="FILE", help="text file with one user token per line (batch mode)")
+    parser.add_argument("-k", type=at_least(1), default=10, help="items per user; a user who has not had that "
+                        "many items gets all those they have not had")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best", help="the run's weights to use")
+    parser.add_argument("--out", metavar="FILE.csv", help="write the CSV to this file instead of printing it")
+    parser.add_argument("--image", metavar="FILE.png", help="contact sheet: each user's recent and recommended "
+                        "covers with their titles (the first 20 users)")
+
+
+EXAMPLE_NAMES = {"--out": "recommendations.csv", "--image": "sheet.png"}
+
+
+def _file_argument(flag: str, value: str | None) -> Path | None:
+    """An output file: refused (one line) when it names a folder, or a folder that does not exist."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give the path of a file, e.g. {path / EXAMPLE_NAMES[flag]}")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.errors import UserError
-    from pixelrec.evaluate.run import load_run, recommend, user_indices
+    from pixelrec.api import top_items
+    from pixelrec.evaluate.run import load_run
+    from pixelrec.train.rundir import atomic_write
 
-    if args.k < 1:
-        raise UserError(f"-k must be at least 1, not {args.k}")
+    out, image = _file_argument("--out", args.out), _file_argument("--image", args.image)
     tokens = args.user or _read_tokens(Path(args.users_file))
-    config, data, model = load_run(run_directory(args))
-    users = user_indices(data, tokens)
-    items, scores = recommend(model, data, users, args.k, config.data.max_len)
-    titles = _titles(data)
-    rows = [
-        {"user_id": token, "rank": r + 1, "item_id": data.item_tokens[item], "score": f"{score:.6g}",
-         "title": titles[item] if titles is not None else ""}
-        for token, user_items, user_scores in zip(tokens, items, scores)
-        for r, (item, score) in enumerate(zip(user_items, user_scores))
-    ]
-    handle = open(args.out, "w", newline="") if args.out else sys.stdout
-    writer = csv.DictWriter(handle, fieldnames=["user_id", "rank", "item_id", "score", "title"])
+    config, data, model = load_run(run_directory(args), args.checkpoint, run_data(args))
+    if image is not None and data.image_store_path is None:
+        raise UserError(f"--image: {data.root} was prepared without covers (no image store)")
+    found = top_items(model, data, tokens, args.k, config.data.max_len)
+    if found.note:
+        print(f"note: {found.note}", file=sys.stderr)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["user_id", "rank", "item_id", "score", "title"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
-    if args.out:
-        handle.close()
-    if args.image:
+    writer.writerows({**row, "score": f"{row['score']:.6g}"} for row in found.rows())
+    said = sys.stdout if out is not None else sys.stderr  # "wrote" lines never mix with a CSV on stdout
+    if out is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        atomic_write(out, buffer.getvalue().encode())
+        print(f"wrote {out}: {_count(sum(map(len, found.items)), 'recommendation')} for {_count(len(tokens), 'user')}",
+              file=said)
+    if image is not None:
+        from pixelrec.api import item_titles
         from pixelrec.evaluate.contact_sheet import contact_sheet
+        from pixelrec.evaluate.run import user_indices
 
-        contact_sheet(data, int(users[0]), items[0], titles, Path(args.image))
+        sheet = contact_sheet(data, list(user_indices(data, tokens)), found.indices, item_titles(data), image)
+        drawn = (_count(len(tokens), "user") if len(sheet.users) == len(tokens)
+                 else f"the first {len(sheet.users)} of {len(tokens)} users")
+        print(f"wrote {image}: recent and recommended covers of {drawn}", file=said)
     return 0
 
 
-def _read_tokens(path: Path) -> list[str]:
-    from pixelrec.errors import UserError
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
+
+def _read_tokens(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: users file not found")
-    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of user tokens") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip()]
     if not tokens:
         raise UserError(f"{path}: no user tokens in the file")
     return tokens
-
-
-def _titles(data):
-    table = data.item_table()
-    if "title" not in table.column_names:
-        return None
-    return [""] + [str(t or "") for t in table.column("title").to_pylist()]

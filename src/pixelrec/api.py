@@ -1,0 +1,340 @@
+"""The Python API: train, evaluate and use runs with plain keyword arguments.
+
+    import pixelrec
+
+    run = pixelrec.train(data="data/x", model="sasrec", items="id", config=["cpu-small"],
+                         set={"train.epochs": 3}, out="runs/a")
+    run.test["NDCG@10"], run.model, run.config.train.lr, run.path
+    pixelrec.evaluate("runs/a", split="test").test
+    pixelrec.recommend(run, users=["u1"], k=10).items
+
+Paths are `str` or `pathlib.Path`; results are small objects, metrics are fractions. The functions
+build on the library (`config.resolve`, `train.trainer.train`, `evaluate.run`) as the command line
+does; their errors are `pixelrec.errors.UserError` that speak of these arguments, not of flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pixelrec.errors import UserError
+
+if TYPE_CHECKING:
+    from pixelrec.config import Config
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.recommender import Recommender
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """A trained run: its directory, resolved configuration, model (checkpoint weights, eval mode),
+    dataset and `results.json` record ({} while the run is unfinished)."""
+
+    path: Path
+    config: Config
+    model: Recommender
+    data: PreparedData
+    results: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = "best"
+
+    @property
+    def valid(self) -> dict[str, float]:
+        """Validation metrics of the finished run, e.g. {"Recall@10": 0.0251, ...}."""
+        return dict(self.results.get("valid") or {})
+
+    @property
+    def test(self) -> dict[str, float]:
+        """Test metrics of the finished run."""
+        return dict(self.results.get("test") or {})
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {"valid": self.valid, "test": self.test}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in self.test.items() if k in ("Recall@10", "NDCG@10"))
+        return (f"Run({str(self.path)!r}, {self.config.model_name} x {self.config.items.kind}"
+                + (f", test {shown}" if shown else "") + ")")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What `evaluate` measured: metrics per split (fractions), cold-item metrics where the dataset
+    holds cold items out, and which run and checkpoint they come from."""
+
+    run: Path
+    checkpoint: str  # as asked: "best" or "last"
+    valid: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+    cold: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metrics of cold-target users
+    used: dict[str, Any] = field(default_factory=dict)  # the weights evaluated: file, epoch, run finished
+
+    def as_dict(self) -> dict[str, Any]:
+        """{"valid": ..., "test": ..., "valid_cold": ...}, as `pixelrec evaluate` prints."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in ("valid", "test") if getattr(self, name)}
+        out |= {f"{split}_cold": values for split, values in self.cold.items()}
+        return out | ({"checkpoint": self.used} if self.used else {})
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Top items per user, best first, never padding nor an item the user already had. A user who
+    has fewer unseen items than k gets all of them; `note` then says so."""
+
+    users: list[str]
+    items: list[list[str]]  # item tokens
+    scores: list[list[float]]
+    indices: list[list[int]]  # item indices in the prepared dataset (1..n_items)
+    titles: list[list[str]] | None  # item titles, where the dataset has them
+    k: int  # as requested
+    note: str | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (user, rank): user_id, rank (from 1), item_id, score, title."""
+        return [{"user_id": user, "rank": rank + 1, "item_id": item, "score": score,
+                 "title": self.titles[u][rank] if self.titles is not None else ""}
+                for u, (user, items, scores) in enumerate(zip(self.users, self.items, self.scores))
+                for rank, (item, score) in enumerate(zip(items, scores))]
+
+
+# --- errors in the words of this API --------------------------------------------------------
+#: Flags whose argument here has another name; switches become `name=True`.
+FLAG_ARGUMENTS = {"--user": "users", "--users-file": "users", "--run": "run", "-k": "k"}
+SWITCHES = {"--resume", "--overwrite", "--latest", "--pretrained", "--no-images", "--prune", "--print-config"}
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-k\b)(?: (?=[^\s;,()]*[/.\d])([^\s;,()]+))?")
+
+
+def _as_argument(match: re.Match) -> str:
+    """`--out runs/a` -> `out='runs/a'`, `--set` -> `set=`, `--resume runs/a` -> `resume=True with out='runs/a'`."""
+    flag, value, tail = match.group(1), match.group(2), ""
+    if value and value.endswith(":"):
+        value, tail = value[:-1], ":"
+    name = FLAG_ARGUMENTS.get(flag) or flag.lstrip("-").replace("-", "_")
+    if flag in SWITCHES:
+        return f"{name}=True" + (f" with out={value!r}" if value else "") + tail
+    return (f"{name}={value!r}" if value else f"{name}=") + tail
+
+
+@contextlib.contextmanager
+def _arguments() -> Iterator[None]:
+    """Re-raise a UserError written for the command line with its flags named as arguments."""
+    try:
+        yield
+    except UserError as err:
+        text = _FLAG.sub(_as_argument, str(err))
+        if text == str(err):
+            raise
+        raise UserError(text) from None
+
+
+# --- the functions ----------------------------------------------------------------------------
+def _paths(value: PathLike | Sequence[PathLike] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
+
+
+def _overrides(values: Mapping[str, Any] | Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """`set` as a nested mapping ({"train.lr": 1e-3} or {"train": {"lr": 1e-3}}) or as
+    "section.key=value" strings (parsed as on the command line)."""
+    if values is None:
+        return {}, []
+    if isinstance(values, str):
+        return {}, [values]
+    if not isinstance(values, Mapping):
+        return {}, [str(v) for v in values]
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and "." not in str(key):
+            nested.setdefault(str(key), {}).update(value)
+            continue
+        section, dot, name = str(key).partition(".")
+        if not dot or not section or not name:
+            raise UserError(f"set: {key!r} is not 'section.key' (e.g. 'train.lr' or 'model.embedding_size')")
+        nested.setdefault(section, {})[name] = value
+    return nested, []
+
+
+def train(
+    *,
+    data: PathLike | None = None,
+    model: str | None = None,
+    items: str | None = None,
+    encoder: str | None = None,
+    loss: str | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    config: PathLike | Sequence[PathLike] = (),
+    set: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002 - the command line's --set
+    out: PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Run:
+    """Train `model` over `items` on the prepared dataset `data` into run directory `out` (default
+    runs/<model>-<items>-<time>), then evaluate it; returns the run with its best model. `config`
+    holds YAML files or packaged names (presets, the `paper` profile), `set` any other key. With
+    `resume=True`, continue the interrupted run in `out` where it stopped; with `overwrite=True`,
+    replace the run files in a non-empty `out`."""
+    from pixelrec.config import merge, read_yaml, resolve
+    from pixelrec.train.rundir import default_run_dir
+    from pixelrec.train.trainer import train as train_run
+
+    flags: dict[str, Any] = {}
+    for section, key, value in [("data", "path", None if data is None else os.fspath(data)), ("items", "kind", items),
+                                ("items", "encoder", encoder), ("loss", "name", loss), ("train", "epochs", epochs),
+                                ("train", "device", device), ("train", "seed", seed)]:
+        if value is not None:
+            flags.setdefault(section, {})[key] = value
+    nested, sets = _overrides(set)
+    flags = merge(flags, nested)
+    with _arguments():
+        if resume:
+            if out is None:
+                raise UserError("resume=True needs out=: the run directory to continue")
+            if model is not None or overwrite:
+                raise UserError("resume=True continues the run in out= as it was: leave model= and overwrite= out")
+            path = Path(out)
+            if not (path / "config.yaml").is_file():
+                raise UserError(f"out={str(path)!r}: no run to resume there (no config.yaml)")
+            resolved = resolve(files=_paths(config), flags=flags, sets=sets, base=read_yaml(path / "config.yaml"))
+        else:
+            if model is None:
+                raise UserError("model= is required: a backbone such as 'sasrec', 'gru4rec' or 'mf'")
+            if data is None:
+                raise UserError("data= is required: a dataset folder written by `pixelrec prepare`")
+            resolved = resolve(model=model, files=_paths(config), flags=flags, sets=sets)
+            path = Path(out) if out is not None else default_run_dir(resolved.model_name, resolved.items.kind)
+        train_run(resolved, path, resume=resume, overwrite=overwrite)
+    return load_run(path)
+
+
+def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None = None) -> Run:
+    """A run directory with its model (the `checkpoint`: "best" or "last"), configuration, dataset
+    (or `data`, a moved copy of it) and results."""
+    from pixelrec.evaluate.run import load_run as load
+
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
+    path = Path(run)
+    with _arguments():
+        config, prepared, model = load(path, checkpoint, None if data is None else os.fspath(data))
+    return Run(path=path, config=config, model=model, data=prepared, results=_results(path), checkpoint=checkpoint)
+
+
+def _results(run: Path) -> dict[str, Any]:
+    path = run / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path}: malformed results.json: not valid JSON") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: malformed results.json: expected an object, found {type(record).__name__}")
+    return record
+
+
+def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "best",
+             data: PathLike | None = None) -> Metrics:
+    """Evaluate a run's checkpoint with full ranking on `split` ("valid", "test" or "both"),
+    optionally on `data`, another prepared dataset with the same items."""
+    from pixelrec.evaluate.run import evaluate_run
+
+    if split not in ("valid", "test", "both"):
+        raise UserError(f"split={split!r}: choose 'valid', 'test' or 'both'")
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
+    path = run.path if isinstance(run, Run) else Path(run)
+    if isinstance(run, Run) and data is None:
+        data = run.data.root  # where the Run found its dataset (it may have been given a moved copy)
+    splits = ["valid", "test"] if split == "both" else [split]
+    with _arguments():
+        measured = evaluate_run(path, splits, checkpoint, None if data is None else os.fspath(data))
+    return Metrics(run=path, checkpoint=checkpoint, valid=measured.get("valid"), test=measured.get("test"),
+                   cold={s: measured[f"{s}_cold"] for s in splits if f"{s}_cold" in measured},
+                   used=dict(measured.get("checkpoint") or {}))
+
+
+def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, checkpoint: str = "best",
+              data: PathLike | None = None) -> Recommendations:
+    """The top `k` items for each user token in `users` after their whole history, which is never
+    recommended back. `run` is a run directory or a `Run` (used as it is unless another `checkpoint`
+    or `data` is asked for)."""
+    if isinstance(users, str):
+        users = [users]
+    users = list(users)
+    if not users:
+        raise UserError("users=: give at least one user token")
+    if isinstance(run, Run) and checkpoint == run.checkpoint and data is None:
+        loaded = run
+    else:
+        loaded = load_run(run.path if isinstance(run, Run) else run, checkpoint=checkpoint, data=data)
+    with _arguments():
+        return top_items(loaded.model, loaded.data, users, k, loaded.config.data.max_len)
+
+
+def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, max_len: int) -> Recommendations:
+    """Top-k of each user (tokens) by `model`, history masked as in evaluation. k is capped at the
+    items a user has not seen: padding and seen items are never returned, whatever k."""
+    from pixelrec.evaluate.run import recommend as ranked
+    from pixelrec.evaluate.run import user_indices
+
+    if k < 1:
+        raise UserError(f"k must be at least 1, not {k}")
+    indices = user_indices(data, users)
+    seq, ptr = np.asarray(data.item_seq), np.asarray(data.user_ptr)
+    seen = [np.unique(seq[ptr[u] : ptr[u + 1]]) for u in indices]
+    unseen = np.asarray([data.n_items - np.count_nonzero(s) for s in seen], dtype=np.int64)
+    wanted = int(min(k, unseen.max()))
+    top, values = ranked(model, data, indices, wanted, max_len) if wanted else (None, None)
+    titles = item_titles(data)
+    out_items, out_scores, out_indices = [], [], []
+    for row, history in enumerate(seen):
+        if top is None:
+            chosen, scores = np.zeros(0, dtype=np.int64), np.zeros(0)
+        else:
+            keep = (top[row] != 0) & ~np.isin(top[row], history)
+            chosen, scores = top[row][keep][:k], values[row][keep][:k]
+        out_indices.append([int(i) for i in chosen])
+        out_items.append([str(data.item_tokens[i]) for i in chosen])
+        out_scores.append([float(s) for s in scores])
+    return Recommendations(
+        users=list(users), items=out_items, scores=out_scores, indices=out_indices,
+        titles=[[titles[i] for i in row] for row in out_indices] if titles is not None else None,
+        k=k, note=_short_note(users, unseen, k, data.n_items),
+    )
+
+
+def _short_note(users: list[str], unseen: np.ndarray, k: int, n_items: int) -> str | None:
+    """One line when k is more than some user's unseen items (None otherwise)."""
+    short = np.flatnonzero(unseen < k)
+    if not len(short):
+        return None
+    if len(users) == 1:
+        return (f"k={k} is more than the {int(unseen[0])} items of the catalogue ({n_items}) that user "
+                f"{users[0]} has not had; giving those {int(unseen[0])}")
+    low, high = int(unseen[short].min()), int(unseen[short].max())
+    span = f"{low}" if low == high else f"{low} to {high}"
+    return (f"k={k} is more than the catalogue ({n_items} items) leaves unseen for {len(short)} of the "
+            f"{len(users)} users; each of them gets all their unseen items ({span})")
+
+
+def item_titles(data: PreparedData) -> list[str] | None:
+    """Title of each item index (index 0: ""), or None when the dataset has no titles."""
+    table = data.item_table()
+    if "title" not in table.column_names:
+        return None
+    return [""] + [str(t or "") for t in table.column("title").to_pylist()]
