@@ -37,22 +37,22 @@ class DataConfig:
 
 @dataclass
 class ItemsConfig:
-    kind: str = "id"  # id | features | id+features | pixels
-    encoder: str | None = None  # image encoder (pixels, features extraction): short name or timm name
-    encoder_weights: str | None = None  # local checkpoint for the image encoder
+    kind: str = "id"  # id | features | id+features | pixels | text | multimodal (cover and text)
+    encoder: str | None = None  # image encoder (pixels, features extraction): short name or timm name; text: a Hugging Face model directory or a hub name in the local cache
+    encoder_weights: str | None = None  # local checkpoint for the image encoder; text: the Hugging Face model directory
     pretrained: bool = False  # timm hub weights, for users who have a hub or cache
     features: str | None = None  # path of extracted features (.npy, from `pixelrec extract`)
     project: bool = True  # features: project to embedding_size (false: the raw features, for VisRank)
     combine: Literal["sum", "concat"] = "sum"  # id+features: ID vector + projected features, or [ID ; features]
     id_size: PositiveInt | None = None  # id+features with combine=concat: size of the ID part (default: half)
     image_size: Annotated[int, AT_LEAST_ONE] | None = None  # encoder input size; default: the encoder's own data config
-    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top blocks of the image encoder
-    pooling: str = "default"  # cls | mean | default (the encoder's own pooling) | head (its own head and output projection) | tokens (project every token, then average)
+    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top blocks of the image encoder (text: top layers of the text model; all: its embeddings too)
+    pooling: str = "default"  # cls | mean | default (the encoder's own pooling) | head (its own head and output projection) | tokens (project every token, then average); text: mean (default) | cls
     dnn_layers: NonNegativeInt = 0  # hidden layers of the projection MLP from image features to embedding_size
     activation: str = "gelu"  # activation of the projection MLP
     preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
     cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
-    cache_dir: str | None = None  # where the prefix cache lives (default: prefix_cache/ beside the prepared image store)
+    cache_dir: str | None = None  # where the prefix cache (and text items' token arrays) live (default: prefix_cache/ and text_tokens/ in the prepared dataset)
     final_activation: bool = False  # apply items.activation after the projection's last Linear too (the paper's Linear -> ReLU)
     projection_group: Literal["recommender", "encoder"] = "recommender"  # optimiser group (lr, decay) of the projection
     projection_init: Literal["default", "xavier"] = "default"  # projection init: PyTorch's Linear default, or Xavier-normal weights and zero biases
@@ -60,6 +60,15 @@ class ItemsConfig:
     tune_head: bool = True  # false: the encoder's layers above its blocks (final norm, attention pool) stay frozen
     timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
     frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
+    text_fields: list[str] = field(default_factory=lambda: ["title", "tag"])  # text, multimodal: item text columns, joined by the tokenizer's separator
+    max_tokens: PositiveInt = 32  # text, multimodal: token budget per item (special tokens included)
+    text_encoder: str | None = None  # multimodal: the text model, a Hugging Face model directory or a hub name in the local cache
+    text_encoder_weights: str | None = None  # multimodal: the text model's directory (wins over text_encoder)
+    text_tune_last: NonNegativeInt | Literal["all"] = 2  # multimodal: trainable top layers of the text model (all: embeddings too)
+    text_pooling: Literal["mean", "cls"] = "mean"  # multimodal: the text tower's pooling (text items use items.pooling: mean | cls)
+    text_cache: Literal["none", "prefix"] | None = None  # multimodal: frozen-prefix cache of the text tower
+    fusion: Literal["sum", "concat"] = "sum"  # multimodal: sum of the towers' item vectors, or their concatenation projected to embedding_size
+    with_id: bool = False  # multimodal: add a learned ID vector per item to the fusion
 
 
 @dataclass
@@ -88,9 +97,10 @@ class TrainConfig:
     decay_all: bool = False  # weight decay on every parameter, norms and biases too (the paper's code)
     seed: int = 0
     num_workers: NonNegativeInt = 0  # DataLoader workers that build batches (and load images)
+    threads: PositiveInt | None = None  # torch intra-op threads (null: at most the CPUs this process may use, shared among local ranks)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on a GPU, in training and when the catalogue is encoded (the paper's code: fp32)
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # progress bar (plain lines when stderr is not a terminal); false: epoch lines only
     dist_timeout_minutes: Positive = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
     channels_last: bool = False  # NHWC memory format for convolutional image encoders (faster on GPUs)

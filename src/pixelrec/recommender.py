@@ -140,6 +140,13 @@ class DatasetFacts:
         return ImageStore.from_prepared(self.data)
 
     @property
+    def item_texts(self):
+        """The dataset's item text columns, tokenised once per tokenizer, for text item encoders."""
+        from pixelrec.data.text_tokens import ItemTexts
+
+        return ItemTexts.from_prepared(self.data)
+
+    @property
     def item_order_sha256(self) -> str:
         """Hash of the item tokens in index order: feature files must have been written in this order."""
         from pixelrec.items.feature_store import dataset_order_sha256

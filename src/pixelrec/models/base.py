@@ -12,7 +12,7 @@ from pixelrec.items.base import ItemLookup
 #: Constructor arguments a backbone may take that come from the dataset, not from the config.
 DATA_ARGUMENTS = frozenset(
     {"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items", "image_store",
-     "item_order_sha256"}
+     "item_order_sha256", "item_texts"}
 )
 
 

@@ -1,0 +1,113 @@
+"""Items as cover and text together: the pixels and text encoders as parts, fused per item.
+
+`fusion: sum` adds the two towers' item vectors (and the ID vector, `with_id`); `fusion: concat`
+concatenates them and projects back to the embedding size. Each tower keeps its own freezing
+(`tune_last` for the image, `text_tune_last` for the text), pooling and frozen-prefix cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pixelrec.data.text_tokens import ItemTexts
+from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
+from pixelrec.items.base import ItemEncoder
+from pixelrec.items.id import IDEncoder
+from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.text import DEFAULT_FIELDS, TextEncoder, to_device
+
+
+class TextPart(TextEncoder):
+    """The text encoder as the multimodal encoder's part: the same encoder, its keys named as set."""
+
+    KEYS: ClassVar[dict[str, str]] = {"encoder": "items.text_encoder", "encoder_weights": "items.text_encoder_weights",
+                                      "tune_last": "items.text_tune_last", "pooling": "items.text_pooling",
+                                      "cache": "items.text_cache", "kind": "items.kind=multimodal"}
+
+
+@ITEM_ENCODERS.register("multimodal")
+class MultimodalEncoder(ItemEncoder):
+    """Image tower (PixelEncoder) and text tower (TextEncoder), each to an item vector, fused."""
+
+    catalogue_each_step = False
+    needs_inputs = True
+    catalogue_chunk = 256
+
+    def __init__(
+        self,
+        n_items: int,
+        embedding_size: int,
+        image_store: Any,
+        item_texts: ItemTexts,
+        item_order_sha256: str | None = None,
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
+        pretrained: bool = False,
+        image_size: int | None = None,
+        tune_last: int | str = 2,
+        pooling: str = "default",
+        preprocess: Literal["encoder", "paper"] = "encoder",
+        frozen_mode: Literal["eval", "train"] = "eval",
+        timm_args: dict[str, Any] | None = None,
+        cache: str | None = None,
+        cache_dir: str | None = None,
+        text_encoder: str | None = None,
+        text_encoder_weights: str | None = None,
+        text_fields: Sequence[str] = DEFAULT_FIELDS,
+        max_tokens: int = 32,
+        text_pooling: str = "mean",
+        text_tune_last: int | str = 2,
+        text_cache: str | None = None,
+        fusion: Literal["sum", "concat"] = "sum",
+        with_id: bool = False,
+        dnn_layers: int = 0,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__(n_items, embedding_size)
+        if fusion not in ("sum", "concat"):
+            raise UserError(f"items.fusion: {fusion!r} is not one of sum, concat")
+        self.image = PixelEncoder(
+            n_items, embedding_size, image_store, encoder=encoder, encoder_weights=encoder_weights,
+            pretrained=pretrained, image_size=image_size, tune_last=tune_last, pooling=pooling, dnn_layers=dnn_layers,
+            activation=activation, preprocess=preprocess, cache=cache, cache_dir=cache_dir,
+            item_order_sha256=item_order_sha256, timm_args=timm_args, frozen_mode=frozen_mode,
+        )
+        self.text = TextPart(
+            n_items, embedding_size, item_texts, encoder=text_encoder, encoder_weights=text_encoder_weights,
+            text_fields=text_fields, max_tokens=max_tokens, pooling=text_pooling, tune_last=text_tune_last,
+            dnn_layers=dnn_layers, activation=activation, cache=text_cache, cache_dir=cache_dir,
+            item_order_sha256=item_order_sha256,
+        )
+        self.ids = IDEncoder(n_items, embedding_size) if with_id else None
+        self.fusion = fusion
+        parts = 2 + int(with_id)
+        self.fuse = nn.Linear(parts * embedding_size, embedding_size) if fusion == "concat" else None
+
+    def load_inputs(self, item_ids: np.ndarray) -> tuple[Any, Any]:
+        """(the image part's inputs, the text part's inputs)."""
+        return self.image.load_inputs(item_ids), self.text.load_inputs(item_ids)
+
+    def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        if inputs is None:
+            inputs = self.load_inputs(item_ids.cpu().numpy())
+        images, texts = to_device(inputs, item_ids.device)
+        vectors = [self.image(item_ids, images), self.text(item_ids, texts)]
+        if self.ids is not None:
+            vectors.append(self.ids(item_ids))
+        if self.fuse is not None:
+            return self.fuse(torch.cat(vectors, -1))
+        return torch.stack(vectors).sum(0)
+
+    def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
+        """Each tower's own set-up (memory savers, frozen-prefix caches)."""
+        self.image.prepare(device, train, workers, progress)
+        self.text.prepare(device, train, workers, progress)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Both towers' encoder parameters; the ID vectors and the fusion take the recommender's rate."""
+        return self.image.encoder_parameters() + self.text.encoder_parameters()
