@@ -319,8 +319,8 @@ def _rebuild_tensor(storage: Tensor, offset: int, size: tuple, stride: tuple, *_
 
 
 # --- notes on stderr ----------------------------------------------------------------------------------
-#: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT's QuickGELU variant).
-PAPER_ALIASES = frozenset({"vit_base_patch32_clip_quickgelu_224"})
+#: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT-B/32 with GELU, as open_clip's).
+PAPER_ALIASES = frozenset({"vit_base_patch32_clip_224"})
 _noted: set[tuple[str, str]] = set()
 
 
