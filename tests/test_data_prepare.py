@@ -27,7 +27,8 @@ def test_hand_made_example_split(tmp_path):
     assert data.item_seq.dtype == np.int32 and data.timestamps.dtype == np.int64
     assert data.timestamps.tolist() == [5, 10, 20, 5, 7, 7, 9]
     assert data.user_tokens.tolist() == ["", "u1", "u2"] and data.item_tokens.tolist() == ["", "i1", "i2", "i3", "i4"]
-    assert meta["dropped"] == {"duplicate_interactions": 1, "short_users": 1, "short_user_interactions": 2}
+    assert meta["dropped"] == {"duplicate_interactions": 1, "short_users": 1, "short_user_interactions": 2,
+                               "short_user_items": 0}
     # leave-one-out: u1 trains on [3], valid 1, test 2; u2 trains on [2, 1], valid 4, test 3
     seq = np.asarray(data.item_seq)
     assert seq[data.target_positions("valid")].tolist() == [1, 4]

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, dtype=args.dtype or "fp16",
         device=resolve_device(args.device), overwrite=args.overwrite,
     )
-    print(f"wrote {args.out}: {sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
-          f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
+    what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
+            f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
+    if sidecar["rows_written"]:
+        print(f"wrote {args.out}: {what}")
+    else:
+        print(f"{args.out}: already extracted, nothing to do: {what}; --overwrite extracts it again")
     return 0

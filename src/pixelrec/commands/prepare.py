@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-images", action="store_true", help="skip the image store (ID-only use)")
     parser.add_argument("--cold-items", type=_fraction, default=0.0, metavar="FRACTION",
                         help="fraction of items held out of training (kept only as valid/test targets)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds more than a prepared dataset (all of it is removed)")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,18 +46,32 @@ def run(args: argparse.Namespace) -> int:
 
     meta = prepare(args.raw, args.out, image_size=args.image_size, workers=args.workers, kcore=args.kcore,
                    sample_users=args.sample_users, seed=args.seed, missing_images=args.missing_images,
-                   images=not args.no_images, cold_items=args.cold_items, name=args.name)
+                   images=not args.no_images, cold_items=args.cold_items, name=args.name, overwrite=args.overwrite)
     files = meta["source"]["files"]
-    print(f"read {files['interactions']} ({meta['source']['kind']}): {meta['n_rows_read']:,} rows")
+    print(f"read {files['interactions']} ({meta['source']['kind']}): {meta['n_rows_read']:,} rows, "
+          f"{_plural(meta['n_users_read'], 'user')}, {_plural(meta['n_items_read'], 'item')}")
     dropped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in meta["dropped"].items() if v)
     print(f"dropped: {dropped or 'nothing'}")
+    print(f"kept {meta['n_users']:,} of {meta['n_users_read']:,} users and {meta['n_items']:,} of "
+          f"{meta['n_items_read']:,} items")
+    info = meta["item_info"]
+    if info is None:
+        print("no item info (no CSV with an item_id column beside the interactions): items have no titles or counts")
+    else:
+        notes = [f"{_plural(info['items_without_interactions'], 'item')} there without interactions left out"
+                 if info["items_without_interactions"] else "",
+                 f"{_plural(info['items_without_info'], 'kept item')} without a row"
+                 if info["items_without_info"] else ""]
+        print(f"item info {files['item_info']}: {_plural(info['rows'], 'row')}" + "".join(f"; {n}" for n in notes if n))
     if meta["image_store"] is None:
         reason = "--no-images" if args.no_images else "no covers/ or images/ folder next to the interactions"
         print(f"no image store ({reason}): the dataset is for ID and feature models only")
     else:
         store = meta["image_store"]
         grey = f", {len(store['placeholders'])} grey placeholders" if store["placeholders"] else ""
-        print(f"image store: {meta['n_items']:,} covers at {store['size']}x{store['size']} JPEG{grey}")
+        unused = (f"; {_plural(store['unused_covers'], 'cover file')} of items not in the dataset not stored"
+                  if store.get("unused_covers") else "")
+        print(f"image store: {meta['n_items']:,} covers at {store['size']}x{store['size']} JPEG{grey}{unused}")
     if meta["cold_items"]:
         print(f"cold items held out of training: {meta['cold_items']['count']:,}")
     print(f"wrote {args.out}: {meta['n_users']:,} users, {meta['n_items']:,} items, "

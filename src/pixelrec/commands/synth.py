@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from pixelrec.commands import at_least
@@ -16,15 +17,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean-len", type=float, default=12.0, metavar="L", help="mean interactions per user (min 5 each)")
     parser.add_argument("--image-size", type=at_least(8), default=64, metavar="PX", help="cover side in pixels")
     parser.add_argument("--seed", type=int, default=0, metavar="S")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (all of it)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from pixelrec import locks
+    from pixelrec.data.prepare import publish, recover
     from pixelrec.data.synth import write_synthetic
 
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"{args.out}: exists and is not a folder")
-    counts = write_synthetic(args.out, users=args.users, items=args.items, mean_len=args.mean_len,
-                             image_size=args.image_size, seed=args.seed)
+    out = args.out if args.out.name not in ("", ".", "..") else args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    with locks.hold(locks.lock_path(out), f"folder {out}"):
+        for line in recover(out):
+            print(line, file=sys.stderr)
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise UserError(f"{out}: not empty; choose a new folder, or pass --overwrite to replace it and "
+                            "everything in it")
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # the next run cleans it up after a kill
+        try:
+            counts = write_synthetic(tmp, users=args.users, items=args.items, mean_len=args.mean_len,
+                                     image_size=args.image_size, seed=args.seed)
+            publish(tmp, out)
+        except OSError as err:
+            raise UserError(f"{out.parent}: cannot write the synthetic dataset ({err.strerror or err})") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {args.out}: {counts['users']:,} users, {counts['items']:,} items "
           f"({counts['clusters']} visual clusters), {counts['interactions']:,} interactions")
     return 0

@@ -12,6 +12,7 @@ import io
 import multiprocessing
 import multiprocessing.pool
 import os
+import struct
 import sys
 import warnings
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pixelrec.data.files import printable
 from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.errors import UserError
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from pixelrec.data.prepared import PreparedData
 
 STORE_DIR = "images.lmdb"
+CURE = "the image store is damaged: prepare the dataset again (`pixelrec prepare`)"
 PLACEHOLDER_GREY = (128, 128, 128)
 _SHOWN = 5  # item tokens named in an error line
 MIN_POOL_TASKS = 64  # below this, starting processes costs more than it saves
@@ -48,22 +51,44 @@ def _listing(tokens: Sequence[str], n: int) -> str:
 
 
 # --- encoding ------------------------------------------------------------------------------
-def find_covers(covers: Path, tokens: Sequence[str]) -> list[Path | None]:
-    """Cover file of each token (`<token>.jpg`, else .jpeg/.png/.webp), None where there is none."""
+def scan_covers(covers: Path) -> dict[str, str]:
+    """Cover file name by item token in a covers folder (`<token>.jpg`, else .jpeg/.png/.webp)."""
     rank = {suffix: i for i, suffix in enumerate(COVER_SUFFIXES)}
     best: dict[str, tuple[int, str]] = {}
-    with os.scandir(covers) as entries:
-        for entry in entries:
-            stem, suffix = os.path.splitext(entry.name)
-            r = rank.get(suffix.lower())
-            if r is not None and (stem not in best or r < best[stem][0]):
-                best[stem] = (r, entry.name)
-    return [covers / best[t][1] if t in best else None for t in tokens]
+    try:
+        with os.scandir(covers) as entries:
+            for entry in entries:
+                stem, suffix = os.path.splitext(entry.name)
+                r = rank.get(suffix.lower())
+                if r is not None and (stem not in best or r < best[stem][0]):
+                    best[stem] = (r, entry.name)
+    except OSError as err:
+        raise UserError(f"{covers}: cannot read the covers folder ({err.strerror or err})") from None
+    return {stem: name for stem, (_, name) in best.items()}
+
+
+def find_covers(covers: Path, tokens: Sequence[str]) -> list[Path | None]:
+    """Cover file of each token, None where there is none."""
+    found = scan_covers(covers)
+    return [covers / found[t] if t in found else None for t in tokens]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale (PNG's "I;16", older Pillow's "I") is scaled to 8 bits first: Pillow's
+    own conversion clips it at 255, which turns a 16-bit cover solid white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":  # floating point: taken as 0..1 when it fits there, else as 0..255
+        values = np.asarray(image, dtype=np.float32)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.nan_to_num(values * scale), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def encode_image(image: Image.Image, size: int, quality: int = 90) -> bytes:
     """RGB, square-resized to size x size (as the paper's 224 x 224), JPEG-encoded."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
@@ -114,7 +139,9 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
 
     Missing or undecodable covers raise a UserError naming them, unless missing == "placeholder".
     """
-    files = find_covers(covers, tokens)
+    found = scan_covers(covers)
+    files = [covers / found[t] if t in found else None for t in tokens]
+    unused = len(found) - (len(tokens) - sum(f is None for f in files))
     absent = [t for t, f in zip(tokens, files) if f is None]
     if absent and missing == "fail":
         raise UserError(f"{covers}: {len(absent)} of {len(tokens)} items have no cover file (<item_id>.jpg): "
@@ -149,7 +176,50 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
     bad = verify_image_store(path, size, workers=workers, progress=progress)
     if bad:
         raise UserError(f"{path}: {len(bad)} stored images do not decode: {_listing(bad, len(bad))}")
-    return {"path": STORE_DIR, "size": size, "format": "jpeg", "quality": quality, "placeholders": placeholders}
+    return {"path": STORE_DIR, "size": size, "format": "jpeg", "quality": quality, "placeholders": placeholders,
+            "unused_covers": unused}
+
+
+# --- checking a store before it is mapped ---------------------------------------------------
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_PAGE_HEADER = 16  # then the meta: magic, version, address, map size, two 48-byte trees, last page, txn id
+_LMDB_LAST_PAGE = 120  # offset of the last page number inside the meta
+_LMDB_PAGE_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def check_store(path: str | Path) -> None:
+    """Refuse a damaged store from its two LMDB meta pages and its file size, before anything maps it.
+
+    LMDB never reads a page past the last one its newest meta records, so a data file at least that
+    long cannot SIGBUS a reader; a shorter one (a truncated copy), an empty one or one without LMDB's
+    meta pages is a one-line error naming the file.
+    """
+    data = Path(path) / "data.mdb"
+    try:
+        size = data.stat().st_size
+        with open(data, "rb") as handle:
+            head = handle.read(2 * _LMDB_PAGE_SIZES[-1])
+    except FileNotFoundError:
+        raise UserError(f"{path}: no image store here (no data.mdb); {CURE}") from None
+    except OSError as err:
+        raise UserError(f"{data}: cannot read ({err.strerror or err})") from None
+    if size == 0:
+        raise UserError(f"{data}: empty file; {CURE}")
+    newest = None
+    page = struct.unpack_from("<I", head, _LMDB_PAGE_HEADER + 24)[0] if len(head) >= 44 else 0
+    if page in _LMDB_PAGE_SIZES:
+        for start in (_LMDB_PAGE_HEADER, page + _LMDB_PAGE_HEADER):
+            if len(head) < start + _LMDB_LAST_PAGE + 16:
+                continue
+            magic, version = struct.unpack_from("<II", head, start)
+            last, txn = struct.unpack_from("<QQ", head, start + _LMDB_LAST_PAGE)
+            if magic == _LMDB_MAGIC and version == 1 and (newest is None or txn > newest[0]):
+                newest = (txn, last)
+    if newest is None:
+        raise UserError(f"{data}: not an LMDB image store (no valid header); {CURE}")
+    need = (newest[1] + 1) * page
+    if size < need:
+        raise UserError(f"{data}: truncated ({size:,} of at least {need:,} bytes); {CURE}")
 
 
 # --- shared read-only environments ---------------------------------------------------------
@@ -171,8 +241,16 @@ def shared_env(path: str | Path) -> lmdb.Environment:
         _ENVS_PID = os.getpid()
     key = os.path.realpath(path)
     if key not in _ENVS:
-        _ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True)
+        check_store(key)
+        try:
+            _ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True)
+        except lmdb.Error as err:
+            raise UserError(f"{path}: cannot open the image store ({_lmdb_text(err)}); {CURE}") from None
     return _ENVS[key]
+
+
+def _lmdb_text(err: Exception) -> str:
+    return printable(str(err), 100)
 
 
 def release_env(path: str | Path) -> None:
@@ -185,8 +263,11 @@ def release_env(path: str | Path) -> None:
 # --- verification --------------------------------------------------------------------------
 def _check_entry(task: tuple[str, str, int]) -> bool:
     path, key, size = task
-    with shared_env(path).begin() as txn:
-        data = txn.get(key.encode("utf-8"))
+    try:
+        with shared_env(path).begin() as txn:
+            data = txn.get(key.encode("utf-8"))
+    except lmdb.Error:
+        return False
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -197,8 +278,12 @@ def _check_entry(task: tuple[str, str, int]) -> bool:
 
 def verify_image_store(path: Path, size: int, *, workers: int = 1, progress: bool = False) -> list[str]:
     """Decode every entry; return the keys that fail to decode or are not size x size RGB."""
-    with shared_env(path).begin() as txn:
-        keys = [key.decode("utf-8") for key in txn.cursor().iternext(values=False)]
+    try:
+        with shared_env(path).begin() as txn:
+            keys = [key.decode("utf-8", "replace") for key in txn.cursor().iternext(values=False)]
+    except lmdb.Error as err:
+        release_env(path)
+        raise UserError(f"{path}: cannot list the image store ({_lmdb_text(err)}); {CURE}") from None
     tasks = [(str(path), key, size) for key in keys]
     try:
         with _pool(workers, len(tasks)) as pool, _bar("verify image store", len(tasks), progress) as bar:
@@ -238,6 +323,7 @@ class ImageStore:
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
             raise UserError(f"{self.path}: no image store here; prepare the dataset with covers")
+        check_store(self.path)  # here, in the main process, before any DataLoader worker maps it
         self.size = int(size)
         self._keys = [str(t).encode("utf-8") for t in tokens]
         self._decode = None
@@ -278,12 +364,24 @@ class ImageStore:
                 if index == 0:
                     out[row] = 0
                     continue
-                data = txn.get(self._keys[index])
-                if data is None:
-                    raise KeyError(f"{self.path}: no image for item {self._keys[index].decode()}")
-                image = self._decode(data)
+                image = self._image(txn, index)
                 if image.shape[-2:] != (self.size, self.size):
                     image = torch.nn.functional.interpolate(image[None].float(), size=(self.size, self.size),
                                                             mode="bilinear", antialias=True)[0].round().byte()
                 out[row] = image
         return out.reshape(*shape, 3, self.size, self.size)
+
+    def _image(self, txn: lmdb.Transaction, index: int) -> "torch.Tensor":
+        """The decoded cover of one item; a missing or undecodable entry is a one-line error."""
+        token = self._keys[index].decode("utf-8", "replace")
+        try:
+            data = txn.get(self._keys[index])
+        except lmdb.Error as err:
+            raise UserError(f"{self.path}: cannot read item {token} ({_lmdb_text(err)}); {CURE}") from None
+        if data is None:
+            raise UserError(f"{self.path}: no image for item {token}; {CURE}")
+        try:
+            return self._decode(data)
+        except (RuntimeError, OSError, ValueError, SyntaxError) as err:
+            raise UserError(f"{self.path}: the image of item {token} does not decode ({_lmdb_text(err)}); "
+                            f"{CURE}") from None

@@ -7,14 +7,18 @@ The steps, all vectorised over interactions (numpy / pyarrow, no per-row Python 
   4. drop users with fewer than 3 interactions; optionally sample users, then an iterative k-core;
   5. optionally hold out cold items (kept only as valid/test targets);
   6. renumber users and items compactly from 1 in code order, write the arrays, tables and image store.
-Output is built in a hidden sibling folder and renamed into place last (see `_publish`).
+Every stage counts the users, interactions and items it removes (`meta.json`'s `dropped`). Output is
+built in a hidden sibling folder and swapped into place last (see `publish`), one run at a time per
+output folder (a lock beside it); what killed runs left behind is put back or removed (`recover`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -22,13 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import lmdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pixelrec import locks
 from pixelrec.data import images as image_store
+from pixelrec.data.files import disk_full, free_bytes, printable, size_text
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
@@ -119,35 +126,52 @@ def _counts(codes: np.ndarray, keep: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(codes[keep], minlength=size)
 
 
+def _alive(codes: np.ndarray, keep: np.ndarray, size: int) -> int:
+    """How many distinct codes still have a kept row."""
+    return int(np.count_nonzero(_counts(codes, keep, size)))
+
+
 def filter_rows(users: np.ndarray, items: np.ndarray, keep: np.ndarray, n_users: int, n_items: int, *,
                 kcore: int, sample_users: int | None, rng: np.random.Generator, dropped: dict) -> None:
-    """Update `keep` in place: users with < 3 interactions, then a user sample, then an iterative k-core."""
+    """Update `keep` in place: users with < 3 interactions, then a user sample, then an iterative k-core.
+    Each stage counts the users, interactions and items it removes (an item goes when its last row does)."""
     count = _counts(users, keep, n_users)
     short = (count > 0) & (count < MIN_USER_INTERACTIONS)
+    items_alive = n_items  # every item code has a row, and de-duplication keeps each first row
     dropped["short_users"] = int(short.sum())
     dropped["short_user_interactions"] = int(count[short].sum())
     keep &= ~short[users]
+    if short.any():
+        after = _alive(items, keep, n_items)
+        dropped["short_user_items"], items_alive = items_alive - after, after
+    else:
+        dropped["short_user_items"] = 0
     if sample_users is not None:
         alive = np.flatnonzero(count >= MIN_USER_INTERACTIONS)
         unsampled = np.zeros(n_users, dtype=bool)
         if sample_users < len(alive):
             unsampled[alive] = True
             unsampled[rng.choice(alive, size=sample_users, replace=False)] = False
-        dropped["unsampled_users"] = int(unsampled.sum())
+        before = int(keep.sum())
         keep &= ~unsampled[users]
+        after = _alive(items, keep, n_items)
+        dropped.update(unsampled_users=int(unsampled.sum()), unsampled_interactions=before - int(keep.sum()),
+                       unsampled_items=items_alive - after)
+        items_alive = after
     if kcore > 1:
-        dropped.update(kcore_users=0, kcore_items=0, kcore_interactions=0)
+        users_alive = _alive(users, keep, n_users)
+        before = int(keep.sum())
         while True:
             ucount, icount = _counts(users, keep, n_users), _counts(items, keep, n_items)
             bad_u = (ucount > 0) & (ucount < max(kcore, MIN_USER_INTERACTIONS))
             bad_i = (icount > 0) & (icount < kcore)
             if not (bad_u.any() or bad_i.any()):
                 break
-            before = int(keep.sum())
             keep &= ~bad_u[users] & ~bad_i[items]
-            dropped["kcore_users"] += int(bad_u.sum())
-            dropped["kcore_items"] += int(bad_i.sum())
-            dropped["kcore_interactions"] += before - int(keep.sum())
+        # by what is left, not by what fell below k: a user or item can lose its last row to the other side
+        dropped.update(kcore_users=users_alive - int(np.count_nonzero(ucount)),
+                       kcore_items=items_alive - int(np.count_nonzero(icount)),
+                       kcore_interactions=before - int(keep.sum()))
 
 
 def _positions(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +194,10 @@ def hold_out_cold(users: np.ndarray, items: np.ndarray, n_users: int, n_items: i
     count = _counts(users, keep, n_users)
     no_train = (count > 0) & (count < MIN_USER_INTERACTIONS)
     dropped["cold_users"] = int(no_train.sum())
+    dropped["cold_user_interactions"] = int(count[no_train].sum())
     keep &= ~no_train[users]
+    # cold items that were never a valid/test target, and items only the dropped users had
+    dropped["cold_lost_items"] = len(present) - _alive(items, keep, n_items)
     return keep, cold
 
 
@@ -216,42 +243,174 @@ def build_sequences(data: Interactions, *, kcore: int = 0, sample_users: int | N
 
 
 # --- writing -------------------------------------------------------------------------------
-def _item_table(source: RawSource, tokens: pa.Array) -> pa.Table:
+#: What `prepare` writes into a dataset folder; anything else there is the user's.
+PREPARED_ENTRIES = frozenset({"meta.json", "user_ptr.npy", "item_seq.npy", "timestamps.npy", "cold_items.npy",
+                              "items.parquet", "users.parquet", image_store.STORE_DIR})
+_LEFTOVER = re.compile(r"\.(tmp|old)-\d+")
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_NEARLY_FULL = 1 << 20
+
+
+def _item_table(tokens: pa.Array, info: pa.Table | None) -> pa.Table:
     """item_id plus item-info attributes (null where an item has no info row), one row per item index."""
-    if source.item_info is None:
+    if info is None:
         return pa.table({"item_id": tokens})
-    info = read_item_info(source.item_info)
     rows = pc.index_in(tokens, value_set=info.column("item_id").combine_chunks())
     attributes = info.drop_columns(["item_id"]).take(rows)
     return pa.table({"item_id": tokens, **{name: attributes.column(name) for name in attributes.column_names}})
 
 
-def _check_out(out: Path, raw: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
-        raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; choose another --out")
+def _info_summary(info: pa.Table, read: pa.Array, kept: pa.Array) -> dict:
+    """How the item-info rows meet the interactions: items there that have none, items kept without info."""
+    listed = pc.unique(pc.drop_null(info.column("item_id").combine_chunks()))
+    return {"rows": info.num_rows,
+            "items_without_interactions": len(listed) - int(pc.sum(pc.is_in(listed, value_set=read)).as_py() or 0),
+            "items_without_info": len(kept) - int(pc.sum(pc.is_in(kept, value_set=listed)).as_py() or 0)}
+
+
+def _refuse_raw(out: Path, raw: Path) -> None:
     if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
         raise UserError(f"{out}: would replace the raw data; choose another --out")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished build into place; an existing output is replaced only now."""
-    if out.exists():
+def _is_prepared_meta(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """--out must be absent, empty or a prepared dataset and nothing else; --overwrite replaces any folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    try:
+        names = sorted(os.listdir(out))
+    except OSError as err:
+        raise UserError(f"{out}: cannot read ({err.strerror or err}); choose another --out") from None
+    if not names or overwrite:
+        return
+    foreign = [n for n in names if n not in PREPARED_ENTRIES]
+    shown = foreign or names
+    listing = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    replace = "pass --overwrite to replace the folder and everything in it"
+    if not _is_prepared_meta(out / "meta.json"):
+        raise UserError(f"{out}: not empty and not a prepared dataset (holds {listing}); choose another --out, "
+                        f"or {replace}")
+    if foreign:
+        raise UserError(f"{out}: holds files that are not part of the prepared dataset ({listing}); move them "
+                        f"away, choose another --out, or {replace}")
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Hidden build (`.NAME.tmp-PID`) and previous (`.NAME.old-PID`) folders of `prepare` runs that were killed."""
+    prefix = f".{out.name}."
+    try:
+        names = sorted(os.listdir(out.parent))
+    except OSError:
+        return []
+    return [out.parent / n for n in names if n.startswith(prefix) and _LEFTOVER.fullmatch(n[len(prefix) - 1:])]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(out: Path) -> list[str]:
+    """Undo what killed runs of `prepare` (or `synth`) left beside `out`; call it holding `out`'s lock.
+    A folder moved aside between the two renames of a replacement goes back to `out` if nothing is
+    there; every other leftover is removed. Returns one line per thing done."""
+    out = Path(out)
+    leftovers, done = _leftovers(out), []
+    if not out.exists():
+        previous = [p for p in leftovers if ".old-" in p.name and p.is_dir()]
+        if previous:
+            os.replace(previous[-1], out)
+            leftovers.remove(previous[-1])
+            done.append(f"{out}: put back from {previous[-1].name}, where an interrupted run had moved it")
+    for path in leftovers:
+        _remove(path)
+    if leftovers:
+        done.append(f"{out.parent}: removed what interrupted runs left: " + ", ".join(p.name for p in leftovers))
+    return done
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where that is not possible."""
+    try:
+        rename = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    rename.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if rename(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished build into place. An existing dataset is swapped with the build in one step, so
+    `out` always holds the old or the new dataset; where the swap is not available, two renames, and a
+    run killed between them leaves the old dataset in `.NAME.old-PID`, which the next run puts back."""
+    image_store.release_env(out / image_store.STORE_DIR)
+    if not out.exists():
+        os.replace(tmp, out)
+    elif _exchange(tmp, out):
+        _remove(tmp)  # the old dataset, now
+    else:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        _remove(old)
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _write_failure(err: BaseException, out: Path, written: int) -> UserError:
+    """A failed write of the dataset as one line: what, where, and what to do. LMDB reports a short write
+    (what a full disk gives it) as an I/O error, so that is a full disk too when almost nothing is free."""
+    free = free_bytes(out.parent)
+    short_write = isinstance(err, lmdb.Error) and "Input/output error" in str(err) and (free or 0) < _NEARLY_FULL
+    if disk_full(err) or short_write:
+        return UserError(f"{out.parent}: disk full while writing the dataset {out.name} (it needs more than the "
+                         f"{size_text(written)} that fitted; {size_text(free)} free now, nothing was kept); free some "
+                         "space or choose another --out")
+    text = getattr(err, "strerror", None) or printable(str(err), 100)
+    return UserError(f"{out.parent}: cannot write the dataset {out.name} ({text}); choose another --out")
 
 
 def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers: int | None = None,
             kcore: int = 0, sample_users: int | None = None, seed: int = 0, missing_images: str = "fail",
             images: bool = True, cold_items: float = 0.0, name: str | None = None, jpeg_quality: int = 90,
-            progress: bool = True) -> dict:
-    """Prepare raw PixelRec/RecBole files into `out` (see `pixelrec.data.prepared`); returns meta.json's content."""
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Prepare raw PixelRec/RecBole files into `out` (see `pixelrec.data.prepared`); returns meta.json's content.
+
+    One `prepare` at a time per `out` (a lock beside it). `out` must be absent, empty or a prepared dataset
+    with nothing else in it, unless `overwrite`. Leftovers of killed runs for `out` are cleaned up first.
+    """
     raw, out = Path(raw), Path(out)
+    if out.name in ("", ".", ".."):
+        out = out.resolve()  # its lock and build folder go beside it, in its parent
     if missing_images not in ("fail", "placeholder"):
         raise UserError(f"missing_images must be 'fail' or 'placeholder', not {missing_images!r}")
     if not 0.0 <= cold_items < 1.0:
@@ -261,31 +420,41 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
     if image_size < 8:
         raise UserError(f"--image-size must be at least 8, not {image_size}")
     source = find_raw(raw)
-    _check_out(out, raw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    _refuse_raw(out, raw)
     try:
-        meta = _build(source, tmp, image_size=image_size, workers=workers or os.cpu_count() or 1, kcore=kcore,
-                      sample_users=sample_users, seed=seed, missing_images=missing_images,
-                      images=images, cold_items=cold_items, name=name or (raw.name if raw.is_dir() else raw.stem),
-                      jpeg_quality=jpeg_quality, progress=progress)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    with locks.hold(locks.lock_path(out), f"dataset {out}"):
+        for line in recover(out):
+            print(line, file=sys.stderr)
+        _check_out(out, overwrite)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        try:
+            tmp.mkdir()
+            meta = _build(source, tmp, image_size=image_size, workers=workers or os.cpu_count() or 1, kcore=kcore,
+                          sample_users=sample_users, seed=seed, missing_images=missing_images, images=images,
+                          cold_items=cold_items, name=name or (raw.name if raw.is_dir() else raw.stem),
+                          jpeg_quality=jpeg_quality, progress=progress)
+            publish(tmp, out)
+        except BaseException as err:
+            written = _tree_bytes(tmp) if isinstance(err, (OSError, lmdb.Error)) else 0
+            _remove(tmp)
+            if isinstance(err, (OSError, lmdb.Error)):
+                raise _write_failure(err, out, written) from None
+            raise
     return meta
 
 
 def _build(source: RawSource, tmp: Path, *, image_size: int, workers: int, kcore: int, sample_users: int | None,
            seed: int, missing_images: str, images: bool, cold_items: float, name: str, jpeg_quality: int,
            progress: bool) -> dict:
+    info = read_item_info(source.item_info) if source.item_info is not None else None  # its errors come first
     size = source.interactions.stat().st_size
     with _bar(f"read {source.interactions.name}", progress, total=size, unit="B", unit_scale=True) as bar:
         data = read_interactions(source, bar.update)
     release_memory()
-    n_rows = len(data.items)
+    n_rows, n_users_read, n_items_read = len(data.items), len(data.user_tokens), len(data.item_tokens)
     seqs = build_sequences(data, kcore=kcore, sample_users=sample_users, seed=seed, cold_items=cold_items,
                            progress=progress)
     with _stage("write arrays and tables", progress):
@@ -296,9 +465,10 @@ def _build(source: RawSource, tmp: Path, *, image_size: int, workers: int, kcore
             np.save(tmp / "cold_items.npy", seqs.cold_items)
         item_tokens = data.item_tokens.take(pa.array(seqs.item_codes))
         user_tokens = data.user_tokens.take(pa.array(seqs.user_codes))
+        info_summary = _info_summary(info, data.item_tokens, item_tokens) if info is not None else None
         del data
         pq.write_table(pa.table({"user_id": user_tokens}), tmp / "users.parquet")
-        pq.write_table(_item_table(source, item_tokens), tmp / "items.parquet")
+        pq.write_table(_item_table(item_tokens, info), tmp / "items.parquet")
     store = None
     if images and source.covers is not None:
         store = image_store.build_image_store(
@@ -307,10 +477,11 @@ def _build(source: RawSource, tmp: Path, *, image_size: int, workers: int, kcore
     meta = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "name": name, "source": source.describe(),
         "n_users": len(seqs.user_codes), "n_items": len(seqs.item_codes), "n_interactions": len(seqs.item_seq),
-        "n_rows_read": n_rows, "split": "leave-one-out",
+        "n_rows_read": n_rows, "n_users_read": n_users_read, "n_items_read": n_items_read, "split": "leave-one-out",
         "options": {"kcore": kcore, "sample_users": sample_users, "seed": seed, "cold_items": cold_items,
                     "images": images, "image_size": image_size, "missing_images": missing_images},
         "dropped": seqs.dropped,
+        "item_info": info_summary,
         "cold_items": {"path": "cold_items.npy", "count": len(seqs.cold_items)} if cold_items > 0 else None,
         "image_store": store,
     }

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelrec.data.files import open_npy, printable
 from pixelrec.errors import UserError
 
 FORMAT_NAME = "pixelrec-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("valid", "test")
+CURE = "the dataset is damaged: prepare it again (`pixelrec prepare`)"
 
 
 class PreparedData:
@@ -41,16 +43,35 @@ class PreparedData:
             raise UserError(f"{meta_path}: unreadable ({err})") from None
         if self.meta.get("format") != FORMAT_NAME or self.meta.get("version") != FORMAT_VERSION:
             raise UserError(f"{meta_path}: not a {FORMAT_NAME} v{FORMAT_VERSION} dataset; prepare it again")
-        self.n_users: int = int(self.meta["n_users"])
-        self.n_items: int = int(self.meta["n_items"])
-        self.user_ptr: np.ndarray = self._array("user_ptr.npy")
-        self.item_seq: np.ndarray = self._array("item_seq.npy")
+        try:
+            self.n_users: int = int(self.meta["n_users"])
+            self.n_items: int = int(self.meta["n_items"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{meta_path}: no valid n_users / n_items; {CURE}") from None
+        self.user_ptr: np.ndarray = self._array("user_ptr.npy", (self.n_users + 2,))
+        self.item_seq: np.ndarray = self._array("item_seq.npy", (self._interactions(),))
 
-    def _array(self, name: str) -> np.ndarray:
+    def _array(self, name: str, shape: tuple[int, ...] | None = None, mmap: bool = True) -> np.ndarray:
+        """A prepared array, its header and size checked before it is mapped, its shape against meta.json."""
         path = self.root / name
         if not path.is_file():
-            raise UserError(f"{path}: missing from the prepared dataset; prepare it again")
-        return np.load(path, mmap_mode="r")
+            raise UserError(f"{path}: missing from the prepared dataset; {CURE}")
+        array = open_npy(path, CURE, "r" if mmap else None)
+        if array.dtype.kind not in "iu" or (shape is not None and array.shape != shape):
+            want = f"{shape}" if shape is not None else "integers"
+            raise UserError(f"{path}: holds {array.dtype} {array.shape}, meta.json implies {want}; {CURE}")
+        return array
+
+    def _interactions(self) -> int:
+        """Interactions, from the end of user_ptr (and meta.json where it says): item_seq's length."""
+        total = int(self.user_ptr[-1])
+        if self.user_ptr[0] != 0 or self.user_ptr[1] != 0 or total < 0:
+            raise UserError(f"{self.root / 'user_ptr.npy'}: does not start 0, 0 (padding user); {CURE}")
+        stated = self.meta.get("n_interactions", total)
+        if stated != total:
+            raise UserError(f"{self.root / 'user_ptr.npy'}: ends at {total}, meta.json has {stated} interactions; "
+                            f"{CURE}")
+        return total
 
     @property
     def name(self) -> str:
@@ -58,7 +79,7 @@ class PreparedData:
 
     @cached_property
     def timestamps(self) -> np.ndarray:
-        return self._array("timestamps.npy")
+        return self._array("timestamps.npy", self.item_seq.shape)
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -98,7 +119,7 @@ class PreparedData:
     def cold_items(self) -> np.ndarray:
         """Item indices held out of training entirely (empty unless prepared with --cold-items)."""
         path = self.root / "cold_items.npy"
-        return np.load(path) if path.is_file() else np.zeros(0, dtype=np.int64)
+        return self._array(path.name, mmap=False) if path.is_file() else np.zeros(0, dtype=np.int64)
 
     # --- tokens --------------------------------------------------------------------------
     @cached_property
@@ -111,17 +132,29 @@ class PreparedData:
         return self._tokens("users.parquet", "user_id")
 
     def _tokens(self, file: str, column: str) -> np.ndarray:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(self.root / file, columns=[column])
+        table = self._table(file, [column])
+        count = self.n_items if file == "items.parquet" else self.n_users
+        if table.num_rows != count:
+            raise UserError(f"{self.root / file}: {table.num_rows} rows, meta.json has {count}; {CURE}")
         tokens = table.column(column).to_numpy(zero_copy_only=False).astype(object)
         return np.concatenate([np.array([""], dtype=object), tokens])
 
-    def item_table(self):
-        """The full per-item table (pyarrow.Table), row r = item index r + 1."""
+    def _table(self, file: str, columns: list[str] | None = None):
+        """A parquet table of the dataset; a missing, damaged or foreign file is a one-line error."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.root / "items.parquet")
+        path = self.root / file
+        if not path.is_file():
+            raise UserError(f"{path}: missing from the prepared dataset; {CURE}")
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError, KeyError) as err:
+            raise UserError(f"{path}: not a readable table ({printable(str(err), 80)}); {CURE}") from None
+
+    def item_table(self):
+        """The full per-item table (pyarrow.Table), row r = item index r + 1."""
+        return self._table("items.parquet")
 
     @property
     def image_store_path(self) -> Path | None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -60,8 +62,64 @@ class Interactions:
     path: Path = field(default=Path())
 
 
+# --- showing bad input ---------------------------------------------------------------------
+def excerpt(data: bytes | str, limit: int = 40) -> str:
+    """A short printable rendering of raw input: escapes for control characters and anything not
+    ASCII (a terminal never receives raw bytes from a file), `...` when cut."""
+    cut = data[:limit]
+    text = repr(cut) if isinstance(cut, bytes) else ascii(cut)
+    return text + ("..." if len(data) > limit else "")
+
+
+def first_binary_line(path: Path) -> tuple[int, bytes] | None:
+    """(line number, the line) of the first line that is not UTF-8 text or holds a NUL byte, or None.
+
+    Blocks are cut at line ends and decoded whole, so the scan runs at the codec's speed; it is only
+    used to explain a failed read.
+    """
+    line, rest = 1, b""
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(BLOCK_SIZE)
+            data = rest + block
+            if not data:
+                return None
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            chunk, rest = data[: cut or len(data)], data[cut or len(data):]  # a line longer than a block: whole
+            bad = chunk.find(b"\0")
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad = err.start if bad < 0 else min(bad, err.start)
+            if bad >= 0:
+                start = chunk.rfind(b"\n", 0, bad) + 1
+                end = chunk.find(b"\n", bad)
+                return line + chunk.count(b"\n", 0, bad), chunk[start : end if end >= 0 else len(chunk)].rstrip(b"\r")
+            line += chunk.count(b"\n")
+
+
+def _binary_line_error(path: Path) -> UserError | None:
+    found = first_binary_line(path)
+    if found is None:
+        return None
+    line, text = found
+    return UserError(f"{path}: line {line}: not UTF-8 text ({excerpt(text, 24)}); a damaged or binary file")
+
+
+@contextmanager
+def _quiet_unraisable() -> Iterator[None]:
+    """pyarrow reports a malformed row whose text is not UTF-8 through `sys.unraisablehook` (a traceback on
+    stderr) before it fails the read; that failure is diagnosed by `_diagnose`, so the report is dropped."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda info: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 # --- finding the files ---------------------------------------------------------------------
-def _header(path: Path) -> list[str]:
+def _header(path: Path, expect: str = f"a header line {','.join(INTERACTION_COLUMNS)}") -> list[str]:
     """Column names of a CSV or .inter file (RecBole `name:type` reduced to `name`); errors name the file."""
     try:
         with open(path, "rb") as f:
@@ -69,9 +127,9 @@ def _header(path: Path) -> list[str]:
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     if not head.strip():
-        raise UserError(f"{path}: empty file (expected a header line {','.join(INTERACTION_COLUMNS)})")
+        raise UserError(f"{path}: empty file (expected {expect})")
     line, newline, _ = head.partition(b"\n")
-    if b"\0" in head or (not newline and len(head) == _SNIFF_BYTES):
+    if b"\0" in line or (not newline and len(head) == _SNIFF_BYTES):
         raise UserError(f"{path}: not a CSV text file (binary content)")
     try:
         text = line.decode("utf-8-sig").rstrip("\r")
@@ -140,17 +198,22 @@ def find_raw(path: str | Path) -> RawSource:
     else:
         raise UserError(f"{path}: not a regular file or folder")
     kind = "recbole-inter" if interactions.suffix == ".inter" else "pixelrec-csv"
-    return RawSource(root, kind, interactions, _find_item_info(root), _find_covers(root))
+    return RawSource(root, kind, interactions, _find_item_info(root, interactions), _find_covers(root))
 
 
-def _find_item_info(root: Path) -> Path | None:
+def _find_item_info(root: Path, interactions: Path) -> Path | None:
+    """The item-info CSV beside the interactions. Every other CSV there is read for its header: one that
+    cannot be read (empty, binary, unreadable) is an error, not a dataset silently without titles."""
     infos = []
     for p in sorted(root.glob("*.csv")):
-        try:
-            if _is_item_info(_header(p)):
-                infos.append(p)
-        except UserError:
+        if p == interactions:
             continue
+        try:
+            columns = _header(p, expect="a header line starting item_id")
+        except UserError as err:
+            raise UserError(f"{err}; item info is optional: repair {p.name} or move it out of {root}") from None
+        if _is_item_info(columns):
+            infos.append(p)
     if len(infos) > 1:
         raise UserError(f"{root}: several item-info CSVs ({', '.join(p.name for p in infos)}); keep one")
     return infos[0] if infos else None
@@ -249,23 +312,24 @@ def _read_pass(source: RawSource, as_strings: dict[str, bool], progress: Callabl
     columns, capacity = _Columns(), 0
     stream = _CountingReader(path, progress)
     try:
-        for batch in pv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
-            # a batch is one block of text: estimate the file's rows from the first (generously: pages
-            # of an np.empty array that are never written take no memory)
-            capacity = capacity or int(batch.num_rows * (path.stat().st_size / BLOCK_SIZE + 1) * 1.5)
-            values = {"timestamp": _timestamps(path, batch.column("timestamp"), columns.n)}
-            for name, coder in coders.items():
-                try:
-                    codes = coder.feed(batch.column(name))
-                except NotNumbered:
-                    raise NotNumbered(name, stream.bytes_read) from None
-                if codes is not None:
-                    values[name] = codes
-            columns.append(values, capacity)
+        with _quiet_unraisable():
+            for batch in pv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
+                # a batch is one block of text: estimate the file's rows from the first (generously: pages
+                # of an np.empty array that are never written take no memory)
+                capacity = capacity or int(batch.num_rows * (path.stat().st_size / BLOCK_SIZE + 1) * 1.5)
+                values = {"timestamp": _timestamps(path, batch.column("timestamp"), columns.n)}
+                for name, coder in coders.items():
+                    try:
+                        codes = coder.feed(batch.column(name))
+                    except NotNumbered:
+                        raise NotNumbered(name, stream.bytes_read) from None
+                    if codes is not None:
+                        values[name] = codes
+                columns.append(values, capacity)
     except pa.ArrowInvalid as err:
         raise _diagnose(source, err, bool(bad_row)) from None
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"{path}: cannot read ({' '.join(str(err).split())[:200]})") from None
+        raise UserError(f"{path}: cannot read ({excerpt(' '.join(str(err).split()), 160)})") from None
     finally:
         stream.close()
     if columns.n == 0:
@@ -297,34 +361,46 @@ def _timestamps(path: Path, column: pa.Array, offset: int) -> np.ndarray:
 
 
 def _diagnose(source: RawSource, err: pa.ArrowInvalid, malformed: bool) -> UserError:
-    """Turn a pyarrow parse/convert failure into a one-line error naming the file and row."""
+    """Turn a pyarrow parse/convert failure into a one-line error naming the file and row (or line)."""
     path = source.interactions
     message = " ".join(str(err).split())
-    if malformed:  # a row with the wrong number of fields: re-scan single-threaded to learn its line number
-        found: list = []
-
-        def on_invalid(row) -> str:
-            found.append(row)
-            return "error"
-
-        read, parse, convert = _csv_options(path, source.kind, False, on_invalid)
-        try:
-            for _ in pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert):
-                pass
-        except pa.ArrowInvalid:
-            pass
-        if found:
-            row = found[0]
-            where = f"line {row.number}" if row.number is not None else "a row"
-            return UserError(f"{path}: {where}: expected {row.expected_columns} fields, found "
-                             f"{row.actual_columns} ({row.text[:80]!r})")
+    binary = first_binary_line(path)
+    row = None
+    if malformed or "Expected" in message or binary is not None:
+        read, parse, convert = _csv_options(path, source.kind, False, None)
+        row = _first_malformed(path, read, parse, convert)
+    if binary is not None and (row is None or row.number is None or binary[0] <= row.number):
+        return _binary_line_error(path)
+    if row is not None:
+        where = f"line {row.number}" if row.number is not None else "a row"
+        return UserError(f"{path}: {where}: expected {row.expected_columns} fields, found "
+                         f"{row.actual_columns} ({excerpt(row.text)})")
     if "timestamp" in message or "column #2" in message or "conversion error" in message:
         located = _find_bad_timestamp(source)
         if located:
             return located
     if "UTF8" in message or "UTF-8" in message:
         return UserError(f"{path}: not a CSV text file (invalid UTF-8 data)")
-    return UserError(f"{path}: cannot parse ({message[:200]})")
+    return UserError(f"{path}: cannot parse ({excerpt(message, 160)})")
+
+
+def _first_malformed(path: Path, read: pv.ReadOptions, parse: pv.ParseOptions, convert: pv.ConvertOptions):
+    """The first row with the wrong number of fields (pyarrow's InvalidRow), by a single-threaded re-read."""
+    found: list = []
+
+    def on_invalid(row) -> str:
+        found.append(row)
+        return "error"
+
+    parse.invalid_row_handler = on_invalid
+    read.use_threads = False
+    try:
+        with _quiet_unraisable():
+            for _ in pv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert):
+                pass
+    except (pa.ArrowInvalid, OSError):
+        pass
+    return found[0] if found else None
 
 
 def _find_bad_timestamp(source: RawSource) -> UserError | None:
@@ -341,25 +417,30 @@ def _find_bad_timestamp(source: RawSource) -> UserError | None:
             bad = np.flatnonzero(~ok)
             if len(bad):
                 value = column[int(bad[0])].as_py()
-                return UserError(f"{path}: data row {seen + int(bad[0]) + 1}: timestamp {value!r} "
+                return UserError(f"{path}: data row {seen + int(bad[0]) + 1}: timestamp {excerpt(value)} "
                                  "is not a non-negative whole number")
             seen += batch.num_rows
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, OSError):
         return None
     return None
 
 
 # --- item info -----------------------------------------------------------------------------
 def read_item_info(path: Path) -> pa.Table:
-    """Read the item-info CSV: text columns as strings, count columns as int64 (float64 if not whole)."""
+    """Read the item-info CSV: text columns as strings, count columns as int64 (float64 if not whole).
+    A file that gives no rows, or that cannot be parsed, is an error naming the file and line."""
+    columns = _header(path, expect="a header line starting item_id")
     read = pv.ReadOptions(block_size=BLOCK_SIZE)
-    parse = pv.ParseOptions(newlines_in_values=True)
-    columns = _header(path)
     convert = pv.ConvertOptions(column_types={name: pa.string() for name in columns}, strings_can_be_null=True)
     try:
-        table = pv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        with _quiet_unraisable():
+            table = pv.read_csv(path, read_options=read, parse_options=pv.ParseOptions(newlines_in_values=True),
+                                convert_options=convert)
     except (pa.ArrowInvalid, OSError) as err:
-        raise UserError(f"{path}: cannot parse item info ({' '.join(str(err).split())[:200]})") from None
+        raise _item_info_error(path, err, read, convert) from None
+    if table.num_rows == 0:
+        raise UserError(f"{path}: item info with a header but no rows; item info is optional: repair the file "
+                        "or move it away")
     out = {}
     for name in table.column_names:
         column = table.column(name)
@@ -367,6 +448,17 @@ def read_item_info(path: Path) -> pa.Table:
             column = _as_number(column)
         out[name] = column
     return pa.table(out)
+
+
+def _item_info_error(path: Path, err: Exception, read: pv.ReadOptions, convert: pv.ConvertOptions) -> UserError:
+    binary = _binary_line_error(path)
+    if binary is not None:
+        return binary
+    row = _first_malformed(path, read, pv.ParseOptions(newlines_in_values=True), convert)
+    if row is not None and row.number is not None:
+        return UserError(f"{path}: line {row.number}: expected {row.expected_columns} fields, found "
+                         f"{row.actual_columns} ({excerpt(row.text)})")
+    return UserError(f"{path}: cannot parse item info ({excerpt(' '.join(str(err).split()), 160)})")
 
 
 def _as_number(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -6,21 +6,26 @@ workers, into a memory-mapped `.npy` (row r = item index r + 1). After each chun
 sidecar records the rows done (written atomically), so an interrupted run continues where it stopped
 and gives the same bytes as an uninterrupted one. `import_features` re-orders an existing array
 (e.g. the PixelRec release's features) into the dataset's item order, checking every row it keeps.
+Both hold a lock beside the file for their whole run (one writer per file) and reserve the array's
+blocks before writing rows, so a full disk is one line, never a SIGBUS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from pixelrec import locks
+from pixelrec.data.files import allocate, disk_full, free_bytes, npy_info, size_text
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.items.feature_store import (
@@ -101,7 +106,9 @@ def extract_features(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the pooled features of every item to `out` (+ sidecar), resuming a matching interrupted
-    run (byte-identical to an uninterrupted one at the same batch size and device); returns the sidecar."""
+    run (byte-identical to an uninterrupted one at the same batch size and device); returns the sidecar
+    with `rows_written`, the rows this call computed (0: the file was already complete). One writer
+    per file: a second one, `overwrite` or not, is refused with the first one's PID."""
     from pixelrec.data.images import ImageStore
 
     data, out, device = _as_data(data), npy_path(out), torch.device(device)
@@ -109,37 +116,74 @@ def extract_features(
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if batch_size < 1 or workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
-    store = ImageStore.from_prepared(data)
-    tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
-    note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
-                 input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
-    with torch.inference_mode():
-        dim = int(tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device)).shape[-1])
-    random_init = not (encoder_weights or pretrained)
-    wanted = {
-        "format": FORMAT, "version": VERSION, "encoder": encoder, "timm_name": timm_name(encoder),
-        "weights_sha256": file_sha256(encoder_weights) if encoder_weights else None, "pretrained": pretrained,
-        "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": pooling,
-        "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "n_items": data.n_items,
-        "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
-    }
-    sidecar, array = _open(out, wanted, overwrite)
-    if array is None:
-        return sidecar
-    start = int(sidecar["rows_done"])
-    fp16 = device.type == "cuda" and dtype == "fp16"
-    row_dtype = array.dtype
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
+        store = ImageStore.from_prepared(data)
+        tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
+        note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
+                     input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
+        with torch.inference_mode():
+            dim = int(tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device)).shape[-1])
+        random_init = not (encoder_weights or pretrained)
+        wanted = {
+            "format": FORMAT, "version": VERSION, "encoder": encoder, "timm_name": timm_name(encoder),
+            "weights_sha256": file_sha256(encoder_weights) if encoder_weights else None, "pretrained": pretrained,
+            "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": pooling,
+            "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "n_items": data.n_items,
+            "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+        }
+        with write_errors(out, "the feature file"):
+            sidecar, array = _open(out, wanted, overwrite)
+            if array is None:
+                return {**sidecar, "rows_written": 0}
+            start = int(sidecar["rows_done"])
+            fp16 = device.type == "cuda" and dtype == "fp16"
+            row_dtype = array.dtype
 
-    def not_finite(row: int) -> str:
-        return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
-                f"in {DTYPES[dtype]}; try --dtype fp32")
+            def not_finite(row: int) -> str:
+                return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
+                        f"in {DTYPES[dtype]}; try --dtype fp32")
 
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-        fill_item_rows(out, array, sidecar, store, start, data.n_items, batch_size, workers, device,
-                       lambda images: tower(images).float().cpu().numpy().astype(row_dtype),
-                       f"extract {encoder}", progress, not_finite)
-    del array
-    return sidecar
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+                fill_item_rows(out, array, sidecar, store, start, data.n_items, batch_size, workers, device,
+                               lambda images: tower(images).float().cpu().numpy().astype(row_dtype),
+                               f"extract {encoder}", progress, not_finite)
+            del array
+        return {**sidecar, "rows_written": data.n_items - start}
+
+
+@contextlib.contextmanager
+def write_errors(out: Path, what: str) -> Iterator[None]:
+    """Failed writes of `out` as one line: a full disk with what is free, anything else with its reason.
+    The sidecar records only rows flushed before the failure, so the same command continues later."""
+    try:
+        yield
+    except OSError as err:
+        if disk_full(err):
+            raise UserError(f"{out.parent}: disk full while writing {what} {out.name} "
+                            f"({size_text(free_bytes(out.parent))} free); free some space and run the same "
+                            "command again to continue") from None
+        raise UserError(f"{err.filename or out}: cannot write {what} ({err.strerror or err}); "
+                        "choose another --out") from None
+
+
+def create_rows(out: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """A new memory-mapped .npy of `shape`, its blocks reserved first: no room is an error naming the size
+    needed, with no file left behind, never a SIGBUS while the rows are written."""
+    need = int(np.prod(shape)) * dtype.itemsize
+    try:
+        array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
+        allocate(out, array.offset + array.nbytes)
+    except OSError as err:
+        out.unlink(missing_ok=True)
+        if disk_full(err):
+            raise UserError(f"{out.parent}: not enough disk for {out.name}: it needs {size_text(need)}, "
+                            f"{size_text(free_bytes(out.parent))} free; free some space or write elsewhere") from None
+        raise
+    return array
 
 
 def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_store: Any, start: int, n_items: int,
@@ -168,7 +212,8 @@ def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_
 
 
 def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], np.memmap | None]:
-    """(sidecar, writable array) to continue from; the array is None when the file is already complete."""
+    """(sidecar, writable array) to continue from; the array is None when the file is already complete
+    and intact. A complete sidecar whose .npy was deleted starts the extraction again."""
     if overwrite:
         sidecar_path(out).unlink(missing_ok=True)
         out.unlink(missing_ok=True)
@@ -176,22 +221,30 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
     if sidecar is None:
         if out.exists():
             raise UserError(f"{out}: exists without a sidecar {sidecar_path(out).name}; use --overwrite to replace it")
-        sidecar = {**wanted, "rows_done": 0, "complete": False}
-        write_sidecar(out, sidecar)  # first, so a file without a sidecar is never ours
     else:
         check_identity(sidecar, wanted, out)
-    if sidecar["complete"]:
-        return sidecar, None
+        if sidecar.get("rows_done") and not out.exists():
+            print(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
+                  "extracting again", file=sys.stderr)
+            sidecar = None
+    if sidecar is None:
+        sidecar = {**wanted, "rows_done": 0, "complete": False}
+        write_sidecar(out, sidecar)  # first, so a file without a sidecar is never ours
     shape, dtype = (wanted["n_items"], wanted["dim"]), np.dtype(wanted["dtype"])
     if sidecar["rows_done"] == 0:
-        return sidecar, np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
-    if not out.is_file():
-        raise UserError(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
-                        "use --overwrite to start over")
+        try:
+            return sidecar, create_rows(out, shape, dtype)
+        except BaseException:
+            sidecar_path(out).unlink(missing_ok=True)  # nothing written: leave nothing behind
+            raise
+    cure = "use --overwrite to start over"
+    info = npy_info(out, cure)
+    if info.shape != shape or info.dtype != dtype:
+        raise UserError(f"{out}: holds {info.dtype} {info.shape}, its sidecar says {dtype} {shape}; {cure}")
+    if sidecar["complete"]:
+        return sidecar, None
     array = np.load(out, mmap_mode="r+", allow_pickle=False)
-    if array.shape != shape or array.dtype != dtype:
-        raise UserError(f"{out}: holds {array.dtype} {tuple(array.shape)}, its sidecar says {dtype} {shape}; "
-                        "use --overwrite to start over")
+    allocate(out, info.offset + info.nbytes)  # rows not yet written may still be holes of a sparse file
     return sidecar, array
 
 
@@ -249,7 +302,7 @@ def import_features(
         raise UserError(f"{out}: already exists; use --overwrite to replace it")
     if not source.is_file():
         raise UserError(f"{source}: feature file not found")
-    array = read_feature_array(source)
+    array = read_feature_array(source, cure="check the file to import")
     tokens = read_order(order)
     if len(tokens) != array.shape[0]:
         raise UserError(f"{source}: {array.shape[0]} rows, but {order} lists {len(tokens)} items")
@@ -265,24 +318,27 @@ def import_features(
         "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         "rows_done": data.n_items, "complete": True,
     }
-    sidecar_path(out).unlink(missing_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    written = np.lib.format.open_memmap(partial, mode="w+", dtype=target, shape=(data.n_items, array.shape[1]))
-    try:
-        for begin in range(0, data.n_items, CHECK_ROWS):
-            picked = rows[begin : begin + CHECK_ROWS]
-            block = np.asarray(array[picked])
-            converted = block.astype(target)
-            for values, problem in ((block, "is not finite (NaN or infinity)"), (converted, f"overflows {target}")):
-                bad = first_non_finite(values)
-                if bad is not None:
-                    raise UserError(f"{source}: row {picked[bad]} (item {tokens[picked[bad]]}) {problem}")
-            written[begin : begin + len(block)] = converted
-        written.flush()
-        del written
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    write_sidecar(out, sidecar)
+    with locks.hold(locks.lock_path(out), f"feature file {out}"), write_errors(out, "the feature file"):
+        if not overwrite and (out.exists() or sidecar_path(out).exists()):  # written while this one read
+            raise UserError(f"{out}: already exists; use --overwrite to replace it")
+        sidecar_path(out).unlink(missing_ok=True)
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            written = create_rows(partial, (data.n_items, int(array.shape[1])), target)
+            for begin in range(0, data.n_items, CHECK_ROWS):
+                picked = rows[begin : begin + CHECK_ROWS]
+                block = np.asarray(array[picked])
+                converted = block.astype(target)
+                for values, problem in ((block, "is not finite (NaN or infinity)"), (converted, f"overflows {target}")):
+                    bad = first_non_finite(values)
+                    if bad is not None:
+                        raise UserError(f"{source}: row {picked[bad]} (item {tokens[picked[bad]]}) {problem}")
+                written[begin : begin + len(block)] = converted
+            written.flush()
+            del written
+            os.replace(partial, out)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        write_sidecar(out, sidecar)
     return sidecar

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from pixelrec.data.files import open_npy
 from pixelrec.errors import UserError
 
 FORMAT = "pixelrec-features"
@@ -124,12 +125,10 @@ def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tens
     return out
 
 
-def read_feature_array(path: Path) -> np.ndarray:
-    """A memory-mapped 2-D float array from a .npy file; anything else is a one-line error."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable .npy array ({str(err)[:80]})") from None
+def read_feature_array(path: Path, cure: str = "write it again with `pixelrec extract --overwrite`") -> np.ndarray:
+    """A memory-mapped 2-D float array from a .npy file whose header and size were checked first (a
+    truncated file never reaches the memory map); anything else is a one-line error ending in `cure`."""
+    array = open_npy(path, cure)
     if array.ndim != 2:
         raise UserError(f"{path}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
     if array.dtype.kind != "f":

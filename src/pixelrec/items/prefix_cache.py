@@ -7,7 +7,9 @@ flags that `freeze_below` set, so "cached" and "trainable" always agree. `build_
 the prefix output of every item (fp16, memory-mapped `.npy`, row r = item r + 1) in chunks, and a
 sidecar records the cache's identity and the rows done after each flushed chunk (atomically), so an
 interrupted build resumes and gives the same bytes. The file name carries a hash of the identity: a
-different encoder, weights, cut or input size gives a new file, never a stale one.
+different encoder, weights, cut or input size gives a new file, never a stale one. One process builds
+a cache file at a time (a lock beside it; others wait, then reuse it); a file whose header or size is
+wrong is built again, and readers check both before mapping it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pixelrec import locks
+from pixelrec.data.files import allocate, npy_info, open_npy
 from pixelrec.errors import UserError
 from pixelrec.items.feature_store import file_sha256, sidecar_path, write_sidecar
 
@@ -167,7 +171,7 @@ class PrefixCache:
     def read(self, item_ids: np.ndarray) -> Tensor:
         """fp16 prefix activations of items (indices >= 1): [len(item_ids), *shape]."""
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            self._array = open_npy(self.path, "remove it; training builds the cache again")
         rows = np.asarray(item_ids, dtype=np.int64) - 1
         return torch.from_numpy(np.ascontiguousarray(self._array[rows]))
 
@@ -239,29 +243,60 @@ def build_prefix_cache(
     workers: int = 0,
     progress: bool = True,
 ) -> PrefixCache:
-    """Write (or finish) the prefix activations of items 1..n_items under `directory`; returns the cache."""
-    from pixelrec.items.extract import fill_item_rows
-
+    """Write (or finish) the prefix activations of items 1..n_items under `directory`; returns the cache.
+    One builder per cache file: another process building the same one is waited for, then reused; a
+    damaged file (truncated, wrong header) is built again."""
     device = torch.device(device)
     out = cache_file(_writable_dir(Path(directory)), identity)
+    with locks.hold(locks.lock_path(out), f"prefix cache {out}", wait=True):
+        return _build(split, preprocess, image_store, n_items, identity, out, device, batch_size, workers, progress)
+
+
+def _intact(out: Path, n_items: int, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with an existing cache file (a one-line reason), or None when its header and size fit."""
+    try:
+        info = npy_info(out, "")
+    except UserError as err:
+        return str(err).rstrip("; ")
+    if info.shape != (n_items, *shape) or info.dtype != np.float16:
+        return f"{out}: holds {info.dtype} {info.shape}, not float16 {(n_items, *shape)}"
+    return None
+
+
+def _build(split: TowerSplit, preprocess: nn.Module, image_store: Any, n_items: int, identity: dict[str, Any],
+           out: Path, device: torch.device, batch_size: int, workers: int, progress: bool) -> PrefixCache:
+    """`build_prefix_cache` holding the cache's lock: continue, reuse or (damaged) start over."""
+    from pixelrec.items.extract import create_rows, fill_item_rows, write_errors
+
     sidecar = _read_sidecar(out)
     if sidecar is None or {k: v for k, v in sidecar.items() if k not in PROGRESS_KEYS} != identity:
         sidecar = {**identity, "rows_done": 0, "complete": False}
+    shape = tuple(identity["shape"])
+    damage = _intact(out, n_items, shape) if out.is_file() and sidecar["rows_done"] else None
+    if damage:
+        print(f"{damage}; building the prefix cache again", file=sys.stderr, flush=True)
+        sidecar = {**identity, "rows_done": 0, "complete": False}
     if sidecar["complete"] and out.is_file():
         return PrefixCache(out, sidecar)
-    shape = tuple(identity["shape"])
     row_bytes = int(np.prod(shape)) * 2
     start = int(sidecar["rows_done"]) if out.is_file() else 0
     _check_room(out, (n_items - start) * row_bytes, n_items * row_bytes, shape, n_items)
-    if start == 0:
-        sidecar["rows_done"] = 0
-        write_sidecar(out, sidecar)  # first, so the file is never taken for more than it holds
-        array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n_items, *shape))
-    else:
-        array = np.load(out, mmap_mode="r+", allow_pickle=False)
-    with evaluating(split.tower):
-        fill_item_rows(out, array, sidecar, image_store, start, n_items, batch_size, workers, device,
-                       lambda images: split.prefix(preprocess(images)).float().cpu().numpy().astype(np.float16),
-                       "prefix cache", progress, lambda row: f"{out}: prefix output of item {row + 1} is not finite in fp16")
-    del array
+    with write_errors(out, "the prefix cache"):
+        if start == 0:
+            sidecar["rows_done"], sidecar["complete"] = 0, False
+            write_sidecar(out, sidecar)  # first, so the file is never taken for more than it holds
+            try:
+                array = create_rows(out, (n_items, *shape), np.dtype(np.float16))
+            except BaseException:
+                sidecar_path(out).unlink(missing_ok=True)
+                raise
+        else:
+            array = np.load(out, mmap_mode="r+", allow_pickle=False)
+            allocate(out, array.offset + array.nbytes)
+        with evaluating(split.tower):
+            fill_item_rows(out, array, sidecar, image_store, start, n_items, batch_size, workers, device,
+                           lambda images: split.prefix(preprocess(images)).float().cpu().numpy().astype(np.float16),
+                           "prefix cache", progress,
+                           lambda row: f"{out}: prefix output of item {row + 1} is not finite in fp16")
+        del array
     return PrefixCache(out, sidecar)
