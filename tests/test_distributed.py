@@ -105,7 +105,10 @@ def test_two_ranks_train_and_evaluate_like_one_process(tiny_data, tmp_path):
     # evaluation shared out over two ranks gives exactly the single process's metrics
     shared = torchrun(["evaluate", str(tmp_path / "two"), "--split", "test"])
     assert shared.returncode == 0, shared.stderr[-3000:]
-    assert json.loads(shared.stdout) == {"test": results(tmp_path / "two")["test"]}
+    evaluated = json.loads(shared.stdout)
+    assert evaluated.pop("checkpoint") == {"file": "best.pt", "epoch": results(tmp_path / "two")["best_epoch"],
+                                           "run_finished": True}
+    assert evaluated == {"test": pytest.approx(results(tmp_path / "two")["test"], rel=1e-3)}  # printed to 4 digits
 
 
 def test_cross_rank_negatives_match_one_process(tiny_data, tmp_path):

@@ -8,11 +8,13 @@ fast and an optional dependency matters only to the command that needs it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 from typing import Sequence
 
+from pixelrec import threads
 from pixelrec.errors import UserError
 
 COMMANDS = {
@@ -34,13 +36,50 @@ def _command_module(name: str):
     return importlib.import_module(f"pixelrec.commands.{name}")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one and its text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        shown = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if unset or not shown or "default" in text.lower():
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _config_names() -> str:
+    from pixelrec.config import preset_names, profile_names
+
+    return f"presets {', '.join(preset_names())}; profiles {', '.join(profile_names())}"
+
+
+def _name_config_choices(parser: argparse.ArgumentParser) -> None:
+    """`--config` takes a YAML file or a packaged name: its help lists the names, and the command's
+    help says where the values of options left out come from."""
+    for action in parser._actions:
+        if "--config" in action.option_strings:
+            action.help = f"{action.help or 'YAML file(s)'}; packaged: {_config_names()}"
+            parser.epilog = ("Options without a default shown take the configuration's value: the packaged "
+                             "settings of the model, item kind and encoder, then --config, then --set "
+                             "(`pixelrec train --print-config ...` shows them).")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelrec", description=__doc__.splitlines()[0])
+    from pixelrec import __version__
+
+    parser = argparse.ArgumentParser(prog="pixelrec", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter,
+                                     epilog=f"Packaged configurations for --config: {_config_names()}. "
+                                            "`pixelrec COMMAND --help` shows a command's options and their defaults.")
+    parser.add_argument("--version", action="version", version=f"pixelrec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=summary, description=summary)
+        command_parser = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
         if only == name:
             _command_module(name).add_arguments(command_parser)
+            _name_config_choices(command_parser)
     return parser
 
 
@@ -50,9 +89,37 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '?')} of {world}] " if world not in ("", "1") else ""
 
 
+#: What happened and what to do, for the system errors a user can cure.
+OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space there or write somewhere else, then run again"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else, then run again"),
+    errno.EACCES: ("permission denied", "check the permissions of the path and its folders, or choose another path"),
+    errno.EPERM: ("operation not permitted", "check the permissions of the path and its folders, or another path"),
+    errno.EROFS: ("read-only file system", "write somewhere else"),
+    errno.EISDIR: ("is a folder", "give the path of a file"),
+    errno.ENOTDIR: ("a part of the path is not a folder", "check the path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or use fewer workers"),
+    errno.EIO: ("input/output error", "check the disk or network file system, then run again"),
+}
+
+
+def os_error_line(err: OSError, out: object = None) -> str | None:
+    """One line for a system error a user can cure (disk full, permissions, ...): the path (else the
+    command's --out), what happened and what to do; None for other errors, which keep their traceback."""
+    if err.errno not in OS_ERRORS:
+        return None
+    what, todo = OS_ERRORS[err.errno]
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    if paths:
+        return f"{' -> '.join(paths)}: {what}; {todo}"
+    return f"{what}{f' (writing {out})' if out else ''}; {todo}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    threads.sleep_when_idle()  # before any command imports torch, which reads it once
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    args: argparse.Namespace | None = None
     try:
         parser = build_parser(only=chosen)
         args = parser.parse_args(argv)
@@ -63,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"pixelrec: error: {_rank_prefix()}{err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        line = os_error_line(err, getattr(args, "out", None))
+        if line is None:
+            raise
+        print(f"pixelrec: error: {_rank_prefix()}{line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pixelrec: interrupted", file=sys.stderr)
         return 130

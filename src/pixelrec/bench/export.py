@@ -18,9 +18,9 @@ import torch
 
 from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
-from pixelrec.evaluate.run import load_run
+from pixelrec.evaluate.run import open_run
 from pixelrec.models.base import Backbone
-from pixelrec.train.rundir import atomic_json, atomic_write
+from pixelrec.train.rundir import atomic_json, atomic_write, write_error
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -61,10 +61,13 @@ def check_dot_product(model, lookup, scoring: torch.Tensor, batch, vectors: np.n
 
 
 def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
-                   batch_size: int = 1024) -> dict[str, Any]:
-    """Write items.npy, items.txt, users.npy, users.txt and export.json for a run; returns export.json."""
+                   batch_size: int = 1024, data_path: str | Path | None = None) -> dict[str, Any]:
+    """Write items.npy, items.txt, users.npy, users.txt and export.json for a run; returns export.json,
+    which names the checkpoint the vectors come from (and its epoch). `data_path`: the run's dataset
+    where it is now, if it moved."""
     run, out = Path(run), Path(out)
-    config, data, model = load_run(run, checkpoint)
+    loaded = open_run(run, checkpoint, data_path)
+    config, data, model = loaded.config, loaded.data, loaded.model
     lookup, scoring = model.catalogue_vectors()
     users = np.arange(1, data.n_users + 1, dtype=np.int64)
     vectors, first = user_vectors(model, data, lookup, users, config.data.max_len, batch_size)
@@ -73,16 +76,22 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
     if vectors.shape[1] != items.shape[1]:
         raise UserError(f"{run}: user vectors have {vectors.shape[1]} dimensions but item vectors "
                         f"{items.shape[1]}; this backbone does not score by a dot product")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(out, err) from None
     (out / "export.json").unlink(missing_ok=True)  # an old marker must not vouch for new, partial files
     _save_npy(out / "items.npy", items)
     _save_npy(out / "users.npy", vectors)
     _save_tokens(out / "items.txt", data.item_tokens[1:])
     _save_tokens(out / "users.txt", data.user_tokens[1:])
-    manifest = {"run": str(run), "checkpoint": checkpoint, "model": config.model_name, "items": config.items.kind,
+    manifest = {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name, "epoch": loaded.epoch,
+                "run_finished": loaded.finished, "model": config.model_name, "items": config.items.kind,
                 "encoder": config.items.encoder, "dataset": data.name, "n_items": int(items.shape[0]),
                 "n_users": int(vectors.shape[0]), "dim": int(items.shape[1]), "score": "dot",
                 "users_after": "whole history (the last data.max_len items as context)",
                 "mask": "exclude each user's history items, as `pixelrec recommend` does"}
+    if loaded.fallback:
+        manifest["note"] = loaded.fallback
     atomic_json(out / "export.json", manifest)
     return manifest

@@ -1,19 +1,20 @@
 """`pixelrec evaluate`: re-evaluate a run's best checkpoint with full ranking (under torchrun the
-catalogue and the users are shared out between the ranks)."""
+catalogue and the users are shared out between the ranks). The JSON says which checkpoint was
+evaluated, at which epoch, and whether the run had finished; so does a line on stderr."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
-from pixelrec.commands import add_run_argument, run_directory
+from pixelrec.commands import add_run_argument, results_json, run_data, run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
     parser.add_argument("--split", choices=["valid", "test", "both"], default="both")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    parser.add_argument("--data", help="evaluate on another prepared dataset with the same items")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                        help="best (the best validation epoch; last.pt, said so, when there is none) or last")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,10 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from pixelrec.evaluate.run import evaluate_run
 
     splits = ["valid", "test"] if args.split == "both" else [args.split]
+    run_dir = run_directory(args)
     try:
-        metrics = evaluate_run(run_directory(args), splits, args.checkpoint, args.data)
+        metrics = evaluate_run(run_dir, splits, args.checkpoint, run_data(args))
         if distributed.current().main:
-            print(json.dumps(metrics, indent=2))
+            used = metrics["checkpoint"]
+            note = f"; {used['note']}" if "note" in used else ""
+            state = "finished run" if used["run_finished"] else "unfinished run"
+            print(f"evaluated {run_dir / used['file']} (epoch {used['epoch']}, {state}){note}", file=sys.stderr)
+            print(results_json(metrics))
     finally:
         distributed.leave()
     return 0

@@ -23,6 +23,7 @@ from pixelrec.data.views import evaluation_batch
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.evaluate.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
+from pixelrec.train import logs
 
 
 def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray,
@@ -65,6 +66,7 @@ def rank_targets(
     users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
     users = users[job.share(len(users))]
     ranks = []
+    bar = logs.progress(f"score {split} users", len(users), "user")
     for begin in range(0, len(users), block):
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
         scores = masked_scores(model, lookup, scoring, batch, rows, items, mask_target)
@@ -72,6 +74,8 @@ def rank_targets(
         rank = (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # counting in int32 is cheaper than int64
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
         ranks.append(rank.cpu())
+        bar.update(len(rank))
+    bar.close()
     model.train(was_training)
     mine = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     return distributed.gather_rows(mine).cpu() if job.world > 1 else mine

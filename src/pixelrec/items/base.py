@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from pixelrec import distributed
 from pixelrec.distributed import SINGLE, Job
+from pixelrec.train import logs
 
 
 class ItemEncoder(nn.Module):
@@ -66,9 +67,12 @@ class ItemEncoder(nn.Module):
         else:
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
         out = [torch.zeros(0, self.embedding_size, device=device)]
+        bar = logs.progress("encode items", len(items), "item")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda"):
             for chunk, inputs in loaded:
                 out.append(self(chunk.to(device), move_inputs(inputs, device)).float())
+                bar.update(len(chunk))
+        bar.close()
         vectors = distributed.gather_rows(torch.cat(out)) if job.world > 1 else torch.cat(out)
         return torch.cat([vectors.new_zeros(1, self.embedding_size), vectors])
 

@@ -1,41 +1,116 @@
-"""Run directories: resolved config, environment, per-epoch metrics, checkpoints and results.
+"""Run directories: resolved config, environment, dataset identity, per-epoch metrics, checkpoints
+and results; one writer at a time, and nothing of another run overwritten.
 
 Every file that must survive an interruption is written to a temporary name and renamed into
-place, so a reader sees either the old file or the new one, never half of one.
+place, so a reader sees either the old file or the new one, never half of one. Files get the
+process umask's permissions. The dataset is recorded by absolute path and fingerprint, so a run can
+be used from any working directory and pointed at its dataset after the dataset moved.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
+import hashlib
 import json
 import os
 import platform
+import re
+import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pixelrec import locks
 from pixelrec.errors import UserError
+
+if TYPE_CHECKING:
+    from pixelrec.config import Config
+    from pixelrec.data.prepared import PreparedData
 
 CHECKPOINT_FORMAT = "pixelrec-checkpoint"
 CHECKPOINT_VERSION = 1
+LOCK_NAME = ".lock"
+#: What a run writes; `train --overwrite` removes these and nothing else.
+RUN_FILES = ("config.yaml", "environment.json", "dataset.json", "metrics.jsonl", "metrics.csv", "results.json",
+             "best.pt", "last.pt", "train.log", "error.log")
+RUN_PATTERNS = ("events.out.tfevents.*",)
+CHECKPOINTS = ("best.pt", "last.pt")
+#: Settings that may change on --resume: when and where the run goes on, not what it computes. The
+#: dataset's path may change too when the dataset there is the same one (its fingerprint).
+RESUME_FREE = frozenset({
+    "data.path", "train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.ties_improve",
+    "train.num_workers", "train.device", "train.progress", "train.dist_timeout_minutes", "train.threads",
+    "train.amp", "train.grad_checkpointing", "train.channels_last", "train.compile",
+    "eval.batch_size", "eval.score_budget_mb", "items.cache", "items.cache_dir",
+})
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tail>[0-9a-f]{16}\.tmp|[a-z0-9_]{8})$")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+# --- writing files --------------------------------------------------------------------------
+def write_error(path: Path, err: OSError) -> UserError:
+    """A failed write as one line that says what happened and what to do."""
+    cure = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+            errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
+            errno.EROFS: "choose a folder on a writable file system",
+            errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(err.errno, "check the path")
+    return UserError(f"{path}: cannot write ({err.strerror or err}); {cure}")
+
+
+def _temp_file(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside `path`, created with mode 0666 so that the umask decides (mkstemp's 0600 would not)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, err) from None
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise write_error(path, err) from None
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (best effort: some file systems cannot open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_then_rename(path: Path, write) -> None:
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, rename), with the umask's permissions."""
+    _write_then_rename(Path(path), lambda handle: handle.write(data))
 
 
 def atomic_json(path: Path, payload: Any) -> None:
@@ -44,30 +119,277 @@ def atomic_json(path: Path, payload: Any) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    _write_then_rename(Path(path), lambda handle: torch.save(body, handle))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True: nothing executable comes from disk."""
+def is_temp_name(name: str) -> bool:
+    """A temporary file of our atomic writes (`.NAME.<16 hex>.tmp`, or an older `.RUNFILE.<8 chars>`)."""
+    match = _TEMP.match(name)
+    return bool(match) and (match["tail"].endswith(".tmp") or match["name"] in RUN_FILES)
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Delete the temporary files that killed writers left in `folder` (only names our writes use)."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if is_temp_name(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ("model", "state")) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True (nothing executable comes from disk); a missing,
+    truncated, foreign or incomplete file is one line."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+        size = path.stat().st_size
+        raise UserError(f"{path}: unreadable checkpoint ({size:,} bytes, {type(err).__name__}): truncated, damaged "
+                        "or not a torch file; use another copy or train again") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a pixelrec checkpoint")
+        raise UserError(f"{path}: not a pixelrec checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
+                        "it was not written by `pixelrec train`")
+    missing = [key for key in required if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise UserError(f"{path}: incomplete pixelrec checkpoint (no {', '.join(missing)}); "
+                        "use another copy or train again")
     return payload
 
 
+def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """load_state_dict, with a mismatch (another model, size or dataset) as one line naming the first culprits."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} here {list(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    for label, names in (("shape of", shapes), ("missing", missing), ("unexpected", unexpected)):
+        if names:
+            more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+            problems.append(f"{label} {', '.join(names[:2])}{more}")
+    if problems:
+        raise UserError(f"{path}: weights do not fit the run's model ({'; '.join(problems)}): the checkpoint is from "
+                        "another model, configuration or dataset")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: weights do not fit the run's model ({str(err).splitlines()[0]})") from None
+
+
+def checkpoint_epoch(payload: dict[str, Any]) -> int:
+    return int(payload.get("state", {}).get("epoch", 0))
+
+
+# --- the dataset a run was trained on -------------------------------------------------------
+def dataset_fingerprint(data: PreparedData) -> str:
+    """sha256 of the dataset's counts and item order: cheap, and different whenever a checkpoint's
+    item indices would mean other items."""
+    from pixelrec.items.feature_store import dataset_order_sha256
+
+    meta = data.meta
+    identity = {"n_users": data.n_users, "n_items": data.n_items, "n_interactions": meta.get("n_interactions"),
+                "item_order_sha256": dataset_order_sha256(data.item_tokens)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_record(data: PreparedData) -> dict[str, Any]:
+    """dataset.json: where the run's dataset was (absolute) and what it was."""
+    return {"path": os.path.abspath(data.root), "name": data.name, "fingerprint": dataset_fingerprint(data),
+            "n_users": data.n_users, "n_items": data.n_items, "n_interactions": data.meta.get("n_interactions")}
+
+
+def read_dataset_record(run: Path) -> dict[str, Any] | None:
+    """The run's dataset.json, or None for a run written before runs recorded it."""
+    path = run / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}); the run's dataset cannot be checked") from None
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        raise UserError(f"{path}: not a pixelrec dataset record (no fingerprint)")
+    return record
+
+
+def check_dataset(run: Path, data: PreparedData, record: dict[str, Any] | None) -> None:
+    """Refuse a dataset other than the one the run was trained on (one line naming both)."""
+    if record is None:
+        return
+    found = dataset_fingerprint(data)
+    if found != record["fingerprint"]:
+        raise UserError(
+            f"{data.root} is not the dataset {run} was trained on: fingerprint {found[:12]} ({data.n_items:,} items, "
+            f"{data.n_users:,} users) vs {record['fingerprint'][:12]} ({record.get('n_items', '?'):,} items, "
+            f"{record.get('n_users', '?'):,} users) at {record.get('path')}; pass --data with that dataset")
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """A copy of `config` whose file paths are absolute, so the run can be used from any directory."""
+    config = copy.deepcopy(config)
+    if config.data.path is not None:
+        config.data.path = os.path.abspath(config.data.path)
+    items = config.items
+    for key in ("features", "encoder_weights"):
+        value = getattr(items, key)
+        if value is not None and Path(value).exists():
+            setattr(items, key, os.path.abspath(value))
+    if items.cache_dir is not None:
+        items.cache_dir = os.path.abspath(items.cache_dir)
+    return config
+
+
+def relocated(config: Config, data_root: str | Path) -> Config:
+    """`config` with its dataset at `data_root`; files that lived inside the old dataset folder
+    (feature files, the prefix cache) are looked for at the same place inside the new one."""
+    config = copy.deepcopy(config)
+    old, new = config.data.path, os.path.abspath(data_root)
+    config.data.path = new
+    if old is None:
+        return config
+    old = os.path.abspath(old)
+    for key in ("features", "cache_dir"):
+        value = getattr(config.items, key)
+        if value is not None and os.path.isabs(value) and Path(value).is_relative_to(old):
+            setattr(config.items, key, os.path.join(new, os.path.relpath(value, old)))
+    return config
+
+
+# --- who writes where -----------------------------------------------------------------------
+class Claim:
+    """A run directory held by this process: its lock, and whether the claim created the directory.
+    Giving it up (`release`, or the holder's end) removes a directory it created that stayed empty,
+    so a run that failed before writing anything leaves nothing behind."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(out, err) from None
+        if not os.access(out, os.W_OK):
+            raise UserError(f"{out}: cannot write (permission denied); choose a folder you can write to")
+        try:
+            self.lock: locks.Lock | None = locks.acquire(out / LOCK_NAME, f"run directory {out}")
+        except UserError:
+            self._remove_if_empty()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        if self.created:
+            try:
+                self.out.rmdir()  # only an empty folder goes
+            except OSError:
+                pass
+
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or any(Path(name).match(pattern) for pattern in RUN_PATTERNS)
+
+
+def contents(out: Path) -> list[str]:
+    """Names in `out` other than its lock and writers' temporary files."""
+    if not out.is_dir():
+        return []
+    return sorted(e.name for e in out.iterdir() if e.name != LOCK_NAME and not is_temp_name(e.name))
+
+
+def start_refusal(out: Path, config: Config) -> str | None:
+    """Why a new run may not start in `out` (one line), or None: `out` is empty, or holds only the files
+    of a start that never reached a checkpoint (nothing there to lose: no checkpoint, no results, and
+    a config.yaml, if any, of this same configuration; e.g. a bench cell that failed)."""
+    names = contents(out)
+    if not names:
+        return None
+    what = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    if "last.pt" in names:
+        return (f"{out}: already holds a run ({_progress(out)}); use --resume {out} to continue it, another --out, "
+                "or --overwrite to replace it")
+    if "results.json" in names:
+        return (f"{out}: already holds a finished run (results.json; {what}); use another --out, or --overwrite "
+                "to replace it")
+    if all(_is_run_file(n) for n in names) and not set(names) & set(CHECKPOINTS) \
+            and ("config.yaml" not in names or _same_config(out, config)):
+        return None
+    return (f"{out}: not empty ({what}) and not a run of this configuration to restart; use another --out, or "
+            "--overwrite to replace the run files there")
+
+
+def _progress(out: Path) -> str:
+    try:
+        payload = torch.load(out / "last.pt", map_location="cpu", weights_only=True, mmap=True)  # reads no weights
+        return f"last.pt after epoch {int(payload['state']['epoch'])}"
+    except Exception:  # noqa: BLE001 - a damaged last.pt still marks a run
+        return "last.pt"
+
+
+def _same_config(out: Path, config: Config) -> bool:
+    from pixelrec.train.trainer import config_of_run
+
+    try:
+        saved = config_of_run(out)
+    except UserError:
+        return False
+    return with_absolute_paths(saved).to_dict() == with_absolute_paths(config).to_dict()
+
+
+def clear(out: Path) -> list[str]:
+    """Remove what a run writes from `out` (`--overwrite`); other files stay."""
+    removed = [n for n in contents(out) if _is_run_file(n) and (out / n).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    return removed
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and prefix == "":
+            out |= _flat(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
+
+
+def resume_changes(out: Path, saved: Config, config: Config) -> list[tuple[str, Any, Any]]:
+    """The settings that differ from the run's config.yaml, as (key, was, now); a change that would
+    make the checkpoint mean something else (model, items, loss, data preparation, optimiser) is one
+    line saying which."""
+    before = _flat(with_absolute_paths(saved).to_dict())
+    after = _flat(with_absolute_paths(config).to_dict())
+    changed = [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)]
+    fixed = [f"{k} ({was} -> {now})" for k, was, now in changed if k not in RESUME_FREE]
+    if fixed:
+        raise UserError(f"{out}: cannot change on --resume: {', '.join(fixed[:3])}"
+                        + (f" and {len(fixed) - 3} more" if len(fixed) > 3 else "")
+                        + "; the checkpoint continues the run as it was trained: start a new run with --out "
+                        "(what may change: epochs, max_steps, patience, eval_every, device, workers, evaluation batch)")
+    return changed
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{k}: {was} -> {now}" for k, was, now in changes)
+
+
+# --- records ----------------------------------------------------------------------------------
 def default_run_dir(model: str, items: str, root: str | Path = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(root) / f"{model}-{items}-{stamp}"
@@ -90,6 +412,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "argv": sys.argv,
+        "cwd": os.getcwd(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -119,7 +442,10 @@ class MetricsLog:
         atomic_write(self.path, "".join(json.dumps(row) + "\n" for row in kept).encode())
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise write_error(self.path, err) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,7 +18,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from pixelrec import distributed
 from pixelrec.config import Config, build_config, dump
@@ -28,7 +28,8 @@ from pixelrec.distributed import Job
 from pixelrec.errors import UserError
 from pixelrec.evaluate.evaluator import evaluate
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
-from pixelrec.train import rundir
+from pixelrec.threads import use_threads
+from pixelrec.train import logs, rundir
 
 
 def build_model(config: Config, data: PreparedData) -> Recommender:
@@ -113,13 +114,15 @@ class BatchDataset(torch.utils.data.Dataset):
 
 class Trainer:
     def __init__(self, config: Config, out: Path, resume: bool = False,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None, overwrite: bool = False) -> None:
         self.config, self.out = config, Path(out)
+        self.threads = use_threads(config.train.threads)
         self.on_epoch = on_epoch  # called with each epoch's metrics row once it is checkpointed (tuning, pruning)
         if config.data.path is None:
             raise UserError("no dataset: pass --data DIR (a directory written by `pixelrec prepare`)")
         self.data = PreparedData(config.data.path)
         self.job, self.device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
+        self._claim(resume, overwrite)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(self.device)
         if self.job.world > 1:
@@ -154,29 +157,96 @@ class Trainer:
         distributed.barrier()
         if not self.job.main:
             self._prepare_items()
+        self.report = logs.RunReport(self)  # train.log with its start banner, progress, TensorBoard, metrics.csv
 
     def _prepare_items(self) -> None:
         t = self.config.train
         self.model.item_encoder.prepare(self.device, t, workers=t.num_workers, progress=t.progress and self.job.main)
 
     # --- run directory ------------------------------------------------------------------
+    def _claim(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0 takes the run directory's lock for the whole run (released by `close`, or when the
+        process ends, however it ends), removes temporary files that killed writers left, and checks
+        that this run may write there; every rank then raises the same one line, or goes on."""
+        self._release: Callable[[], None] | None = None
+        self._changes: list[tuple[str, Any, Any]] = []
+        self._evaluated = "last.pt"  # the checkpoint whose weights results.json reports
+        self.config = rundir.with_absolute_paths(self.config)
+        if resume and overwrite:
+            raise UserError(f"{self.out}: --overwrite starts a run anew, --resume continues it; choose one")
+        failure: UserError | None = None
+        if self.job.main:
+            try:
+                # released by `close`, or when this object is dropped or the interpreter exits
+                self._release = weakref.finalize(self, rundir.Claim(self.out).release)
+                rundir.remove_temp_files(self.out)
+                if resume:
+                    self._changes = self._resume_check()
+                elif overwrite:
+                    rundir.clear(self.out)
+                elif (reason := rundir.start_refusal(self.out, self.config)) is not None:
+                    raise UserError(reason)
+            except UserError as err:
+                self.close()
+                failure = err
+        problem = distributed.gather_objects(str(failure) if failure else None)[0]
+        if failure is not None:
+            raise failure
+        if problem is not None:
+            raise UserError(problem)
+
+    def _resume_check(self) -> list[tuple[str, Any, Any]]:
+        """What --resume changes (refusing what it may not), and the dataset is the run's own."""
+        if not (self.out / "config.yaml").is_file():
+            raise UserError(f"{self.out}: not a run directory (no config.yaml); nothing to resume")
+        if not (self.out / "last.pt").is_file():
+            raise UserError(f"{self.out}: nothing to resume (no last.pt: the run stopped before its first epoch "
+                            f"ended); start it again with --out {self.out}")
+        changes = rundir.resume_changes(self.out, config_of_run(self.out), self.config)
+        rundir.check_dataset(self.out, self.data, rundir.read_dataset_record(self.out))
+        return changes
+
+    def close(self) -> None:
+        """Release the run directory for other writers (`finish` and `train` call this)."""
+        release = getattr(self, "_release", None)
+        if release is not None:
+            release()  # runs once
+
     def _start(self) -> None:
-        if (self.out / "last.pt").exists():
-            raise UserError(f"{self.out}: already holds a run; use --resume {self.out} or another --out")
-        distributed.barrier()  # every rank has looked before rank 0 writes anything
         if not self.job.main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
-        rundir.atomic_json(self.out / "environment.json", rundir.environment(self.device))
-        self.metrics.truncate_after(0)
+        try:
+            rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
+            rundir.atomic_json(self.out / "environment.json", rundir.environment(self.device))
+            rundir.atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
+            self.metrics.truncate_after(0)
+        except BaseException:
+            self.close()
+            raise
 
     def _resume(self) -> None:
-        payload = rundir.load_checkpoint(self.out / "last.pt")
-        self.model.load_state_dict(payload["model"])
-        if self.optimizer is not None and payload.get("optimizer"):
-            self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(**payload["state"])
+        last = self.out / "last.pt"
+        try:
+            payload = rundir.load_checkpoint(last)
+            rundir.load_weights(self.model, payload["model"], last)
+            if self.optimizer is not None and payload.get("optimizer"):
+                try:
+                    self.optimizer.load_state_dict(payload["optimizer"])
+                except (ValueError, KeyError, RuntimeError) as err:
+                    raise UserError(f"{last}: its optimizer state does not fit the run's model "
+                                    f"({str(err).splitlines()[0]}); the checkpoint is from another run") from None
+            try:
+                self.state = TrainState(**payload["state"])
+            except TypeError as err:
+                raise UserError(f"{last}: training state not understood ({err}); "
+                                "use another copy or train again") from None
+            t, s = self.config.train, self.state
+            if (s.stopped == "early stopping" and s.bad_evaluations < t.patience) or \
+                    (s.stopped == "max_steps" and (t.max_steps is None or s.step < t.max_steps)):
+                s.stopped = ""  # a patience or max_steps raised on --resume lets the run go on
+        except BaseException:
+            self.close()
+            raise
         streams = payload.get("rng_per_rank") or [(payload["torch_rng"], payload.get("cuda_rng"))]
         if len(streams) != self.job.world and self.job.main:
             print(f"note: {self.out} was trained on {len(streams)} rank(s), resumed on {self.job.world}: "
@@ -188,18 +258,25 @@ class Trainer:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
         if self.job.main:
             self.metrics.truncate_after(self.state.epoch)
+            if self._changes:
+                rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
+                if any(key == "data.path" for key, _, _ in self._changes):
+                    rundir.atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
+                print(f"resumed with {rundir.describe_changes(self._changes)}", flush=True)
         distributed.barrier()
 
     def _checkpoint(self, name: str) -> None:
-        """Every rank calls this (their random streams are gathered); rank 0 writes."""
+        """Every rank calls this (their random streams are gathered); rank 0 writes. Only last.pt
+        carries the optimizer state (exact resume); best.pt is the model, a third of the size."""
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         streams = distributed.gather_objects((torch.get_rng_state(), cuda_rng))
         if not self.job.main:
             return
+        optimizer = self.optimizer.state_dict() if self.optimizer is not None and name == "last.pt" else {}
         rundir.save_checkpoint(self.out / name, {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "optimizer": optimizer,
             "state": self.state.to_dict(),
             "torch_rng": streams[0][0],
             "cuda_rng": streams[0][1],
@@ -232,9 +309,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)  # summed on the device: no synchronisation per step
         count, encoded, positions = 0, 0.0, 0.0
         started = time.perf_counter()
-        bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}", leave=False,
-                   disable=not (t.progress and self.job.main), unit="batch", dynamic_ncols=True)
-        for batch in bar:
+        bar = self.report.progress.epoch(epoch, t.epochs, n_batches, self.state.step, t.max_steps)
+        for batch in self.batches(epoch):
             positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())  # still on the CPU
             batch = batch.to(self.device)
             with self._autocast():
@@ -255,6 +331,7 @@ class Trainer:
             total += loss.detach()
             count += 1
             encoded += float(out["items_encoded"])
+            bar.update()
             if count % 20 == 0:
                 bar.set_postfix(loss=f"{float(total) / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
             if t.max_steps is not None and self.state.step >= t.max_steps:
@@ -281,6 +358,18 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
+        try:
+            with logs.progress_scope(self.config.train.progress and self.job.main):
+                results = self._fit()
+            self.report.finished(self, results)
+            return results
+        except BaseException as err:
+            self.report.failed(self, err)
+            raise
+        finally:
+            self.report.close()
+
+    def _fit(self) -> dict[str, Any]:
         c, t = self.config, self.config.train
         if not self.model.backbone.trainable:
             self.state.stopped = self.state.stopped or "nothing to train"
@@ -307,17 +396,22 @@ class Trainer:
             if self.job.main:
                 self.metrics.append(row)
             self._checkpoint("last.pt")
-            if self.job.main:
-                print(_epoch_line(row, c.eval.valid_metric), flush=True)
+            self.report.epoch(self, row)
             if self.on_epoch is not None:
                 self.on_epoch(row)
         if not self.state.stopped:
             self.state.stopped = "epochs"
+        self.report.stopped(self)
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        if (self.out / "best.pt").exists():
-            self.model.load_state_dict(rundir.load_checkpoint(self.out / "best.pt", self.device)["model"])
+        """Evaluate the best checkpoint (the last weights when no validation ever improved) on both
+        splits, write results.json, and release the run directory."""
+        distributed.barrier()  # rank 0 has written the last best.pt before any rank looks for it
+        best = self.out / "best.pt"
+        if best.exists():
+            rundir.load_weights(self.model, rundir.load_checkpoint(best, self.device)["model"], best)
+            self._evaluated = "best.pt"
         started = time.perf_counter()
         valid = self.validate()
         test = self.evaluate("test")
@@ -328,6 +422,7 @@ class Trainer:
         if self.job.main:
             rundir.atomic_json(self.out / "results.json", results)
         distributed.barrier()  # results.json is there when any rank returns
+        self.close()
         return results
 
 
@@ -345,6 +440,7 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
         "epochs_run": s.epoch,
         "steps": s.step,
         "stopped": s.stopped,
+        "checkpoint": getattr(trainer, "_evaluated", "last.pt"),
         **metrics,
         "train_seconds_per_epoch": s.train_seconds / s.epoch if s.epoch else 0.0,
         "train_seconds_per_step": s.train_seconds / s.step if s.step else 0.0,
@@ -356,23 +452,24 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     return record
 
 
-def _epoch_line(row: dict[str, Any], metric: str) -> str:
-    text = f"epoch {row['epoch']}: loss {row['loss']:.4f} ({row['seconds']:.1f}s, {row['steps']} steps)"
-    if "valid" in row:
-        text += f"  valid {metric} {row['valid'][metric]:.4f}"
-    return text
-
-
 def train(config: Config, out: str | Path, resume: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train `config` into run directory `out` (or continue it with resume=True); returns results.
     `on_epoch(row)` sees each epoch's metrics row after its checkpoint; an exception it raises
-    (e.g. optuna.TrialPruned) stops training and leaves a resumable run directory."""
-    return Trainer(config, Path(out), resume=resume, on_epoch=on_epoch).fit()
+    (e.g. optuna.TrialPruned) stops training and leaves a resumable run directory. A non-empty `out`
+    is refused unless `overwrite` (which replaces the run files there)."""
+    trainer = Trainer(config, Path(out), resume=resume, on_epoch=on_epoch, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()  # however training ended, the run directory is free for the next writer
 
 
 def config_of_run(run: str | Path) -> Config:
     """The resolved configuration saved in a run directory."""
     from pixelrec.config import read_yaml
 
-    return build_config(read_yaml(Path(run) / "config.yaml"), source=str(Path(run) / "config.yaml"))
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run}: not a run directory (no config.yaml)")
+    return build_config(read_yaml(path), source=str(path))

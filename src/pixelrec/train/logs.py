@@ -1,0 +1,441 @@
+"""What a training run reports, and where.
+
+* `train.log` in the run directory, through the standard `logging` module (logger "pixelrec"): a
+  start banner, one line per epoch, why training stopped, the final metrics. The handler is added
+  for the run and removed after it, and a resumed run appends to the same file.
+* The console: the same lines on stdout (where epoch lines have always gone) and ONE progress bar on
+  stderr for the whole run (epoch i/N, steps of all epochs, an overall ETA), with short-lived bars for
+  long evaluation steps (encoding the catalogue, scoring users). Where stderr is not a terminal (a
+  file, a pipe, a batch system) a plain progress line every `PLAIN_INTERVAL` seconds replaces the bars,
+  so log files get no carriage returns. `train.progress: false` leaves only the lines.
+* TensorBoard event files in the run directory when `tensorboard` is installed: per epoch the loss,
+  the validation metrics, images per step, the learning rate of each parameter group; at the end the
+  configuration as hparams with the final metrics.
+* `metrics.csv` beside `metrics.jsonl`: the same rows with nested keys flattened (`valid.NDCG@10`).
+
+Under torchrun only rank 0 reports; the other ranks' reports are silent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from pixelrec.train.trainer import Trainer
+
+log = logging.getLogger("pixelrec")
+progress_log = logging.getLogger("pixelrec.progress")
+
+#: Seconds between plain progress lines (no bar: stderr is not a terminal).
+PLAIN_INTERVAL = 30.0
+#: An evaluation step's bar appears only when the step has taken this long.
+BAR_DELAY = 1.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+_progress_enabled: ContextVar[bool] = ContextVar("pixelrec_progress", default=False)
+
+
+# --- progress -----------------------------------------------------------------------------
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Silent:
+    """A progress reporter that reports nothing."""
+
+    n = total = 0
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Silent":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class PlainProgress(Silent):
+    """Progress as a log line every `PLAIN_INTERVAL` seconds (none if the work ends sooner): what a
+    bar would show, without carriage returns, for files and pipes."""
+
+    def __init__(self, desc: str, total: int, unit: str, initial: int = 0) -> None:
+        self.desc, self.total, self.unit = desc, total, unit
+        self.n = self.initial = initial
+        self.postfix: dict[str, Any] = {}
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= PLAIN_INTERVAL:
+            self.last = now
+            progress_log.info(self.line(now))
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self.desc = desc
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = values
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        text = f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s"
+        if self.total:
+            text += f" ({100 * self.n / self.total:.0f}%)"
+        parts = [text, *(f"{key} {value}" for key, value in self.postfix.items()), f"elapsed {_clock(elapsed)}"]
+        done = self.n - self.initial
+        if done > 0 and self.total >= self.n:
+            parts.append(f"ETA {_clock((self.total - self.n) * elapsed / done)}")
+        return ", ".join(parts)
+
+
+def reporter(desc: str, total: int, unit: str, initial: int = 0, delay: float = 0.0,
+             leave: bool = True) -> tqdm | PlainProgress:
+    """A bar on stderr when it is a terminal, else plain lines."""
+    if is_terminal(sys.stderr):
+        # smoothing 0: the rate (and so the ETA) is the average since the start, pauses included
+        return tqdm(desc=desc, total=total, initial=initial, unit=unit, delay=delay, leave=leave, smoothing=0,
+                    dynamic_ncols=True, file=sys.stderr)
+    return PlainProgress(desc, total, unit, initial)
+
+
+@contextmanager
+def progress_scope(enabled: bool) -> Iterator[None]:
+    """Report the progress of long steps (`progress`) inside the block when `enabled`."""
+    token = _progress_enabled.set(enabled)
+    try:
+        yield
+    finally:
+        _progress_enabled.reset(token)
+
+
+def progress(desc: str, total: int, unit: str) -> Silent | PlainProgress | tqdm:
+    """Progress of one long step (encoding the catalogue, scoring users): a bar that appears once the
+    step has taken `BAR_DELAY` seconds, or plain lines; nothing outside `progress_scope(True)`."""
+    if not _progress_enabled.get():
+        return Silent()
+    return reporter(desc, total, unit, delay=BAR_DELAY, leave=False)
+
+
+class RunProgress:
+    """One bar for the whole run: epoch i/N, the steps of every epoch, an overall ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Silent | PlainProgress | tqdm | None = None
+
+    def epoch(self, epoch: int, epochs: int, steps_in_epoch: int, step: int,
+              max_steps: int | None = None) -> Silent | PlainProgress | tqdm:
+        """The bar, set for 0-based `epoch` of `epochs` after `step` steps (it is created on first use)."""
+        if not self.enabled:
+            return Silent()
+        total = step + steps_in_epoch * (epochs - epoch)
+        total = total if max_steps is None else min(total, max_steps)
+        desc = f"epoch {epoch + 1}/{epochs}"
+        if self.bar is None:
+            self.bar = reporter(desc, total, "step", initial=step)
+        else:
+            self.bar.total = total
+            self.bar.set_description(desc, refresh=False)
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- log file and console ----------------------------------------------------------------
+class ConsoleHandler(logging.Handler):
+    """Log lines on stdout, written between redraws of any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            stream = sys.stdout
+            with tqdm.external_write_mode(file=stream):
+                stream.write(message + "\n")
+                stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def _not_progress(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(progress_log.name)
+
+
+class RunLog:
+    """The run's handlers on the "pixelrec" logger, train.log and the console (rank 0 only);
+    `close` removes them."""
+
+    _open = 0  # runs with handlers attached: the logger's level is restored when none is left
+    _saved_level = logging.NOTSET
+
+    def __init__(self, out: Path, main: bool) -> None:
+        self.handlers: list[logging.Handler] = []
+        if not main:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(out / "train.log", encoding="utf-8")  # appends: a resumed run continues its log
+        file.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+        file.addFilter(_not_progress)
+        console = ConsoleHandler()
+        console.setFormatter(ConsoleFormatter())
+        self.handlers = [file, console]
+        for handler in self.handlers:
+            handler.setLevel(logging.INFO)
+            log.addHandler(handler)
+        if RunLog._open == 0:
+            RunLog._saved_level = log.level
+        RunLog._open += 1
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        if not self.handlers:
+            return
+        for handler in self.handlers:
+            log.removeHandler(handler)
+            handler.close()
+        self.handlers = []
+        RunLog._open -= 1
+        if RunLog._open == 0:
+            log.setLevel(RunLog._saved_level)
+
+
+# --- tracking ------------------------------------------------------------------------------
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level, keys joined by dots: {"valid": {"NDCG@10": x}} -> {"valid.NDCG@10": x}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` (metrics.jsonl) as a flat table, one row per epoch, columns in first-seen order;
+    rewritten whole and atomically, so it always matches metrics.jsonl (also after a resume)."""
+    from pixelrec.train.rundir import atomic_write
+
+    flat = [flatten(row) for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in flat)
+    atomic_write(path, text.getvalue().encode())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Tracker:
+    """TensorBoard event files in the run directory; nothing (and one log line) without tensorboard."""
+
+    def __init__(self, out: Path, completed_epochs: int = 0) -> None:
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("tensorboard is not installed: no event files (pip install 'pixelrec[tensorboard]' for them)")
+            return
+        # a resumed run drops what earlier files hold past its checkpoint's epoch
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=completed_epochs + 1 if completed_epochs else None)
+
+    def epoch(self, row: dict[str, Any], learning_rates: dict[str, float], images: bool) -> None:
+        """Scalars of one metrics row, at step = its epoch."""
+        if self.writer is None:
+            return
+        step = int(row["epoch"])
+        scalars = {"train/loss": row["loss"], "train/seconds": row["seconds"]}
+        if row.get("seconds"):
+            scalars["train/steps_per_second"] = row["steps"] / row["seconds"]
+        if images:
+            scalars["train/images_per_step"] = row.get("items_encoded_per_step")
+        scalars |= {f"lr/{name}": lr for name, lr in learning_rates.items()}
+        for split, metrics in row.items():
+            if isinstance(metrics, dict):
+                scalars |= {f"{split}/{name}": value for name, value in metrics.items() if name != "users"}
+        for tag, value in scalars.items():
+            if _number(value):
+                self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def hparams(self, config: dict[str, Any], results: dict[str, Any]) -> None:
+        """The configuration as hparams, with the final valid and test metrics, in this run's own file."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        params = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                  for key, value in flatten(config).items() if value is not None}
+        metrics = {f"final/{split}/{name}": value for split, values in results.items() if isinstance(values, dict)
+                   for name, value in values.items() if name != "users" and _number(value)}
+        for summary in hparams(params, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def learning_rates(trainer: Trainer) -> dict[str, float]:
+    """The learning rate of each parameter group, named by what it trains (item encoder or recommender)."""
+    if trainer.optimizer is None:
+        return {}
+    encoder = {id(p) for p in trainer.model.item_encoder.encoder_parameters()}
+    return {("encoder" if id(group["params"][0]) in encoder else "recommender"): float(group["lr"])
+            for group in trainer.optimizer.param_groups if group["params"]}
+
+
+# --- the run's report ----------------------------------------------------------------------
+def banner(trainer: Trainer) -> list[str]:
+    """Where and what the run trains, in a few lines."""
+    import torch
+
+    import pixelrec
+
+    c, t, data, model, job = trainer.config, trainer.config.train, trainer.data, trainer.model, trainer.job
+    s = trainer.state
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model.backbone.trainable else 0
+    examples = len(trainer.view)
+    items = c.items.kind + (f" ({c.items.encoder})" if c.items.encoder and c.items.kind != "id" else "")
+    ranks = f", {job.world} ranks" if job.world > 1 else ""
+    threads = torch.get_num_threads()
+    start = f"resumed after epoch {s.epoch} (step {s.step:,})" if s.epoch else "new run"
+    return [
+        f"run {trainer.out.resolve()} ({start})",
+        f"pixelrec {pixelrec.__version__}, torch {torch.__version__}, device {trainer.device}, "
+        f"{threads} thread{'s' if threads != 1 else ''}{ranks}",
+        f"dataset {data.name} ({data.root.resolve()}): {data.n_users:,} users, {data.n_items:,} items, "
+        f"{len(data.item_seq):,} interactions",
+        f"model {c.model_name}, items {items}, loss {c.loss.name}, profile {c.profile}; "
+        f"{trainable:,} trainable parameters",
+        f"per epoch {examples:,} examples in {-(-examples // t.batch_size):,} steps of {t.batch_size}; "
+        f"up to {t.epochs} epochs" + (f" or {t.max_steps:,} steps" if t.max_steps else "")
+        + f", validation every {t.eval_every} on {c.eval.valid_metric} (patience {t.patience})",
+    ]
+
+
+def epoch_line(row: dict[str, Any], metric: str, epochs: int, best: bool) -> str:
+    text = f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f} ({row['seconds']:.1f}s, {row['steps']} steps)"
+    if "valid" in row:
+        text += f"  valid {metric} {row['valid'][metric]:.4f}" + (" (best)" if best else "")
+    return text
+
+
+class RunReport:
+    """Everything a training run reports: log lines, progress bar, TensorBoard, metrics.csv. Silent
+    on ranks other than 0; `close` (or the trainer's collection) removes its handlers."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        out, main = trainer.out, trainer.job.main
+        self.out, self.main = out, main
+        self.log = RunLog(out, main)
+        self.progress = RunProgress(trainer.config.train.progress and main)
+        self.tracker = Tracker(out, trainer.state.epoch) if main else None
+        self.images = trainer.config.items.kind == "pixels"
+        self._finalizer = weakref.finalize(trainer, self.close)  # a Trainer that is never fit still lets go
+        if main:
+            for line in banner(trainer):
+                log.info(line)
+            rows = trainer.metrics.read()
+            if rows:  # a resumed run: the table matches metrics.jsonl, truncated at the checkpoint
+                write_metrics_csv(out / "metrics.csv", rows)
+
+    def epoch(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """One epoch's line, metrics.csv and TensorBoard scalars (after metrics.jsonl has the row)."""
+        if not self.main:
+            return
+        c = trainer.config
+        log.info(epoch_line(row, c.eval.valid_metric, c.train.epochs, "valid" in row and trainer.state.best_epoch == row["epoch"]))
+        write_metrics_csv(self.out / "metrics.csv", trainer.metrics.read())
+        if self.tracker is not None:
+            self.tracker.epoch(row, learning_rates(trainer), self.images)
+
+    def stopped(self, trainer: Trainer) -> None:
+        """Why training stopped, when it was not the last epoch; the run's bar ends here."""
+        self.progress.close()
+        if not self.main:
+            return
+        s, t, metric = trainer.state, trainer.config.train, trainer.config.eval.valid_metric
+        best = (f"best epoch {s.best_epoch} ({metric} {s.best_metric:.4f})" if s.best_epoch
+                else "no validation improved on the start")
+        if s.stopped == "early stopping":
+            log.info(f"early stopping at epoch {s.epoch}/{t.epochs}: valid {metric} did not improve for "
+                     f"{s.bad_evaluations} evaluations (train.patience {t.patience}); {best}")
+        elif s.stopped == "max_steps":
+            log.info(f"stopped at epoch {s.epoch}/{t.epochs}: train.max_steps {t.max_steps:,} reached; {best}")
+        elif s.stopped == "nothing to train":
+            log.info(f"{trainer.config.model_name} has nothing to train: evaluating it as it is")
+
+    def finished(self, trainer: Trainer, results: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        metric = trainer.config.eval.valid_metric
+        scores = ", ".join(f"{split} {metric} {results[split][metric]:.4f}" for split in ("valid", "test")
+                           if metric in results.get(split, {}))
+        log.info(f"done: {results.get('epochs_run', 0)} epochs, best epoch {results.get('best_epoch', 0)}; "
+                 f"{scores}; results in {self.out / 'results.json'}")
+        if self.tracker is not None:
+            self.tracker.hparams(trainer.config.to_dict(), results)
+
+    def failed(self, trainer: Trainer, err: BaseException) -> None:
+        """A line for a run that ends by an exception: what stopped it and where it can resume."""
+        self.progress.close()
+        if not self.main:
+            return
+        s = trainer.state
+        where = f"{self.out / 'last.pt'} holds epoch {s.epoch}" if (self.out / "last.pt").is_file() else "no checkpoint yet"
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}: {err}"
+        log.error(f"{what} (after {s.step:,} steps); {where}")
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.tracker is not None:
+            self.tracker.close()
+        self.log.close()
