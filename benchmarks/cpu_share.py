@@ -9,12 +9,15 @@ epochs after the first are the sample; each arm reports its median.
 The slowdown the lost CPU share explains: with c usable CPUs, n threads and k single-threaded
 competitors, a fair scheduler leaves the run c*n/(n+k) of the min(n, c) CPUs it had alone; about 2x
 with one competitor per CPU (1.5x with one per other CPU on two CPUs). Target: the measured slowdown
-is no worse than that, not the 30x that spinning idle threads caused. `--before` adds the arm with
-torch imported before the command line starts (so OpenMP's default spinning), for comparison.
+is no worse than that, not the 30x that spinning idle threads caused, and no slower alone.
+
+Arms (`--arms`): `now`, the command line as it is (idle OpenMP threads spin briefly, then sleep);
+`before`, torch loaded before the command line starts, so OpenMP's default wait (a ~3 ms spin);
+`passive`, idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE).
 
 Other load on the machine counts against both arms alike; its load average is reported.
 
-    .venv/bin/python benchmarks/cpu_share.py [--rounds 3] [--competitors N] [--before] [--keep DIR]
+    .venv/bin/python benchmarks/cpu_share.py [--rounds 3] [--competitors N] [--arms now,before,passive] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -114,15 +117,17 @@ def main() -> None:
     parser.add_argument("--competitors", type=int, default=max(1, threads.usable_cpus() - 1),
                         help="CPU-bound processes beside the run (default: one per other usable CPU)")
     parser.add_argument("--kinds", default="id,features")
-    parser.add_argument("--before", action="store_true",
-                        help="also time runs whose idle OpenMP threads spin (torch loaded before the command line)")
+    parser.add_argument("--arms", default="now", help="now, before, passive (comma-separated; see above)")
     parser.add_argument("--keep", help="keep the data and runs in this directory (reused when there)")
     args = parser.parse_args()
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pixelrec-cpu-share-"))
     root.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in (threads.WAIT_POLICY, "OMP_NUM_THREADS")}
-    arms = {"now": PIXELREC, **({"before": PIXELREC_BEFORE} if args.before else {})}
+    chosen_by_us = (threads.WAIT_POLICY, threads.SPIN_COUNT, "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in chosen_by_us}
+    known = {"now": (PIXELREC, env), "before": (PIXELREC_BEFORE, env),
+             "passive": (PIXELREC, env | {threads.WAIT_POLICY: "PASSIVE"})}
+    arms = {name: known[name] for name in args.arms.split(",")}
     report: dict = {"cpus": threads.usable_cpus(), "competitors": args.competitors, "rounds": args.rounds,
                     "epochs_timed_per_run": args.epochs - 1, "load_average_start": list(os.getloadavg())}
     try:
@@ -133,13 +138,15 @@ def main() -> None:
         # every arm and kind in each round, so a change in the machine's other load falls on all alike
         for r in range(args.rounds):
             for kind in kinds:
-                for arm, command in arms.items():
+                for arm, (command, arm_env) in arms.items():
                     for condition in (("alone", "busy") if r % 2 == 0 else ("busy", "alone")):
                         with Competitors(args.competitors if condition == "busy" else 0):
-                            seconds, n = epoch_seconds(command, data, features, kind, root / "run", args.epochs, env)
+                            seconds, n = epoch_seconds(command, data, features, kind, root / "run", args.epochs,
+                                                       arm_env)
                         samples.setdefault((arm, kind, condition), []).extend(seconds)
                         used.add(n)
-            print(f"# round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+            print(f"# round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr,
+                  flush=True)
         for arm in arms:
             report[arm] = {kind: summary(samples[arm, kind, "alone"], samples[arm, kind, "busy"]) for kind in kinds}
         report["threads"] = sorted(used)

@@ -128,7 +128,8 @@ def test_metrics_csv_is_flat_and_follows_a_resume(tiny_data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(config, out, on_epoch=interrupt).fit()
-    assert "interrupted (after 8 steps);" in _log_lines(out)[-1] and "holds epoch 2" in _log_lines(out)[-1]
+    last = out / "last.pt"
+    assert _log_lines(out)[-1] == f"interrupted after 2 epochs and 8 steps; {last} is the checkpoint to resume from"
     train(config, out, resume=True)
 
     with (out / "metrics.csv").open() as handle:
@@ -210,10 +211,24 @@ def test_a_run_takes_no_more_threads_than_its_cpus_and_train_threads_wins(tiny_d
     assert trainer.threads == 2 == torch.get_num_threads()
 
 
-def test_the_command_line_lets_idle_threads_sleep_unless_told_otherwise(monkeypatch, capsys):
+def test_the_command_line_limits_idle_spinning_unless_told_otherwise(monkeypatch, capsys):
     monkeypatch.delenv(threads.WAIT_POLICY, raising=False)
+    monkeypatch.delenv(threads.SPIN_COUNT, raising=False)
     assert cli.main([]) == 2
-    assert os.environ[threads.WAIT_POLICY] == "PASSIVE"
-    monkeypatch.setenv(threads.WAIT_POLICY, "ACTIVE")
+    assert os.environ[threads.SPIN_COUNT] == threads.IDLE_SPIN
+    monkeypatch.setenv(threads.SPIN_COUNT, "50")
     cli.main([])
-    assert os.environ[threads.WAIT_POLICY] == "ACTIVE"
+    assert os.environ[threads.SPIN_COUNT] == "50"
+    monkeypatch.delenv(threads.SPIN_COUNT)
+    monkeypatch.setenv(threads.WAIT_POLICY, "ACTIVE")  # a policy the user chose keeps its own spin count
+    cli.main([])
+    assert threads.SPIN_COUNT not in os.environ
+
+
+def test_the_command_line_starts_before_torch_loads_openmp():
+    """The spin limit only works when set before torch loads OpenMP: the CLI's start must not import torch."""
+    import subprocess
+
+    code = "import sys, pixelrec.cli; print('torch' in sys.modules, pixelrec.threads.limit_idle_spin())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]

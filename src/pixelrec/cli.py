@@ -116,7 +116,7 @@ def os_error_line(err: OSError, out: object = None) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    threads.sleep_when_idle()  # before any command imports torch, which reads it once
+    threads.limit_idle_spin()  # before any command imports torch, which reads it once
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     args: argparse.Namespace | None = None

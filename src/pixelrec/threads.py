@@ -1,11 +1,16 @@
 """CPU threads: a fair share of a machine that other processes keep busy.
 
 Two things make small runs crawl beside CPU-bound neighbours: more intra-op threads than the CPUs
-this process may run on, and idle OpenMP threads that spin waiting for work instead of yielding
-their core. So the thread count comes from the affinity mask (the CPUs this process may use, shared
-among the local ranks of a torchrun job), and idle threads sleep (OMP_WAIT_POLICY=PASSIVE). OpenMP
-reads that setting once, when torch loads it, so `sleep_when_idle` must run before `import torch`;
-nothing here imports torch at module level.
+this process may run on, and idle OpenMP threads that spin waiting for the next parallel region.
+GNU OpenMP (torch's on Linux) spins about 3 ms by default, a whole scheduler slice: when a
+neighbour holds one of the CPUs, every operation waits that long for the descheduled thread, and a
+small model's epoch became 10-50x slower. So the thread count comes from the affinity mask (the
+CPUs this process may use, shared among the local ranks of a torchrun job), and idle threads spin
+only briefly (GOMP_SPINCOUNT, about 10 us) before they sleep. Sleeping at once
+(OMP_WAIT_POLICY=PASSIVE) is as fair to neighbours, but then every operation pays a wake-up, which
+made a lone small run up to 2x slower where waking an idle CPU is slow (virtual machines);
+benchmarks/cpu_share.py compares the three. OpenMP reads these settings once, when torch loads it,
+so `limit_idle_spin` must run before `import torch`; nothing here imports torch at module level.
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ from __future__ import annotations
 import os
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+SPIN_COUNT = "GOMP_SPINCOUNT"
+#: Busy-wait iterations of an idle GNU OpenMP thread before it sleeps (about 100 per microsecond).
+IDLE_SPIN = "1000"
 
 
-def sleep_when_idle() -> bool:
-    """Let idle OpenMP threads sleep instead of spinning (a setting the user made wins). Returns
-    whether it can still take effect: False once torch has loaded its OpenMP runtime."""
+def limit_idle_spin() -> bool:
+    """Let idle OpenMP threads spin only briefly, then sleep, unless the user chose a wait policy or
+    spin count. Returns whether it can still take effect: False once torch has loaded OpenMP."""
     import sys
 
-    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
+    if WAIT_POLICY not in os.environ and SPIN_COUNT not in os.environ:
+        os.environ[SPIN_COUNT] = IDLE_SPIN
     return "torch" not in sys.modules
 
 

@@ -43,6 +43,8 @@ PLAIN_INTERVAL = 30.0
 #: An evaluation step's bar appears only when the step has taken this long.
 BAR_DELAY = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+#: A record with this attribute set goes to train.log only (the console has said it another way).
+FILE_ONLY = "pixelrec_file_only"
 
 _progress_enabled: ContextVar[bool] = ContextVar("pixelrec_progress", default=False)
 
@@ -200,6 +202,10 @@ def _not_progress(record: logging.LogRecord) -> bool:
     return not record.name.startswith(progress_log.name)
 
 
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, FILE_ONLY, False)
+
+
 class RunLog:
     """The run's handlers on the "pixelrec" logger, train.log and the console (rank 0 only);
     `close` removes them."""
@@ -217,6 +223,7 @@ class RunLog:
         file.addFilter(_not_progress)
         console = ConsoleHandler()
         console.setFormatter(ConsoleFormatter())
+        console.addFilter(_not_file_only)
         self.handlers = [file, console]
         for handler in self.handlers:
             handler.setLevel(logging.INFO)
@@ -377,12 +384,13 @@ class RunReport:
         self.out, self.main = out, main
         self.log = RunLog(out, main)
         self.progress = RunProgress(trainer.config.train.progress and main)
-        self.tracker = Tracker(out, trainer.state.epoch) if main else None
         self.images = trainer.config.items.kind == "pixels"
+        self.tracker: Tracker | None = None
         self._finalizer = weakref.finalize(trainer, self.close)  # a Trainer that is never fit still lets go
         if main:
             for line in banner(trainer):
                 log.info(line)
+            self.tracker = Tracker(out, trainer.state.epoch)
             rows = trainer.metrics.read()
             if rows:  # a resumed run: the table matches metrics.jsonl, truncated at the checkpoint
                 write_metrics_csv(out / "metrics.csv", rows)
@@ -392,7 +400,8 @@ class RunReport:
         if not self.main:
             return
         c = trainer.config
-        log.info(epoch_line(row, c.eval.valid_metric, c.train.epochs, "valid" in row and trainer.state.best_epoch == row["epoch"]))
+        best = "valid" in row and trainer.state.best_epoch == row["epoch"]
+        log.info(epoch_line(row, c.eval.valid_metric, c.train.epochs, best))
         write_metrics_csv(self.out / "metrics.csv", trainer.metrics.read())
         if self.tracker is not None:
             self.tracker.epoch(row, learning_rates(trainer), self.images)
@@ -404,7 +413,7 @@ class RunReport:
             return
         s, t, metric = trainer.state, trainer.config.train, trainer.config.eval.valid_metric
         best = (f"best epoch {s.best_epoch} ({metric} {s.best_metric:.4f})" if s.best_epoch
-                else "no validation improved on the start")
+                else "no best epoch")
         if s.stopped == "early stopping":
             log.info(f"early stopping at epoch {s.epoch}/{t.epochs}: valid {metric} did not improve for "
                      f"{s.bad_evaluations} evaluations (train.patience {t.patience}); {best}")
@@ -425,14 +434,16 @@ class RunReport:
             self.tracker.hparams(trainer.config.to_dict(), results)
 
     def failed(self, trainer: Trainer, err: BaseException) -> None:
-        """A line for a run that ends by an exception: what stopped it and where it can resume."""
+        """A line in train.log for a run that ends by an exception (the console already shows the
+        error): what stopped it and where it can resume."""
         self.progress.close()
         if not self.main:
             return
-        s = trainer.state
-        where = f"{self.out / 'last.pt'} holds epoch {s.epoch}" if (self.out / "last.pt").is_file() else "no checkpoint yet"
+        last = self.out / "last.pt"
+        where = f"{last} is the checkpoint to resume from" if last.is_file() else "no checkpoint to resume from"
         what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by {type(err).__name__}: {err}"
-        log.error(f"{what} (after {s.step:,} steps); {where}")
+        log.error(f"{what} after {trainer.state.epoch} epochs and {trainer.state.step:,} steps; {where}",
+                  extra={FILE_ONLY: True})
 
     def close(self) -> None:
         self.progress.close()
