@@ -22,22 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
 
-    from pixelrec import locks
-    from pixelrec.data.prepare import publish, recover
+    from pixelrec.data.prepare import claimed_output, publish
     from pixelrec.data.synth import write_synthetic
 
     out = args.out if args.out.name not in ("", ".", "..") else args.out.resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
-    with locks.hold(locks.lock_path(out), f"folder {out}"):
-        for line in recover(out):
-            print(line, file=sys.stderr)
+    with claimed_output(out, "folder"):
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise UserError(f"{out}: not empty; choose a new folder, or pass --overwrite to replace it and "
                             "everything in it")

@@ -421,13 +421,7 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
         raise UserError(f"--image-size must be at least 8, not {image_size}")
     source = find_raw(raw)
     _refuse_raw(out, raw)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
-    with locks.hold(locks.lock_path(out), f"dataset {out}"):
-        for line in recover(out):
-            print(line, file=sys.stderr)
+    with claimed_output(out, "dataset"):
         _check_out(out, overwrite)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         try:
@@ -444,6 +438,20 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
                 raise _write_failure(err, out, written) from None
             raise
     return meta
+
+
+@contextmanager
+def claimed_output(out: Path, what: str) -> Iterator[None]:
+    """An output folder being replaced: its parent created, one writer at a time (the lock names the
+    holder's PID), and what a killed run of the same command left beside it restored or removed."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    with locks.hold(locks.lock_path(out), f"{what} {out}"):
+        for line in recover(out):
+            print(line, file=sys.stderr)
+        yield
 
 
 def _build(source: RawSource, tmp: Path, *, image_size: int, workers: int, kcore: int, sample_users: int | None,
