@@ -98,7 +98,8 @@ def test_tensorboard_events_hold_each_epoch_and_the_final_metrics(tiny_data, tmp
     assert events.Scalars("final/test/NDCG@10")[0].value == pytest.approx(results["test"]["NDCG@10"], rel=1e-6)
 
 
-def test_pixel_runs_record_images_per_step(tiny_data, tmp_path, colour_store):
+@pytest.mark.usefixtures("colour_store")
+def test_pixel_runs_record_images_per_step(tiny_data, tmp_path):
     out = tmp_path / "run"
     results = train(pixel_config(tiny_data, epochs=3, max_steps=6), out)
     events = EventAccumulator(str(out))
