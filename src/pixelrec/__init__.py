@@ -11,6 +11,10 @@ import inspect
 import types
 from typing import Any
 
+from pixelrec import threads as _threads
+
+_threads.limit_idle_spin()  # before anything imports torch: idle OpenMP threads then sleep instead of spinning
+
 __version__ = "0.1.0"
 
 __all__ = ["Metrics", "Recommendations", "Run", "UserError", "__version__", "evaluate", "load_run", "recommend",
