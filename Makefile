@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch and torchvision are pinned: the releases the project is tested with (and that install without a CUDA download).
+# torch and torchvision are pinned to the releases the test suite and the demo are checked with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo_out
 
