@@ -28,7 +28,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 class DataConfig:
     path: str | None = None  # prepared dataset directory
     max_len: PositiveInt = 10  # sequences are cut to the last max_len items (the paper: 10)
-    sequences: Literal["windows", "sliding"] = "windows"  # windows: PixelRec's own; sliding: every target
+    sequences: Literal["windows", "sliding"] = "windows"  # windows: non-overlapping, aligned to the history's end (PixelRec's, see window_remainder); sliding: every target
     window_remainder: Literal["keep", "drop"] = "keep"  # windows: a history's leading remainder is a short window, or dropped (PixelRec's)
     prefixes: Literal["history", "window"] = "history"  # SR-GNN, LightSANs: targets after up to max_len earlier items, or prefixes in windows (PixelRec's)
     pair_context: Literal["earlier", "window"] = "earlier"  # FM, DSSM, ACF: a target's earlier items, or its window's other items (PixelRec's)

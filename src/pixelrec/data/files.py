@@ -82,6 +82,23 @@ def open_npy(path: str | Path, cure: str, mode: str | None = "r") -> np.ndarray:
         raise UserError(f"{path}: not a readable .npy array ({_short(err)}); {cure}") from None
 
 
+def read_json_object(path: str | Path, cure: str) -> dict | None:
+    """A JSON object written by pixelrec (meta.json, a sidecar, a run's record), or None when the file is
+    absent; an unreadable or non-object file is one line ending with `cure`."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}); {cure}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: not a JSON object; {cure}")
+    return loaded
+
+
 def allocate(path: str | Path, size: int) -> None:
     """Reserve the blocks of a freshly created file, so that a full disk is an error now and never a SIGBUS
     while its memory map is written (numpy creates the file sparse). Filesystems without it are let be."""

@@ -7,7 +7,7 @@ A view enumerates examples once (a few integer arrays) and builds each batch by 
   sequence  shifted next-item targets at every position of a window (SASRec, GRU4Rec, NextItNet)
   masked    cloze: random positions of a window hidden and predicted (BERT4Rec)
 `windows` cuts each user's training history into non-overlapping windows aligned to its end
-(PixelRec's construction); `sliding` makes one example per training target with up to max_len of
+(PixelRec's construction, which also drops the leading remainder: `window_remainder=drop`); `sliding` makes one example per training target with up to max_len of
 context (targets only at the last position for the sequence and masked views).
 
 PixelRec's own examples, each an option (the `paper` profile sets them all):

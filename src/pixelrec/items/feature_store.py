@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from pixelrec.data.files import open_npy
+from pixelrec.data.files import open_npy, read_json_object
 from pixelrec.errors import UserError
 
 FORMAT = "pixelrec-features"
@@ -55,13 +55,8 @@ def file_sha256(path: str | Path) -> str:
 def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
     """The sidecar of `npy`, or None when there is none."""
     path = sidecar_path(npy)
-    if not path.is_file():
-        return None
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable sidecar ({type(err).__name__}); use --overwrite to start over") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+    sidecar = read_json_object(path, "use --overwrite to start over")
+    if sidecar is not None and sidecar.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} sidecar")
     return sidecar
 

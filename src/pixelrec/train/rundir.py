@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pixelrec import locks
+from pixelrec.data.files import read_json_object
 from pixelrec.errors import UserError
 
 if TYPE_CHECKING:
@@ -210,13 +211,8 @@ def dataset_record(data: PreparedData) -> dict[str, Any]:
 def read_dataset_record(run: Path) -> dict[str, Any] | None:
     """The run's dataset.json, or None for a run written before runs recorded it."""
     path = run / "dataset.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({type(err).__name__}); the run's dataset cannot be checked") from None
-    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+    record = read_json_object(path, "the run's dataset cannot be checked")
+    if record is not None and not isinstance(record.get("fingerprint"), str):
         raise UserError(f"{path}: not a pixelrec dataset record (no fingerprint)")
     return record
 
