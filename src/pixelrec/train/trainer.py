@@ -315,8 +315,7 @@ class Trainer:
             batch = batch.to(self.device)
             with self._autocast():
                 out = self.net(batch)
-            # a share without targets (PixelRec's one-item windows, a cloze draw that hid nothing) has no loss: zero gradients
-            loss = out["loss"] * batch.loss_scale if batch.loss_scale else out["loss"].nan_to_num() * 0.0
+            loss = out["loss"] * batch.loss_scale
             if not torch.isfinite(loss):
                 raise UserError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
