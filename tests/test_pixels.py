@@ -59,6 +59,22 @@ def test_frozen_batchnorm_statistics_do_not_move():
     assert enc.tower.layer4[0].bn1.training  # the trainable stage still trains
 
 
+def test_trainable_blocks_train_and_frozen_blocks_infer_when_the_tower_holds_frozen_tokens():
+    # a ViT holds its class token and position embedding itself: the tower as a whole is not frozen,
+    # so its trainable blocks must keep drop-path in training mode while the frozen blocks infer
+    enc = encoder(encoder="test_vit", tune_last=1, timm_args={"drop_path_rate": 0.5}).train()
+    blocks = enc.tower.blocks
+    assert enc.tower.training and blocks[-1].training and blocks[-1].drop_path1.training
+    assert not any(module.training for block in blocks[:-1] for module in block.modules())
+    ids = torch.arange(1, 9)
+    torch.manual_seed(0)
+    first = enc(ids)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, enc(ids))  # drop-path in the trainable block draws per call
+    enc.eval()
+    assert torch.equal(enc(ids), enc(ids))
+
+
 def test_local_weights_are_loaded_and_mismatches_are_named(tmp_path):
     source = create_tower("test_vit", image_size=32)
     torch.save(source.state_dict(), tmp_path / "vit.pt")

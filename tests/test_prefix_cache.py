@@ -37,14 +37,81 @@ def pixel_config(data, tmp_path, name="test_vit", items=None, **train):
 
 
 # --- equivalence ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
-def test_cached_training_matches_plain_end_to_end(tiny_data, tmp_path, colour_store, name):
-    plain = losses_over_steps(pixel_config(tiny_data, tmp_path, name), 4, tmp_path / "plain")
-    cached_config = pixel_config(tiny_data, tmp_path, name, items={"cache": "prefix", "cache_dir": str(tmp_path / "c")})
+#: the smallest towers of the paper's BEiT and CLIP-ResNet classes (timm's Beit, ByobNet) at 32 px
+TINY_BEIT = {"depth": 3, "embed_dim": 32, "num_heads": 2}
+TINY_CLIP_RN = {"width_factor": 0.125}
+
+
+@pytest.mark.parametrize("name,items", [
+    ("test_vit", {}),
+    ("test_resnet", {}),
+    ("beit-b", {"timm_args": TINY_BEIT}),
+    ("clip-rn50", {"timm_args": TINY_CLIP_RN, "tune_last": 9}),  # the paper's cut: stages 3 and 4
+    ("clip-rn50", {"timm_args": TINY_CLIP_RN, "tune_last": 9, "pooling": "head"}),  # attention pool + projection
+], ids=["vit", "resnet", "beit", "clip-rn50", "clip-rn50-head"])
+def test_cached_training_matches_plain_end_to_end(tiny_data, tmp_path, colour_store, name, items):
+    plain = losses_over_steps(pixel_config(tiny_data, tmp_path, name, items), 4, tmp_path / "plain")
+    cached_items = {**items, "cache": "prefix", "cache_dir": str(tmp_path / "c")}
+    cached_config = pixel_config(tiny_data, tmp_path, name, cached_items)
     reads = colour_store.reads
     cached = losses_over_steps(cached_config, 4, tmp_path / "cached")
     assert colour_store.reads - reads == 1  # images read once, for the cache; training reads the cache
     np.testing.assert_allclose(cached, plain, rtol=2e-3, atol=2e-3)  # fp16 activations
+    assert len(set(plain)) > 1  # the tower and head did train
+
+
+def _train_top(tower: torch.nn.Module) -> None:
+    """Train mode for modules holding a trainable parameter, eval mode for wholly frozen ones."""
+    tower.train()
+    for module in tower.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+@pytest.mark.parametrize("name,timm_args,tune_last,cut", [
+    ("beit-b", TINY_BEIT, 1, "blocks.2"),
+    ("beit-b", {**TINY_BEIT, "use_shared_rel_pos_bias": True, "use_rel_pos_bias": False, "use_abs_pos_emb": True},
+     2, "blocks.1"),
+    ("clip-rn50", {**TINY_CLIP_RN, "zero_init_last": False}, 9, "stages.2.0"),  # residual branches not zero
+    ("clip-rn50x4", {**TINY_CLIP_RN, "zero_init_last": False}, 6, "stages.3.0"),
+], ids=["beit", "beit-shared-bias", "clip-rn50", "clip-rn50x4"])
+def test_split_suffix_is_plain_training_with_drop_path(name, timm_args, tune_last, cut):
+    """Trainable top in train mode (drop-path, BatchNorm batch statistics): the same outputs and gradients
+    from the prefix's output as from the images, under the same seed."""
+    from pixelrec.items.image_tower import pool
+
+    torch.manual_seed(0)
+    tower = create_tower(name, image_size=32, timm_args={**timm_args, "drop_path_rate": 0.5})
+    for pname, p in tower.named_parameters():
+        if pname.endswith("relative_position_bias_table"):  # zero at init: made to matter
+            torch.nn.init.normal_(p.data)
+    freeze_below(tower, tune_last)
+    split = TowerSplit(tower, name)
+    assert split.cut_name == cut
+    _train_top(tower)
+    x = torch.randn(8, 3, 32, 32)
+
+    def step(features_of) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tower.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = pool(tower, features_of(x), "default")
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        return out.detach(), {n: p.grad for n, p in tower.named_parameters() if p.requires_grad}
+
+    plain, plain_grads = step(tower.forward_features)
+    with torch.no_grad():
+        cached_input = split.prefix(x)
+    cached, cached_grads = step(lambda _: split.suffix(cached_input))
+    torch.testing.assert_close(cached, plain)
+    assert plain_grads.keys() == cached_grads.keys() and plain_grads
+    for key in plain_grads:
+        torch.testing.assert_close(cached_grads[key], plain_grads[key], msg=key)
+    with torch.no_grad():
+        torch.manual_seed(2)  # other drops: the top is stochastic, so equality above is not by chance
+        assert not torch.allclose(pool(tower, split.suffix(cached_input), "default"), plain)
+        tower.eval()
+        torch.testing.assert_close(split.suffix(split.prefix(x)), tower.forward_features(x))
 
 
 def test_swin_split_reproduces_forward_features():
@@ -64,6 +131,10 @@ def test_cut_follows_tune_last(tmp_path):
     assert encoder(tmp_path, tune_last=2).split.cut_name == "blocks.4"
     assert encoder(tmp_path, encoder="test_resnet", tune_last=1).split.cut_name == "layer4.0"
     assert encoder(tmp_path, tune_last=0).split.cut_name == "tail"  # all frozen: only the final norm runs
+    beit = encoder(tmp_path, encoder="beit-b", tune_last=2, timm_args=TINY_BEIT)
+    assert beit.split.cut_name == "blocks.1" and "cls_token" in beit.split.prefix_names
+    rn = encoder(tmp_path, encoder="clip-rn50x16", tune_last=8, timm_args=TINY_CLIP_RN)  # the paper's last stage
+    assert rn.split.cut_name == "stages.3.0" and not any(n.startswith("head.") for n in rn.split.prefix_names)
 
 
 def test_unsupported_cuts_are_refused_in_one_line(tmp_path):

@@ -4,6 +4,7 @@ cache, fusion, and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,19 @@ def test_missing_and_empty_text_columns_are_named(text_data, bert):
         encoder(text_data, bert, text_fields=[])
 
 
+def test_a_missing_text_column_is_one_line_from_train_and_extract(text_data, bert, tmp_path, capsys):
+    from data_fixtures import run_cli
+
+    status, _, err = run_cli(capsys, "train", "--data", text_data, "--model", "sasrec", "--items", "text",
+                             "--set", f"items.encoder_weights={bert}", "--set", "items.text_fields=[title,summary]",
+                             "--out", tmp_path / "run")
+    assert status == 2 and err.count("\n") == 1 and "no text column 'summary'" in err, err
+    status, _, err = run_cli(capsys, "extract", "--data", text_data, "--text-model", bert, "--text-fields",
+                             "title,summary", "--out", tmp_path / "f.npy")
+    assert status == 2 and err.count("\n") == 1 and "no text column 'summary'" in err, err
+    assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.json").exists()
+
+
 def test_bad_models_are_one_line_errors(text_data, bert, tmp_path):
     small = save_bert(tmp_path / "small", vocab_size=12)
     with pytest.raises(UserError, match=f"tokenizer has {len(VOCAB)} tokens but the model's embedding table 12 rows"):
@@ -286,6 +300,40 @@ def test_bad_models_are_one_line_errors(text_data, bert, tmp_path):
         MultimodalEncoder(40, 16, ColourStore(), item_texts(text_data), encoder="test_vit", image_size=32)
 
 
+def test_directories_that_are_no_usable_text_model_are_one_line_errors(text_data, bert, tmp_path):
+    import shutil
+
+    from pixelrec.items.text_tower import TextTower
+
+    def copy(name: str, drop: tuple[str, ...] = (), config: str | None = None) -> Path:
+        shutil.copytree(bert, tmp_path / name)
+        for file in drop:
+            (tmp_path / name / file).unlink()
+        if config is not None:
+            (tmp_path / name / "config.json").write_text(config)
+        return tmp_path / name
+
+    settings = json.loads((bert / "config.json").read_text())
+    cases = {
+        copy("timm", config=json.dumps({"architecture": "resnet50", "num_classes": 0})):
+            "timm: not a transformers model (ValueError: Unrecognized model",
+        copy("torn", config="{not json"): "torn/config.json: not a transformers configuration",
+        copy("no-weights", drop=("model.safetensors",)): "no-weights: cannot load the model's weights",
+        copy("no-tokenizer", drop=("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            "no-tokenizer: no tokenizer files beside the model",
+        copy("wider", config=json.dumps(settings | {"hidden_size": 48})):
+            "wider: the weights do not fit the config.json beside them: ",
+    }
+    for directory, message in cases.items():
+        with pytest.raises(UserError) as err:
+            encoder(text_data, directory)
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    two_stacks = transformers.T5Model(transformers.T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2,
+                                                            num_heads=2))
+    with pytest.raises(UserError, match=r"t5 \(T5Model\): no single list of its 2 layers; text items take encoder"):
+        TextTower(two_stacks, 0, "t5")
+
+
 def test_text_keys_and_combinations_are_checked_at_config_time(text_data, bert):
     from pixelrec.config import resolve
 
@@ -294,3 +342,166 @@ def test_text_keys_and_combinations_are_checked_at_config_time(text_data, bert):
         text_config(text_data, bert, items={"fusion": "concat"})
     with pytest.raises(UserError, match="full-softmax needs every item"):
         text_config(text_data, bert, loss="full-softmax")
+
+
+def test_text_lr_and_decay_are_multimodal_keys_checked_by_the_schema(text_data, bert):
+    with pytest.raises(UserError, match=r"items.text_lr"):
+        multimodal_config(text_data, bert, text_lr=-1.0)
+    with pytest.raises(UserError, match="items.text_weight_decay does not apply to items.kind=text"):
+        text_config(text_data, bert, items={"text_weight_decay": 0.1})
+
+
+def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, bert, tmp_path, colour_store):
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.train.trainer import Trainer, build_model, parameter_groups
+
+    config = multimodal_config(text_data, bert, text_lr=1e-5, text_weight_decay=0.5, fusion="concat", with_id=True)
+    config.train.encoder_lr, config.train.encoder_weight_decay, config.train.weight_decay = 1e-4, 0.01, 0.1
+    trainer = Trainer(config, tmp_path / "run")
+    enc = trainer.model.item_encoder
+    groups = trainer.optimizer.param_groups
+    where = {id(p): (g["name"], g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert len(where) == len(trainable) == sum(len(g["params"]) for g in groups)
+    text = [p for p in enc.text.tower.parameters() if p.requires_grad]
+    image = [p for p in enc.image.tower.parameters() if p.requires_grad]
+    assert text and image
+    assert {where[id(p)][:2] for p in text} == {("text_encoder", 1e-5)}
+    assert {where[id(p)][:2] for p in image} == {("encoder", 1e-4)}
+    layer = enc.text.tower.model.encoder.layer[1]
+    assert where[id(layer.output.dense.weight)][2] == 0.5 and where[id(layer.output.LayerNorm.weight)][2] == 0.0
+    assert where[id(enc.fuse.weight)] == ("recommender", 3e-3, 0.1)  # the fusion and the ID table: recommender's
+    assert where[id(enc.text.projection[0].weight)][:2] == ("recommender", 3e-3)
+    defaults = multimodal_config(text_data, bert)
+    defaults.train.encoder_lr, defaults.train.encoder_weight_decay = 1e-4, 0.01
+    model = build_model(defaults, PreparedData(text_data))
+    decaying = {g["name"]: (g["lr"], g["weight_decay"]) for g in parameter_groups(model, defaults) if g["weight_decay"]}
+    assert decaying == {"encoder": (1e-4, 0.01), "text_encoder": (1e-4, 0.01)}  # the image tower's, by default
+
+
+# --- frozen text features (ViNet over text) ----------------------------------------------------
+def test_extracted_text_features_are_the_frozen_tower_output_and_train(text_data, bert, tmp_path):
+    from pixelrec.items.feature_store import load_features
+    from pixelrec.items.text_features import extract_text_features
+    from pixelrec.items.text_tower import pool_tokens
+
+    out = tmp_path / "features" / "bert.npy"
+    sidecar = extract_text_features(text_data, out, str(bert), dtype="fp32", batch_size=16,
+                                    progress=False)
+    assert (sidecar["rows_written"], sidecar["complete"], sidecar["dim"], sidecar["encoder"]) == (40, True, 32, "bert")
+    frozen = encoder(text_data, bert, tune_last=0).eval()
+    assert frozen.tokens.path.name == sidecar["tokens"]  # the stored tokenisation that text items read
+    with torch.no_grad():
+        ids = frozen.tokens.read(np.arange(1, 41))
+        expected = pool_tokens(frozen.tower(ids), ids, "mean")
+    table = load_features(out, 40, sidecar["item_order_sha256"])
+    torch.testing.assert_close(table[1:], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(table[1], table[2])
+    config = tiny_config(text_data, "sasrec", "softmax", items={"kind": "features", "features": str(out)},
+                         train={"lr": 3e-3})
+    losses = losses_over_steps(config, 24, tmp_path / "run")
+    assert mean(losses[-6:]) < 0.9 * mean(losses[:6]), losses
+
+
+def test_text_extraction_resumes_to_identical_bytes_from_the_command_line(text_data, bert, tmp_path, monkeypatch,
+                                                                          capsys):
+    from data_fixtures import run_cli
+    from pixelrec.items import text_features
+
+    command = ["extract", "--data", text_data, "--text-model", bert, "--batch-size", 16, "--workers", 0,
+               "--device", "cpu"]
+    status, out, _ = run_cli(capsys, *command, "--out", tmp_path / "whole.npy")
+    assert status == 0 and "40 items x 32 float16 (bert over title+tag, pooling mean; complete)" in out
+    real, calls, cut = text_features.pool_tokens, [], [True]
+
+    def interrupted(hidden, ids, pooling):
+        calls.append(len(ids))
+        if cut[0] and len(calls) == 2:  # the first chunk is written, the second cut off
+            raise KeyboardInterrupt
+        return real(hidden, ids, pooling)
+
+    monkeypatch.setattr(text_features, "pool_tokens", interrupted)
+    assert run_cli(capsys, *command, "--out", tmp_path / "cut.npy")[0] == 130
+    assert json.loads((tmp_path / "cut.json").read_text())["rows_done"] == 16
+    cut[0] = False
+    calls.clear()
+    status, out, _ = run_cli(capsys, *command, "--out", tmp_path / "cut.npy")
+    assert status == 0 and calls == [16, 8]  # only the rows not done
+    assert (tmp_path / "cut.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    status, out, _ = run_cli(capsys, *command, "--out", tmp_path / "cut.npy")
+    assert status == 0 and "already extracted, nothing to do" in out
+    status, _, err = run_cli(capsys, *command, "--pooling", "cls", "--out", tmp_path / "cut.npy")
+    assert status == 2 and 'was written with pooling="mean", this request has pooling="cls"' in err
+    status, _, err = run_cli(capsys, *command, "--image-size", 32, "--out", tmp_path / "other.npy")
+    assert (status, err.strip()) == (2, "pixelrec: error: --image-size goes with --encoder (an image encoder), "
+                                        "not --text-model")
+
+
+# --- the synthetic data: titles carry the attributes --------------------------------------------
+@pytest.fixture(scope="module")
+def titled(tmp_path_factory) -> tuple[Path, Path]:
+    """The synthetic dataset (titles name each item's colour, shape and texture), a fifth of its items
+    held out of training (cold), and a tiny random BERT whose vocabulary holds the titles' words."""
+    from pixelrec.data import synth
+    from pixelrec.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("titled")
+    synth.write_synthetic(root / "raw", users=300, items=100, mean_len=10, image_size=8, seed=0)
+    prepare(root / "raw", root / "data", images=False, cold_items=0.2, seed=0, progress=False)
+    words = sorted({word for name in (*synth.COLOURS, *synth.SHAPES, *synth.TEXTURES) for word in name.split()})
+    digits = [str(d) for d in range(10)]
+    vocab = VOCAB[:5] + words + [",", "#"] + digits + [f"##{d}" for d in digits]
+    return root / "data", save_bert(root / "bert", vocab=vocab, layers=1)
+
+
+def test_text_beats_popularity_overall_and_ids_on_cold_items(titled, tmp_path):
+    from pixelrec.train.trainer import train
+
+    data, bert = titled
+    popularity = train(tiny_config(data, "pop"), tmp_path / "pop")
+    ids = train(tiny_config(data, "sasrec", "softmax", train={"epochs": 3, "lr": 3e-3}), tmp_path / "id")
+    text = train(text_config(data, bert, items={"tune_last": "all"}, epochs=3), tmp_path / "text")
+    recall = {name: (r["test"]["Recall@10"], r["test_cold"]["Recall@10"])
+              for name, r in (("pop", popularity), ("id", ids), ("text", text))}
+    assert text["test_cold"]["users"] >= 20 and recall["pop"][1] == 0.0  # cold items were never popular
+    assert recall["text"][0] > recall["pop"][0] + 0.1, recall
+    assert recall["text"][1] > recall["id"][1] + 0.2, recall
+
+
+# --- bench and report: text and multimodal rows ------------------------------------------------
+def test_report_tells_text_models_apart_and_names_multimodal_rows(tmp_path):
+    import yaml
+
+    from pixelrec.bench.tables import load_results, paper_table
+
+    def run(name: str, items: str, encoder: str | None, section: dict) -> Path:
+        (tmp_path / name).mkdir()
+        record = {"model": "sasrec", "items": items, "encoder": encoder, "test": {"Recall@10": 0.5, "NDCG@10": 0.25}}
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({"items": {"kind": items, **section}}))
+        return tmp_path / name
+
+    results = load_results([
+        run("multimodal", "multimodal", "test_vit", {"encoder": "test_vit", "text_encoder_weights": "/m/MiniLM"}),
+        run("random", "text", None, {"encoder_weights": "/m/MiniLM-random"}),
+        run("named", "text", "tiny-bert", {"encoder": "tiny-bert", "encoder_weights": "/m/bert"}),
+        run("pretrained", "text", None, {"encoder_weights": "/m/MiniLM"}),
+        run("ids", "id", None, {}),
+    ])
+    assert [r["encoder"] for r in results] == ["test_vit + MiniLM", "MiniLM-random", "tiny-bert", "MiniLM", None]
+    labels = [line.split("|")[1].strip() for line in paper_table(results).splitlines()[2:]]
+    assert [label for label in labels if label] == ["ID", "text: MiniLM-random", "text: tiny-bert", "text: MiniLM",
+                                                    "multimodal: test_vit + MiniLM"]
+
+
+def test_bench_gives_text_cells_the_text_model_and_multimodal_cells_an_image_encoder(text_data, bert):
+    from pixelrec.bench.matrix import BenchSpec, cells_of, plan
+
+    cells = cells_of(["sasrec"], ["id", "text", "multimodal"], ["test_vit"])
+    assert [c.name for c in cells] == ["sasrec-id", "sasrec-text", "sasrec-multimodal-test_vit"]
+    planned = plan(BenchSpec(data=str(text_data), cells=cells, text_model=str(bert), sets=["items.image_size=32"]))
+    configs = {entry.name: entry.config.items for entry in planned}
+    assert configs["sasrec-text"].encoder_weights == str(bert)
+    multimodal = configs["sasrec-multimodal-test_vit"]
+    assert (multimodal.encoder, multimodal.text_encoder_weights, multimodal.encoder_weights) == ("test_vit", str(bert),
+                                                                                                None)

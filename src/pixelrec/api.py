@@ -30,6 +30,7 @@ from pixelrec.errors import UserError
 if TYPE_CHECKING:
     from pixelrec.config import Config
     from pixelrec.data.prepared import PreparedData
+    from pixelrec.items.new_items import NewItems
     from pixelrec.recommender import Recommender
 
 PathLike = str | os.PathLike
@@ -89,20 +90,24 @@ class Metrics:
 @dataclass(frozen=True)
 class Recommendations:
     """Top items per user, best first, never padding nor an item the user already had. A user who
-    has fewer unseen items than k gets all of them; `note` then says so."""
+    has fewer unseen items than k gets all of them; `note` then says so. With new items (from
+    `pixelrec embed`), `new` marks which recommended items are new."""
 
     users: list[str]
     items: list[list[str]]  # item tokens
     scores: list[list[float]]
-    indices: list[list[int]]  # item indices in the prepared dataset (1..n_items)
+    indices: list[list[int]]  # item indices in the prepared dataset (1..n_items; new items n_items + 1, ...)
     titles: list[list[str]] | None  # item titles, where the dataset has them
     k: int  # as requested
     note: str | None = None
+    new: list[list[bool]] | None = None  # per recommended item: a new item (None: no new items were ranked)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per (user, rank): user_id, rank (from 1), item_id, score, title."""
+        """One dict per (user, rank): user_id, rank (from 1), item_id, score, title (and new, 1 or 0,
+        when new items were ranked)."""
         return [{"user_id": user, "rank": rank + 1, "item_id": item, "score": score,
-                 "title": self.titles[u][rank] if self.titles is not None else ""}
+                 "title": self.titles[u][rank] if self.titles is not None else "",
+                 **({"new": int(self.new[u][rank])} if self.new is not None else {})}
                 for u, (user, items, scores) in enumerate(zip(self.users, self.items, self.scores))
                 for rank, (item, score) in enumerate(zip(items, scores))]
 
@@ -269,10 +274,11 @@ def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "bes
 
 
 def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, checkpoint: str = "best",
-              data: PathLike | None = None) -> Recommendations:
+              data: PathLike | None = None, new_items: PathLike | None = None) -> Recommendations:
     """The top `k` items for each user token in `users` after their whole history, which is never
     recommended back. `run` is a run directory or a `Run` (used as it is unless another `checkpoint`
-    or `data` is asked for)."""
+    or `data` is asked for). `new_items`: vectors of items not in the catalogue, written for this
+    run by `pixelrec embed`, ranked with the catalogue."""
     if isinstance(users, str):
         users = [users]
     users = list(users)
@@ -283,12 +289,22 @@ def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, c
     else:
         loaded = load_run(run.path if isinstance(run, Run) else run, checkpoint=checkpoint, data=data)
     with _arguments():
-        return top_items(loaded.model, loaded.data, users, k, loaded.config.data.max_len)
+        extra = None
+        if new_items is not None:
+            from pixelrec.evaluate.run import choose_checkpoint
+            from pixelrec.items.new_items import new_items_for_run
+
+            weights, _ = choose_checkpoint(loaded.path, loaded.checkpoint)
+            extra = new_items_for_run(new_items, loaded.path, loaded.config.items.kind, loaded.model, weights,
+                                      loaded.data.item_tokens)
+        return top_items(loaded.model, loaded.data, users, k, loaded.config.data.max_len, extra)
 
 
-def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, max_len: int) -> Recommendations:
-    """Top-k of each user (tokens) by `model`, history masked as in evaluation. k is capped at the
-    items a user has not seen: padding and seen items are never returned, whatever k."""
+def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, max_len: int,
+              new_items: NewItems | None = None) -> Recommendations:
+    """Top-k of each user (tokens) by `model`, history masked as in evaluation, among the catalogue
+    and `new_items` (indices n_items + 1, ...). k is capped at the items a user has not seen:
+    padding and seen items are never returned, whatever k."""
     from pixelrec.evaluate.run import recommend as ranked
     from pixelrec.evaluate.run import user_indices
 
@@ -297,10 +313,16 @@ def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, 
     indices = user_indices(data, users)
     seq, ptr = np.asarray(data.item_seq), np.asarray(data.user_ptr)
     seen = [np.unique(seq[ptr[u] : ptr[u + 1]]) for u in indices]
-    unseen = np.asarray([data.n_items - np.count_nonzero(s) for s in seen], dtype=np.int64)
+    n_new = 0 if new_items is None else len(new_items)
+    unseen = np.asarray([data.n_items + n_new - np.count_nonzero(s) for s in seen], dtype=np.int64)
     wanted = int(min(k, unseen.max()))
-    top, values = ranked(model, data, indices, wanted, max_len) if wanted else (None, None)
+    extra = None if new_items is None else new_items.vectors
+    top, values = ranked(model, data, indices, wanted, max_len, extra=extra) if wanted else (None, None)
     titles = item_titles(data)
+    tokens = [str(t) for t in data.item_tokens]
+    if new_items is not None:
+        tokens += new_items.tokens
+        titles = new_items.extend_titles(titles, data.n_items)
     out_items, out_scores, out_indices = [], [], []
     for row, history in enumerate(seen):
         if top is None:
@@ -309,12 +331,13 @@ def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, 
             keep = (top[row] != 0) & ~np.isin(top[row], history)
             chosen, scores = top[row][keep][:k], values[row][keep][:k]
         out_indices.append([int(i) for i in chosen])
-        out_items.append([str(data.item_tokens[i]) for i in chosen])
+        out_items.append([tokens[i] for i in chosen])
         out_scores.append([float(s) for s in scores])
     return Recommendations(
         users=list(users), items=out_items, scores=out_scores, indices=out_indices,
         titles=[[titles[i] for i in row] for row in out_indices] if titles is not None else None,
-        k=k, note=_short_note(users, unseen, k, data.n_items),
+        k=k, note=_short_note(users, unseen, k, data.n_items + n_new),
+        new=[[i > data.n_items for i in row] for row in out_indices] if new_items is not None else None,
     )
 
 

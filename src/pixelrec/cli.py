@@ -28,7 +28,9 @@ COMMANDS = {
     "report": "tables of finished runs, bench directories and studies; with --out, PNG figures and report.md",
     "bench": "run the model x item kind x image encoder matrix (resumable) into results.csv and a paper-style table",
     "tune": "hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml",
-    "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere",
+    "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; "
+              "or its image tower (--tower) for items.encoder_weights and extract",
+    "embed": "vectors of new items (not in the catalogue) from their covers, with a trained pixel run; resumable",
 }
 
 

@@ -67,6 +67,8 @@ class ItemsConfig:
     text_tune_last: NonNegativeInt | Literal["all"] = 2  # multimodal: trainable top layers of the text model (all: embeddings too)
     text_pooling: Literal["mean", "cls"] = "mean"  # multimodal: the text tower's pooling (text items use items.pooling: mean | cls)
     text_cache: Literal["none", "prefix"] | None = None  # multimodal: frozen-prefix cache of the text tower
+    text_lr: NonNegative | None = None  # multimodal: the text tower's learning rate (default: the image tower's, train.encoder_lr)
+    text_weight_decay: NonNegative | None = None  # multimodal: the text tower's weight decay (default: train.encoder_weight_decay)
     fusion: Literal["sum", "concat"] = "sum"  # multimodal: sum of the towers' item vectors, or their concatenation projected to embedding_size
     with_id: bool = False  # multimodal: add a learned ID vector per item to the fusion
 
@@ -103,8 +105,12 @@ class TrainConfig:
     progress: bool = True  # progress bar (plain lines when stderr is not a terminal); false: epoch lines only
     dist_timeout_minutes: Positive = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
-    channels_last: bool = False  # NHWC memory format for convolutional image encoders (faster on GPUs)
+    channels_last: bool | None = None  # NHWC memory format for convolutional image encoders (null: on a GPU, where it is faster)
     compile: bool = False  # torch.compile the image encoder
+    init_from: str | None = None  # run directory whose weights start a new run (its best.pt, else last.pt); not re-applied on --resume
+    # what init_from carries: items (the item encoder's tower and projection), backbone (the backbone's own
+    # parameters); ids is refused with the reason: ID tables and anything sized by a catalogue never cross datasets
+    init_parts: list[Literal["items", "backbone", "ids"]] = field(default_factory=lambda: ["items"])
 
 
 @dataclass
@@ -356,6 +362,18 @@ def check_combination(config: Config) -> None:
         k = int(config.eval.valid_metric.split("@")[-1])
         if k not in config.eval.ks:
             raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
+    check_init_parts(config.train)
+
+
+def check_init_parts(train: TrainConfig) -> None:
+    """train.init_parts: some part, never the ID tables, and only with train.init_from."""
+    if "ids" in train.init_parts:
+        raise UserError("train.init_parts: ids cannot be carried: item ID tables, user tables, item biases and other "
+                        "catalogue-sized tensors belong to the source run's dataset; choose items and/or backbone")
+    if not train.init_parts:
+        raise UserError("train.init_parts is empty; choose items and/or backbone (or leave out train.init_from)")
+    if train.init_from is None and train.init_parts != ["items"]:
+        raise UserError(f"train.init_parts={train.init_parts} applies only with train.init_from=RUN_DIR")
 
 
 #: The folder of per-backbone settings for each item kind's family (PixelNet, ViNet).

@@ -4,7 +4,11 @@ items.npy holds the scoring vectors of the whole catalogue, users.npy each user'
 whole history (exactly what `pixelrec recommend` scores), both float32, rows in the order of
 items.txt / users.txt (the dataset's tokens). `recommend` also masks the items a user has already
 seen; a server does the same with its own copy of the history. export.json is written last: a
-directory without it is not a complete export.
+directory without it is not a complete export. New items' vectors (from `pixelrec embed`) are
+appended after the catalogue's rows, and export.json says where they start.
+
+`export_tower` writes a pixel run's image tower instead: timm weights that `items.encoder_weights`
+and `pixelrec extract --encoder-weights` take (see `pixelrec.items.tower_file`).
 """
 
 from __future__ import annotations
@@ -61,18 +65,32 @@ def check_dot_product(model, lookup, scoring: torch.Tensor, batch, vectors: np.n
 
 
 def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
-                   batch_size: int = 1024, data_path: str | Path | None = None) -> dict[str, Any]:
+                   batch_size: int = 1024, data_path: str | Path | None = None,
+                   new_items: str | Path | None = None) -> dict[str, Any]:
     """Write items.npy, items.txt, users.npy, users.txt and export.json for a run; returns export.json,
     which names the checkpoint the vectors come from (and its epoch). `data_path`: the run's dataset
-    where it is now, if it moved."""
+    where it is now, if it moved. `new_items`: vectors from `pixelrec embed` for this run, appended
+    after the catalogue's rows."""
+    from pixelrec.items.new_items import new_items_for_run, refuse_kind
+    from pixelrec.train.trainer import config_of_run
+
     run, out = Path(run), Path(out)
+    if new_items is not None and run.is_dir():
+        refuse_kind(run, config_of_run(run).items.kind)  # before the model is loaded
     loaded = open_run(run, checkpoint, data_path)
     config, data, model = loaded.config, loaded.data, loaded.model
+    new = None
+    if new_items is not None:
+        new = new_items_for_run(new_items, run, config.items.kind, model, loaded.checkpoint, data.item_tokens)
     lookup, scoring = model.catalogue_vectors()
     users = np.arange(1, data.n_users + 1, dtype=np.int64)
     vectors, first = user_vectors(model, data, lookup, users, config.data.max_len, batch_size)
     check_dot_product(model, lookup, scoring, first, vectors)
     items = scoring[1:].float().cpu().numpy()  # row 0 is padding
+    tokens = [str(t) for t in data.item_tokens[1:]]
+    if new is not None:
+        items = np.concatenate([items, new.vectors.numpy()])
+        tokens += new.tokens
     if vectors.shape[1] != items.shape[1]:
         raise UserError(f"{run}: user vectors have {vectors.shape[1]} dimensions but item vectors "
                         f"{items.shape[1]}; this backbone does not score by a dot product")
@@ -83,7 +101,7 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
     (out / "export.json").unlink(missing_ok=True)  # an old marker must not vouch for new, partial files
     _save_npy(out / "items.npy", items)
     _save_npy(out / "users.npy", vectors)
-    _save_tokens(out / "items.txt", data.item_tokens[1:])
+    _save_tokens(out / "items.txt", np.asarray(tokens))
     _save_tokens(out / "users.txt", data.user_tokens[1:])
     manifest = {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name, "epoch": loaded.epoch,
                 "run_finished": loaded.finished, "model": config.model_name, "items": config.items.kind,
@@ -91,7 +109,54 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
                 "n_users": int(vectors.shape[0]), "dim": int(items.shape[1]), "score": "dot",
                 "users_after": "whole history (the last data.max_len items as context)",
                 "mask": "exclude each user's history items, as `pixelrec recommend` does"}
+    if new is not None:
+        manifest["n_catalogue_items"] = data.n_items
+        manifest["new_items"] = {"file": str(new.path.resolve()), "count": len(new), "first_row": data.n_items,
+                                 "note": f"rows {data.n_items} .. {len(tokens) - 1} of items.npy (0-based) are "
+                                         "new items, embedded from their covers by `pixelrec embed`"}
     if loaded.fallback:
         manifest["note"] = loaded.fallback
     atomic_json(out / "export.json", manifest)
     return manifest
+
+
+def export_tower(run: str | Path, out: str | Path, checkpoint: str = "best",
+                 data_path: str | Path | None = None) -> dict[str, Any]:
+    """Write a pixel (or multimodal) run's image tower to `out` (.safetensors) and its description
+    to the .json beside it; returns the description: timm name and arguments, input size,
+    pre-processing, pooling, final norm, tuned layers, and the run and checkpoint it came from."""
+    from pixelrec.items.feature_store import file_sha256
+    from pixelrec.items.image_tower import timm_name
+    from pixelrec.items.tower_file import tower_settings, write_tower
+    from pixelrec.train.trainer import config_of_run
+
+    run, out = Path(run), Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--tower {out}: the tower file must end in .safetensors")
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    kind = config_of_run(run).items.kind
+    if kind not in ("pixels", "multimodal"):
+        raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with --items "
+                        "pixels or multimodal have)")
+    loaded = open_run(run, checkpoint, data_path)
+    items = loaded.config.items
+    image = loaded.model.item_encoder.image if kind == "multimodal" else loaded.model.item_encoder
+    # the settings the run's tower was built with (a run may itself start from an exported tower)
+    settings = tower_settings(items.encoder_weights, encoder=items.encoder, image_size=items.image_size,
+                              pooling=items.pooling, preprocess=items.preprocess, timm_args=items.timm_args)
+    description = {
+        "encoder": settings.encoder, "timm_name": timm_name(settings.encoder), "timm_args": image.timm_args,
+        "image_size": image.preprocess.size, "preprocess": settings.preprocess,
+        "preprocessing": image.preprocess.describe(), "pooling": image.pooling,
+        "final_norm": not getattr(image.tower, "final_norm_removed", False), "tune_last": items.tune_last,
+        "tune_head": items.tune_head, "features": int(image.tower.num_features),
+        "source": {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name,
+                   "checkpoint_sha256": file_sha256(loaded.checkpoint), "epoch": loaded.epoch,
+                   "run_finished": loaded.finished, "model": loaded.config.model_name, "items": kind,
+                   "dataset": loaded.data.name, "encoder_weights": items.encoder_weights,
+                   "pretrained": items.pretrained},
+        "note": "the run's image tower only; its projection to the recommender's vectors stays with the run "
+                "(`pixelrec embed` uses the run)",
+    }
+    return write_tower(out, image.tower, description)

@@ -7,6 +7,11 @@ configuration it started with), anything else starts afresh. A combination the c
 refuses is recorded as skipped with that reason; a cell that fails is recorded as failed with a
 one-line error and the rest go on. OUT/status.json (written atomically after every change) holds
 each cell's status; OUT/results.csv and OUT/results.md are rewritten whenever the matrix stops.
+
+Variants (`--variant NAME:section.key=value;...`) are one more axis: every cell runs once per variant,
+with the variant's settings over the shared ones, e.g. random init / image-model weights / started
+from another run (`train.init_from`) side by side. A variant that changes nothing for a cell (weights
+for an ID cell) gives the same configuration as another cell and is skipped as such.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,11 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
+from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.errors import UserError
 from pixelrec.train.rundir import atomic_json
 from pixelrec.train.trainer import config_of_run, train
 
-IMAGE_KINDS = ("pixels", "features", "id+features")  # item kinds for which an image encoder applies
+IMAGE_KINDS = ("pixels", "features", "id+features", "multimodal")  # item kinds with an image encoder
+PIXEL_KINDS = ("pixels", "multimodal")  # item kinds whose image encoder loads weights (--weights)
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,31 @@ class Cell:
     model: str
     items: str
     encoder: str | None = None
+    variant: str | None = None
 
     @property
     def name(self) -> str:
-        return "-".join([self.model, self.items] + ([self.encoder] if self.encoder else []))
+        return "-".join([self.model, self.items] + [x for x in (self.encoder, self.variant) if x])
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of `section.key=value` settings that every cell also runs with."""
+
+    name: str
+    sets: tuple[str, ...] = ()
+
+
+def parse_variant(text: str) -> Variant:
+    """'NAME' or 'NAME:section.key=value;section.key=value' (one line naming the problem otherwise)."""
+    name, _, settings = text.partition(":")
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise UserError(f"--variant {text!r}: the name before ':' must be letters, digits, '_', '.', '+' or '-' "
+                        "(it names the cells' run directories), e.g. --variant 'pre:train.init_from=runs/a'")
+    sets = tuple(part.strip() for part in settings.split(";") if part.strip())
+    overrides_to_dict(list(sets))  # each is section.key=value
+    return Variant(name, sets)
 
 
 @dataclass
@@ -51,15 +80,21 @@ class BenchSpec:
     sets: list[str] = field(default_factory=list)  # section.key=value overrides
     features: str | None = None  # feature file for features cells; "{encoder}" is replaced by the cell's
     weights: str | None = None  # encoder weights file for pixels cells; "{encoder}" is replaced by the cell's
+    variants: list[Variant] = field(default_factory=list)  # each cell runs once per variant (none: once)
+
+    def variant_sets(self, name: str | None) -> list[str]:
+        return [s for v in self.variants if v.name == name for s in v.sets]
+    text_model: str | None = None  # text model (a Hugging Face model directory) of text and multimodal cells
 
 
-def cells_of(models: list[str], items: list[str], encoders: list[str]) -> list[Cell]:
-    """Every model x item kind, times every encoder where the item kind is built from images."""
+def cells_of(models: list[str], items: list[str], encoders: list[str], variants: list[str] | None = None) -> list[Cell]:
+    """Every model x item kind, times every encoder where the item kind is built from images, times
+    every variant (by name)."""
     out = []
     for model in models:
         for kind in items:
             chosen = encoders if kind in IMAGE_KINDS and encoders else [None]
-            out.extend(Cell(model, kind, encoder) for encoder in chosen)
+            out.extend(Cell(model, kind, encoder, variant) for encoder in chosen for variant in variants or [None])
     return list(dict.fromkeys(out))
 
 
@@ -70,12 +105,15 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
         items["encoder"] = cell.encoder
     if spec.features and cell.items in ("features", "id+features"):
         items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
+    if spec.text_model and cell.items in ("text", "multimodal"):
+        items["encoder_weights" if cell.items == "text" else "text_encoder_weights"] = spec.text_model
+    sets = spec.sets + spec.variant_sets(cell.variant)  # the variant's settings win
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                     sets=spec.sets, strict=False)
-    if spec.weights and cell.items == "pixels":  # the encoder may come from the configuration (a preset)
+                     sets=sets, strict=False)
+    if spec.weights and cell.items in PIXEL_KINDS:  # the encoder may come from the configuration (a preset)
         items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                         sets=spec.sets, strict=False)
+                         sets=sets, strict=False)
     return config
 
 
@@ -83,6 +121,7 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
     """An `items` or `loss` key of the shared `--config` files or `--set` applies to the cells whose
     item encoder or loss takes it; one that no cell takes is a mistake in the command, not a no-op."""
     shared = [read_yaml(f) for f in spec.files if not is_profile(f)] + [overrides_to_dict(spec.sets)]
+    shared += [overrides_to_dict(list(variant.sets)) for variant in spec.variants]
     for section, selector in (("items", "kind"), ("loss", "name")):
         keys = {key for layer in shared for key in (layer.get(section) or {})}
         taken = {selector}.union(*(component_keys(section, component(section, getattr(getattr(c, section), selector)))
@@ -91,10 +130,26 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
             raise UserError(f"{section}.{key} applies to no cell of the matrix (no cell's {section}.{selector} takes it)")
 
 
+def init_refusal(cell: Cell, config: Config) -> str | None:
+    """Why a cell cannot start from its train.init_from run (another item kind or encoder, only ID
+    tables to carry), or None; a source that is not a finished run stops the bench, naming the cell."""
+    from pixelrec.train.transfer import check_source, source_checkpoint
+
+    try:
+        source_checkpoint(Path(config.train.init_from))
+    except UserError as err:
+        raise UserError(f"cell {cell.name}: {err}") from None
+    try:
+        check_source(config)
+    except UserError as err:
+        return str(err)
+    return None
+
+
 def check_weights(planned: list["Planned"], pattern: str) -> None:
     """Before any cell runs: every pixels cell's weights file exists, and one file is not given to
     several encoders; the error names the cell and the path."""
-    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items == "pixels"]
+    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items in PIXEL_KINDS]
     encoders = sorted({str(entry.cell.encoder) for entry in pixels})
     if "{encoder}" not in pattern and len(encoders) > 1:
         raise UserError(f"--weights {pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "
@@ -165,6 +220,7 @@ def plan(spec: BenchSpec) -> list[Planned]:
     if not spec.cells:
         raise UserError("the matrix is empty: give --models and --items")
     planned = []
+    first: dict[str, str] = {}  # a resolved configuration -> the first cell that has it
     for cell in spec.cells:
         try:
             config = cell_config(spec, cell)
@@ -172,7 +228,17 @@ def plan(spec: BenchSpec) -> list[Planned]:
             planned.append(Planned(cell, None, str(err)))
             continue
         encoder = cell.encoder or (config.items.encoder if cell.items in IMAGE_KINDS else None)
-        planned.append(Planned(Cell(cell.model, cell.items, encoder), config))
+        cell = Cell(cell.model, cell.items, encoder, cell.variant)
+        same = first.setdefault(json.dumps(config.to_dict(), sort_keys=True, default=str), cell.name)
+        if same != cell.name:  # a variant that changes nothing here (weights for an ID cell)
+            planned.append(Planned(cell, None, f"same configuration as {same}"))
+            continue
+        if config.train.init_from is not None:
+            refusal = init_refusal(cell, config)
+            if refusal:
+                planned.append(Planned(cell, None, refusal))
+                continue
+        planned.append(Planned(cell, config))
     reasons = {p.reason for p in planned}
     if all(p.config is None for p in planned) and len(reasons) == 1:
         raise UserError(reasons.pop())
@@ -239,7 +305,7 @@ def run_cell(entry: Planned, run_dir: Path, status: Status, log: Callable[[str],
 
 
 def _fields(cell: Cell) -> dict[str, Any]:
-    return {"model": cell.model, "items": cell.items, "encoder": cell.encoder}
+    return {"model": cell.model, "items": cell.items, "encoder": cell.encoder, "variant": cell.variant}
 
 
 def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
@@ -249,6 +315,8 @@ def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if entry.config is not None and results_path.is_file() else None
     if results:
+        results["start"] = start_label(results, run_dir)  # tells apart rows that differ only in their start
+        results["encoder"] = encoder_label(results, run_dir)  # text and multimodal rows name their text model
         state = "done"
     elif entry.config is None:
         state = "skipped"

@@ -27,14 +27,14 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         for split in names:
             names[split] |= {k for k, v in ((row["results"] or {}).get(split) or {}).items() if isinstance(v, float)}
     metric_columns = [f"{split}_{m}" for split in ("valid", "test") for m in sorted(names[split], key=metric_order)]
-    header = ["model", "items", "encoder", "status", *metric_columns,
+    header = ["model", "items", "encoder", "variant", "status", *metric_columns,
               "seconds", "trainable_parameters", "run", "reason"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         results = row["results"] or {}
-        line = {k: "" if row[k] is None else row[k] for k in ("model", "items", "encoder", "status", "run", "reason")}
+        line = {k: "" if row.get(k) is None else row[k] for k in ("model", "items", "encoder", "variant", "status", "run", "reason")}
         for column in metric_columns:
             split, metric = column.split("_", 1)
             value = (results.get(split) or {}).get(metric)
@@ -51,7 +51,7 @@ def markdown_text(rows: list[dict[str, Any]], split: str = "test") -> str:
     lines = [f"# Benchmark ({split} split, metrics in %)", "", paper_table(finished, split), "", "## Cells", "",
              "| cell | status | seconds | trainable params | note |", "| --- | --- | ---: | ---: | --- |"]
     for row in rows:
-        name = "-".join(x for x in (row["model"], row["items"], row["encoder"]) if x)
+        name = "-".join(x for x in (row["model"], row["items"], row["encoder"], row.get("variant")) if x)
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
         params = f"{row['results']['trainable_parameters']:,}" if row["results"] else "-"
         note = row["reason"].replace("|", "\\|")

@@ -15,6 +15,7 @@ from typing import Any
 from pixelrec.errors import UserError
 
 FEATURE_KINDS = ("features", "id+features")  # item kinds read from a feature file
+TEXT_KINDS = ("text", "multimodal")  # item kinds with a text model, named in the run's config.yaml
 SPLITS = ("valid", "test", "valid_cold", "test_cold")
 
 
@@ -38,6 +39,7 @@ def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
         record["run"] = str(path.parent)
         record["results_file"] = str(path)
         record["encoder"] = encoder_label(record, path.parent)
+        record["start"] = start_label(record, path.parent)
         out.append(record)
     return out
 
@@ -75,26 +77,46 @@ def check_record(record: Any, path: Path) -> None:
 
 
 def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | None:
-    """The image encoder a result belongs to: none for ID items (whatever the record says); for
-    feature items the recorded name, else the one in the feature file's sidecar (`pixelrec extract`),
-    else the feature file's name, so runs on different features never share a row."""
+    """The encoder a result belongs to: none for ID items (whatever the record says); for feature
+    items the recorded name, else the one in the feature file's sidecar (`pixelrec extract`), else the
+    feature file's name, so runs on different features never share a row; for text items the text
+    model (items.encoder, else its directory's name), for multimodal items 'image + text model'."""
     kind = record.get("items")
     if kind == "id":
         return None
     encoder = record.get("encoder")
+    if run_dir is not None and kind in TEXT_KINDS:
+        return _text_label(run_dir, kind, encoder)
     if encoder or kind not in FEATURE_KINDS or run_dir is None:
         return encoder
     return _features_label(run_dir)
 
 
-def _features_label(run_dir: Path) -> str | None:
+def _items_section(run_dir: Path) -> dict[str, Any]:
+    """The `items` section of a run's config.yaml ({} when unreadable)."""
     import yaml
 
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        features = (config.get("items") or {}).get("features")
+        items = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("items")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return None
+        return {}
+    return items if isinstance(items, dict) else {}
+
+
+def _text_label(run_dir: Path, kind: str, image: str | None) -> str | None:
+    """The text model's name (as set, else its directory's name); multimodal: 'image + text model'."""
+    items = _items_section(run_dir)
+    prefix = "" if kind == "text" else "text_"
+    given = [items.get(f"{prefix}encoder"), items.get(f"{prefix}encoder_weights")]
+    source = next((value for value in given if isinstance(value, str) and value), None)
+    text = (Path(source).name or source) if source else None
+    if kind == "text":
+        return text or image
+    return " + ".join(x for x in (image, text) if x) or None
+
+
+def _features_label(run_dir: Path) -> str | None:
+    features = _items_section(run_dir).get("features")
     if not isinstance(features, str) or not features:
         return None
     try:
@@ -105,10 +127,26 @@ def _features_label(run_dir: Path) -> str | None:
     return named if isinstance(named, str) and named else Path(features).name
 
 
-def cell_of(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str]:
-    """(model, items, encoder, dataset, profile): runs with the same cell measure the same thing."""
+def start_label(record: dict[str, Any], run_dir: Path | None = None) -> str | None:
+    """Where a run's weights started: 'from <run>' (train.init_from); else, for image items, 'weights
+    <file>', 'pretrained' or 'random init' (read from the run's config.yaml); None for other items."""
+    source = record.get("init_from")
+    if isinstance(source, dict) and isinstance(source.get("run"), str):
+        return f"from {Path(source['run']).name}"
+    if record.get("items") not in ("pixels", "multimodal") or run_dir is None:
+        return None
+    items = _items_section(run_dir)
+    weights = items.get("encoder_weights")
+    if isinstance(weights, str) and weights:
+        return f"weights {Path(weights).name}"
+    return "pretrained" if items.get("pretrained") is True else "random init"
+
+
+def cell_of(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str, str | None]:
+    """(model, items, encoder, dataset, profile, start): runs with the same cell measure the same thing."""
+    start = record["start"] if "start" in record else start_label(record)
     return (record.get("model", "?"), record.get("items", "?"), encoder_label(record), record.get("dataset"),
-            record.get("profile") or "default")
+            record.get("profile") or "default", start)
 
 
 def duplicates(results: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -140,8 +178,8 @@ def newest(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cell_name(record: dict[str, Any]) -> str:
     """'sasrec pixels clip-rn50 (dataset x, profile paper)', for notes and messages."""
-    model, items, encoder, dataset, profile = cell_of(record)
-    extra = ([f"dataset {dataset}"] if dataset else []) + [f"profile {profile}"]
+    model, items, encoder, dataset, profile, start = cell_of(record)
+    extra = ([f"dataset {dataset}"] if dataset else []) + [f"profile {profile}"] + ([start] if start else [])
     return " ".join(x for x in (model, items, encoder) if x) + f" ({', '.join(extra)})"
 
 
@@ -199,7 +237,7 @@ DISPLAY = {"mf": "MF", "fm": "FM", "dssm": "DSSM", "lightgcn": "LightGCN", "vbpr
            "srgnn": "SRGNN", "sasrec": "SASRec", "bert4rec": "BERT4Rec", "lightsans": "LightSANs", "pop": "Pop"}
 PAPER_ENCODERS = ("clip-vit-b32", "swin-t", "swin-b", "beit-b", "resnet50", "clip-rn50", "clip-rn50x4",
                   "clip-rn50x16", "clip-rn50x64")
-KIND_ORDER = ("id", "pixels", "features", "id+features")
+KIND_ORDER = ("id", "pixels", "features", "id+features", "text", "multimodal")
 TABLE_METRICS = ("Recall@10", "NDCG@10")
 
 
@@ -209,26 +247,27 @@ def backbone_order(models: list[str]) -> list[str]:
     return known + [m for m in dict.fromkeys(models) if m not in known]
 
 
-RowKey = tuple[str, str | None, str | None, str]  # item kind, encoder, dataset, profile
+RowKey = tuple[str, str | None, str | None, str, str | None]  # item kind, encoder, dataset, profile, start
 
 
 def item_row_key(record: dict[str, Any]) -> RowKey:
-    """(items kind, encoder, dataset, profile) of a result; the encoder only where items are images."""
-    _, kind, encoder, dataset, profile = cell_of(record)
-    return kind, encoder, dataset, profile
+    """(items kind, encoder, dataset, profile, start) of a result; the encoder only where items are images."""
+    _, kind, encoder, dataset, profile, start = cell_of(record)
+    return kind, encoder, dataset, profile, start
 
 
-def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False) -> str:
-    """Row label: ID, the encoder's name for pixels (PixelNet), 'features: <encoder>' for ViNet; the
-    dataset and profile in brackets when the table mixes several."""
-    kind, encoder, dataset, profile = key
+def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False, starts: bool = False) -> str:
+    """Row label: ID, the encoder's name for pixels (PixelNet), 'features: <encoder>' for ViNet,
+    'text: <model>', 'multimodal: <encoder> + <model>'; the dataset and profile in brackets when the
+    table mixes several, and where the weights started (`starts`) when rows differ only in that."""
+    kind, encoder, dataset, profile, start = key
     if kind == "id":
         label = "ID"
     elif kind == "pixels":
         label = encoder or "pixels"
     else:
         label = f"{kind}: {encoder}" if encoder else kind
-    extra = ([dataset or "?"] if datasets else []) + ([profile] if profiles else [])
+    extra = ([dataset or "?"] if datasets else []) + ([profile] if profiles else []) + ([start] if starts and start else [])
     return f"{label} ({', '.join(extra)})" if extra else label
 
 
@@ -248,7 +287,8 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
                 metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     """Markdown in the paper's layout: rows = item encoder x metric, columns = backbones, values in
     percent with three decimals, '-' where a combination has no result (missing, skipped, failed).
-    Rows are told apart by dataset and profile where the results mix several. A cell with several
+    Rows are told apart by dataset and profile where the results mix several, and by where the weights
+    started (random init, weights file, `from <run>`) where only that differs. A cell with several
     runs shows each run's value, in the order given, separated by ' / ' (see `newest` for one)."""
     cells: dict[tuple[RowKey, str], list[dict[str, Any]]] = {}
     for record in results:
@@ -257,9 +297,11 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
     models = backbone_order([model for _, model in cells])
     header = ["Item encoder", "Metric"] + [DISPLAY.get(m, m) for m in models]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * len(models)) + " |"]
-    for key in _row_order([key for key, _ in cells]):
+    keys = _row_order([key for key, _ in cells])
+    for key in keys:
+        starts = sum(other[:4] == key[:4] for other in keys) > 1  # rows that differ only in their start
         for number, metric in enumerate(metrics):
-            label = item_row_label(key, datasets, profiles) if number == 0 else ""
+            label = item_row_label(key, datasets, profiles, starts) if number == 0 else ""
             values = [" / ".join(_percent(m, metric) for m in cells.get((key, model), [{}])) for model in models]
             lines.append("| " + " | ".join([label, metric] + values) + " |")
     return "\n".join(lines)

@@ -8,17 +8,24 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")
     parser.add_argument("--models", required=True, help="comma-separated backbones, e.g. mf,sasrec,gru4rec")
-    parser.add_argument("--items", default="id", help="comma-separated item kinds: id,pixels,features,id+features")
-    parser.add_argument("--encoders", default="", help="comma-separated image encoders for pixels/features cells, "
-                        "e.g. clip-rn50,clip-vit-b32 (default: the configuration's)")
+    parser.add_argument("--items", default="id", help="comma-separated item kinds: id,pixels,features,id+features,"
+                        "text,multimodal")
+    parser.add_argument("--encoders", default="", help="comma-separated image encoders for pixels, features and "
+                        "multimodal cells, e.g. clip-rn50,clip-vit-b32 (default: the configuration's)")
     parser.add_argument("--features", metavar="PATTERN", help="feature file of features cells; {encoder} is "
                         "replaced by the cell's encoder, e.g. feats/{encoder}.npy")
-    parser.add_argument("--weights", metavar="PATTERN", help="image encoder weights of pixels cells; {encoder} is "
-                        "replaced by the cell's encoder, e.g. weights/{encoder}.safetensors")
+    parser.add_argument("--weights", metavar="PATTERN", help="image encoder weights of pixels and multimodal cells; "
+                        "{encoder} is replaced by the cell's encoder, e.g. weights/{encoder}.safetensors")
+    parser.add_argument("--text-model", metavar="DIR", help="text model of text and multimodal cells: a Hugging Face "
+                        "model directory")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML file(s) or presets layered over every cell's defaults, later ones win")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
                         help="override a key in every cell, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME[:SECTION.KEY=VALUE;...]",
+                        dest="variants", help="run every cell once per variant, with its settings over --set, e.g. "
+                        "--variant random --variant 'pre:train.init_from=runs/a' (repeatable; the name ends the "
+                        "cell's directory name)")
     parser.add_argument("--out", required=True, metavar="DIR", help="benchmark directory; rerun to continue it")
 
 
@@ -31,11 +38,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pixelrec.bench.matrix import BenchSpec, cells_of, run_matrix
+    from pixelrec.bench.matrix import BenchSpec, cells_of, parse_variant, run_matrix
+    from pixelrec.errors import UserError
 
+    variants = [parse_variant(text) for text in args.variants]
+    names = [v.name for v in variants]
+    if len(set(names)) < len(names):
+        raise UserError(f"--variant: each name once, not {', '.join(sorted({n for n in names if names.count(n) > 1}))} twice")
     spec = BenchSpec(data=args.data, cells=cells_of(split_list(args.models), split_list(args.items),
-                                                    split_list(args.encoders)),
-                     files=args.config, sets=args.sets, features=args.features, weights=args.weights)
+                                                    split_list(args.encoders), names or None),
+                     files=args.config, sets=args.sets, features=args.features, weights=args.weights,
+                     text_model=args.text_model, variants=variants)
     try:
         rows = run_matrix(spec, Path(args.out))
     except KeyboardInterrupt:

@@ -1,26 +1,46 @@
-"""`pixelrec export`: a run's user and item vectors as .npy with their tokens, for serving elsewhere."""
+"""`pixelrec export`: a run's user and item vectors as .npy with their tokens, for serving elsewhere;
+or (--tower) its trained image tower, for items.encoder_weights and `pixelrec extract`."""
 
 from __future__ import annotations
 
 import argparse
 
 from pixelrec.commands import add_run_argument, run_data, run_directory
+from pixelrec.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="where items.npy, users.npy, items.txt, "
-                        "users.txt and export.json go")
+    parser.add_argument("--out", metavar="DIR", help="where items.npy, users.npy, items.txt, users.txt and "
+                        "export.json go")
+    parser.add_argument("--tower", metavar="OUT.safetensors", help="write the run's trained image tower (timm "
+                        "weights; its description in OUT.json) for items.encoder_weights and extract --encoder-weights")
+    parser.add_argument("--new-items", metavar="F.npy", help="with --out: append these new items' vectors (from "
+                        "`pixelrec embed` with this run) after the catalogue's")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="best (last.pt, said so, when the run has no best.pt) or last")
     parser.add_argument("--batch-size", type=int, default=1024, metavar="N", help="users per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.bench.export import export_vectors
+    from pixelrec.bench.export import export_tower, export_vectors
 
-    manifest = export_vectors(run_directory(args), args.out, args.checkpoint, args.batch_size, run_data(args))
-    print(f"wrote {args.out}: {manifest['n_users']:,} users and {manifest['n_items']:,} items x {manifest['dim']} "
-          f"from {manifest['checkpoint']} (epoch {manifest['epoch']}) "
-          f"(score = users . items; mask each user's history as `pixelrec recommend` does)")
+    if not args.out and not args.tower:
+        raise UserError("what to export? --out DIR (user and item vectors) or --tower OUT.safetensors "
+                        "(the image tower)")
+    if args.new_items and not args.out:
+        raise UserError("--new-items goes with --out DIR: the new items' vectors are appended to items.npy there")
+    if args.tower:
+        tower = export_tower(run_directory(args), args.tower, args.checkpoint, run_data(args))
+        source = tower["source"]
+        print(f"wrote {args.tower}: {tower['timm_name']} tower ({tower['image_size']} px, pooling {tower['pooling']}) "
+              f"from {source['checkpoint']} (epoch {source['epoch']}); use it as items.encoder_weights={args.tower} "
+              f"or `pixelrec extract --encoder-weights {args.tower}`")
+    if args.out:
+        manifest = export_vectors(run_directory(args), args.out, args.checkpoint, args.batch_size, run_data(args),
+                                  new_items=args.new_items)
+        new = f" ({manifest['new_items']['count']:,} of them new)" if "new_items" in manifest else ""
+        print(f"wrote {args.out}: {manifest['n_users']:,} users and {manifest['n_items']:,} items{new} x "
+              f"{manifest['dim']} from {manifest['checkpoint']} (epoch {manifest['epoch']}) "
+              f"(score = users . items; mask each user's history as `pixelrec recommend` does)")
     return 0

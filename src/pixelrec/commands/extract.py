@@ -1,8 +1,12 @@
-"""`pixelrec extract`: frozen image features of every item (ViNet), or import features made elsewhere."""
+"""`pixelrec extract`: frozen image or text features of every item (ViNet), or import features made elsewhere."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -10,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE.npy", help="feature file; its sidecar is FILE.json")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--encoder", help="image encoder: short name (clip-vit-b32, resnet50, ...) or timm name")
+    source.add_argument("--text-model", metavar="DIR", help="text model over the items' texts: a Hugging Face model "
+                        "directory (or a hub name in the local cache)")
     source.add_argument("--import", dest="import_file", metavar="FEATURES.npy",
                         help="an existing feature array, rows in the order of --order")
     parser.add_argument("--order", metavar="ORDER", help="with --import: item tokens of the rows, one per line, "
@@ -18,11 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a hub or a cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no weights file given)")
     parser.add_argument("--image-size", type=int, metavar="PX", help="encoder input size (default: the encoder's)")
-    parser.add_argument("--pooling", choices=["default", "cls", "mean"], default="default")
+    parser.add_argument("--pooling", choices=["default", "cls", "mean"], default="default",
+                        help="image: the encoder's own (default), its class token or the mean of its tokens; "
+                        "text: the mean of the tokens (default) or the first token")
+    parser.add_argument("--text-fields", default="title,tag", metavar="A,B", help="with --text-model: the item "
+                        "columns joined into each item's text")
+    parser.add_argument("--max-tokens", type=int, default=32, metavar="N", help="with --text-model: token budget "
+                        "per item (special tokens included)")
     parser.add_argument("--preprocess", choices=["encoder", "paper"], default="encoder",
                         help="mean/std of the encoder's data config, or the paper's 0.5/0.5 at 224")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N")
-    parser.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader processes reading images")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="DataLoader processes reading images (or tokens)")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], help="stored precision (default: fp16; --import: "
                         "the source's float16/float32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -45,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--order goes with --import only")
     from pixelrec.distributed import resolve_device
 
+    if args.text_model:
+        return _text(args, resolve_device(args.device))
+
     sidecar = extract_features(
         args.data, args.out, args.encoder, encoder_weights=args.encoder_weights, pretrained=args.pretrained,
         image_size=args.image_size, pooling=args.pooling, preprocess=args.preprocess, seed=args.seed,
@@ -53,6 +69,31 @@ def run(args: argparse.Namespace) -> int:
     )
     what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
             f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
+    if sidecar["rows_written"]:
+        print(f"wrote {args.out}: {what}")
+    else:
+        print(f"{args.out}: already extracted, nothing to do: {what}; --overwrite extracts it again")
+    return 0
+
+
+def _text(args: argparse.Namespace, device: "torch.device") -> int:
+    """--text-model: frozen text features (ViNet over text), through the same feature files."""
+    from pixelrec.errors import UserError
+    from pixelrec.items.text_features import extract_text_features
+
+    given = {"--encoder-weights": args.encoder_weights, "--pretrained": args.pretrained,
+             "--image-size": args.image_size}
+    image_only = [flag for flag, value in given.items() if value]
+    if image_only:
+        raise UserError(f"{image_only[0]} goes with --encoder (an image encoder), not --text-model")
+    fields = [f.strip() for f in args.text_fields.split(",") if f.strip()]
+    sidecar = extract_text_features(
+        args.data, args.out, args.text_model, text_fields=fields, max_tokens=args.max_tokens, pooling=args.pooling,
+        batch_size=args.batch_size, workers=args.workers, dtype=args.dtype or "fp16", device=device,
+        overwrite=args.overwrite,
+    )
+    what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} ({sidecar['encoder']} over "
+            f"{'+'.join(sidecar['text_fields'])}, pooling {sidecar['pooling']}; complete)")
     if sidecar["rows_written"]:
         print(f"wrote {args.out}: {what}")
     else:

@@ -1,4 +1,5 @@
-"""`pixelrec recommend`: top-k items for users of a trained run, history masked as in evaluation."""
+"""`pixelrec recommend`: top-k items for users of a trained run, history masked as in evaluation;
+with --new-items, among the catalogue and items embedded after training by `pixelrec embed`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE.csv", help="write the CSV to this file instead of printing it")
     parser.add_argument("--image", metavar="FILE.png", help="contact sheet: each user's recent and recommended "
                         "covers with their titles (the first 20 users)")
+    parser.add_argument("--new-items", metavar="F.npy", help="vectors of items not in the catalogue, written for "
+                        "this run by `pixelrec embed`: ranked with the catalogue and marked new (CSV column new, "
+                        "a frame on the contact sheet)")
 
 
 EXAMPLE_NAMES = {"--out": "recommendations.csv", "--image": "sheet.png"}
@@ -47,14 +51,28 @@ def run(args: argparse.Namespace) -> int:
 
     out, image = _file_argument("--out", args.out), _file_argument("--image", args.image)
     tokens = args.user or _read_tokens(Path(args.users_file))
-    config, data, model = load_run(run_directory(args), args.checkpoint, run_data(args))
+    run_dir = run_directory(args)
+    if args.new_items:
+        from pixelrec.items.new_items import refuse_kind
+        from pixelrec.train.trainer import config_of_run
+
+        refuse_kind(run_dir, config_of_run(run_dir).items.kind)  # before the model is loaded
+    config, data, model = load_run(run_dir, args.checkpoint, run_data(args))
     if image is not None and data.image_store_path is None:
         raise UserError(f"--image: {data.root} was prepared without covers (no image store)")
-    found = top_items(model, data, tokens, args.k, config.data.max_len)
+    new = None
+    if args.new_items:
+        from pixelrec.evaluate.run import choose_checkpoint
+        from pixelrec.items.new_items import new_items_for_run
+
+        weights, _ = choose_checkpoint(run_dir, args.checkpoint)
+        new = new_items_for_run(args.new_items, run_dir, config.items.kind, model, weights, data.item_tokens)
+    found = top_items(model, data, tokens, args.k, config.data.max_len, new)
     if found.note:
         print(f"note: {found.note}", file=sys.stderr)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["user_id", "rank", "item_id", "score", "title"], lineterminator="\n")
+    columns = ["user_id", "rank", "item_id", "score", "title"] + (["new"] if new is not None else [])
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({**row, "score": f"{row['score']:.6g}"} for row in found.rows())
     said = sys.stdout if out is not None else sys.stderr  # "wrote" lines never mix with a CSV on stdout
@@ -69,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         from pixelrec.evaluate.contact_sheet import contact_sheet
         from pixelrec.evaluate.run import user_indices
 
-        sheet = contact_sheet(data, list(user_indices(data, tokens)), found.indices, item_titles(data), image)
+        titles = item_titles(data) if new is None else new.extend_titles(item_titles(data), data.n_items)
+        sheet = contact_sheet(data, list(user_indices(data, tokens)), found.indices, titles, image, new_items=new)
         drawn = (_count(len(tokens), "user") if len(sheet.users) == len(tokens)
                  else f"the first {len(sheet.users)} of {len(tokens)} users")
         print(f"wrote {image}: recent and recommended covers of {drawn}", file=said)

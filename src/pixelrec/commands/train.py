@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
                         help="override any key, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--out", help="run directory (default runs/<model>-<items>-<time>)")
+    parser.add_argument("--init-from", metavar="RUN_DIR", help="start a new run from another run's weights "
+                        "(train.init_from; the item encoder's tower and projection, see train.init_parts); "
+                        "ID tables never cross datasets")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped "
                         "(--epochs, --device and a few --set keys may change; they are written to its config.yaml)")
     parser.add_argument("--overwrite", action="store_true",
@@ -35,7 +38,7 @@ def flags_of(args: argparse.Namespace) -> dict:
     flags: dict = {}
     pairs = [("data", "path", args.data), ("items", "kind", args.items), ("items", "encoder", args.encoder),
              ("loss", "name", args.loss), ("train", "epochs", args.epochs), ("train", "device", args.device),
-             ("train", "seed", args.seed)]
+             ("train", "seed", args.seed), ("train", "init_from", args.init_from)]
     for section, key, value in pairs:
         if value is not None:
             flags.setdefault(section, {})[key] = value

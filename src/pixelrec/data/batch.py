@@ -38,11 +38,19 @@ class Batch:
     loss_scale: float = 1.0
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The batch's tensors on `device`; copies to a GPU do not wait for it (from pinned memory they
+        overlap its work), copies back to the host do, so the values are there when read."""
+        non_blocking = torch.device(device).type == "cuda"
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+            moved[f.name] = value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
         return replace(self, **moved)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory, which a GPU copies from without the host waiting
+        (DataLoader(pin_memory=True) calls this on each batch)."""
+        return replace(self, **{f.name: _pinned(getattr(self, f.name)) for f in fields(self)})
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -64,3 +72,12 @@ class Batch:
             return self.targets[valid], self.users[valid]
         users = self.users[:, None].expand_as(self.targets)
         return self.targets[valid], users[valid]
+
+
+def _pinned(value: Any) -> Any:
+    """Tensors (also inside tuples and lists, as multimodal item inputs) in pinned memory; the rest as is."""
+    if isinstance(value, Tensor):
+        return value.pin_memory()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_pinned(v) for v in value)
+    return value

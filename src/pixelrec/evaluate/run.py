@@ -138,11 +138,15 @@ def user_indices(data: PreparedData, tokens: list[str]) -> np.ndarray:
 
 @torch.no_grad()
 def recommend(model: Recommender, data: PreparedData, users: np.ndarray, k: int, max_len: int,
-              batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item indices and scores for each user after their whole history, which is masked."""
+              batch_size: int = 1024, extra: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores for each user after their whole history, which is masked.
+    `extra`: scoring vectors of items beyond the catalogue (new items), ranked with it as indices
+    n_items + 1, n_items + 2, ..."""
     lookup, scoring = model.catalogue_vectors()
+    if extra is not None:
+        scoring = torch.cat([scoring, extra.to(scoring.device, scoring.dtype)])
     items_out, scores_out = [], []
-    k = min(k, data.n_items)
+    k = min(k, len(scoring) - 1)
     for begin in range(0, len(users), batch_size):
         chunk = users[begin : begin + batch_size]
         batch, rows, items = whole_history_batch(data, chunk, max_len)

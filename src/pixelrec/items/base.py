@@ -13,6 +13,23 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.train import logs
 
 
+def frozen_modules(tower: nn.Module) -> list[nn.Module]:
+    """The largest submodules whose parameters (counted through their children) are all frozen: kept in
+    eval mode (BatchNorm statistics fixed, no dropout or drop-path), while trainable blocks follow train()."""
+    out: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(tower)
+    return out
+
+
 class ItemEncoder(nn.Module):
     """Maps distinct item indices (>= 1, never padding) to vectors of size `embedding_size`.
 
@@ -50,6 +67,11 @@ class ItemEncoder(nn.Module):
         """Trainable parameters that take the encoder learning rate and weight decay."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def encoder_groups(self) -> list[dict[str, Any]]:
+        """The encoder parameters by optimiser group, {"name", "params", "lr", "weight_decay"}; an lr or
+        decay of None takes train.encoder_lr / encoder_weight_decay. One group, unless towers differ."""
+        return [{"name": "encoder", "params": self.encoder_parameters(), "lr": None, "weight_decay": None}]
+
     @torch.no_grad()
     def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,
                   job: Job = SINGLE) -> Tensor:
@@ -62,7 +84,8 @@ class ItemEncoder(nn.Module):
         loaded: Any
         if self.needs_inputs and workers > 0:
             loaded = torch.utils.data.DataLoader(
-                _CatalogueInputs(self.load_inputs, chunks), batch_size=None, num_workers=workers
+                _CatalogueInputs(self.load_inputs, chunks), batch_size=None, num_workers=workers,
+                pin_memory=device.type == "cuda",  # so move_inputs' non-blocking copy overlaps the encoder
             )
         else:
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)

@@ -4,7 +4,8 @@
 projection) in eval mode without gradients over the image store, batch by batch through DataLoader
 workers, into a memory-mapped `.npy` (row r = item index r + 1). After each chunk is flushed the
 sidecar records the rows done (written atomically), so an interrupted run continues where it stopped
-and gives the same bytes as an uninterrupted one. `import_features` re-orders an existing array
+and gives the same bytes as an uninterrupted one (items/text_features fills the same files from a text
+model, through the same machinery). `import_features` re-orders an existing array
 (e.g. the PixelRec release's features) into the dataset's item order, checking every row it keeps.
 Both hold a lock beside the file for their whole run (one writer per file) and reserve the array's
 blocks before writing rows, so a full disk is one line, never a SIGBUS.
@@ -33,6 +34,7 @@ from pixelrec.items.feature_store import (
     read_feature_array, read_sidecar, sidecar_path, write_sidecar,
 )
 from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name
+from pixelrec.items.tower_file import EXTRACT_FLAGS, tower_settings
 from pixelrec.items.weight_layouts import note_encoder
 
 
@@ -44,9 +46,13 @@ class FeatureTower(nn.Module):
                  image_size: int | None = None, pooling: str = "default", preprocess: str = "encoder",
                  seed: int = 0) -> None:
         super().__init__()
+        # a tower exported from a run (`pixelrec export --tower`) brings its own size, pooling, ...
+        encoder, image_size, pooling, preprocess, _, timm_args = tower_settings(
+            encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
+            names=EXTRACT_FLAGS, poolings=("default", "cls", "mean"))
         with torch.random.fork_rng(devices=[]):  # the same tower every run, without touching the caller's RNG
             torch.manual_seed(seed)
-            self.tower = create_tower(encoder, encoder_weights, pretrained, image_size)
+            self.tower = create_tower(encoder, encoder_weights, pretrained, image_size, timm_args=timm_args)
         check_pooling(self.tower, pooling, encoder)
         self.preprocess = Preprocess(self.tower, image_size, preprocess)
         self.pooling, self.style = pooling, preprocess
@@ -61,8 +67,9 @@ class FeatureTower(nn.Module):
         return {"style": self.style, **self.preprocess.describe()}
 
 
-class _ItemImages(torch.utils.data.Dataset):
-    """Chunk k -> (first row, uint8 images of items first+1 .. first+batch) from the image store."""
+class _ItemRows(torch.utils.data.Dataset):
+    """Chunk k -> (first row, inputs of items first+1 .. first+batch) from a row source: anything whose
+    `read(item_ids)` gives a batch tensor (the image store's uint8 images, a token array's ids)."""
 
     def __init__(self, store: Any, start: int, n_items: int, batch_size: int) -> None:
         self.store, self.start, self.n_items, self.batch_size = store, start, n_items, batch_size
@@ -131,7 +138,7 @@ def extract_features(
         wanted = {
             "format": FORMAT, "version": VERSION, "encoder": encoder, "timm_name": timm_name(encoder),
             "weights_sha256": file_sha256(encoder_weights) if encoder_weights else None, "pretrained": pretrained,
-            "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": pooling,
+            "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": tower.pooling,
             "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "n_items": data.n_items,
             "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         }
@@ -188,18 +195,19 @@ def create_rows(out: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap
 
 def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_store: Any, start: int, n_items: int,
                    batch_size: int, workers: int, device: torch.device, compute: Any, desc: str, progress: bool,
-                   not_finite: Any) -> None:
-    """Fill rows start.. of a per-item array with `compute(uint8 images on device) -> numpy rows`, images
-    loaded by `workers`; each chunk is flushed before the sidecar records it done, so an interrupted run
-    continues where it stopped and ends with the same bytes. `not_finite(row)` words the error."""
-    chunks = _ItemImages(image_store, start, n_items, batch_size)
+                   not_finite: Any, unit: str = "img") -> None:
+    """Fill rows start.. of a per-item array with `compute(inputs on device) -> numpy rows`, the inputs
+    read from `image_store` (or any row source, see `_ItemRows`: a token array for text) by `workers`;
+    each chunk is flushed before the sidecar records it done, so an interrupted run continues where it
+    stopped and ends with the same bytes. `not_finite(row)` words the error."""
+    chunks = _ItemRows(image_store, start, n_items, batch_size)
     loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
         chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=n_items, initial=start, desc=desc, unit="img", file=sys.stderr,
+    bar = tqdm(total=n_items, initial=start, desc=desc, unit=unit, file=sys.stderr,
                disable=None if progress else True, dynamic_ncols=True)
     with bar:
-        for first, images in loader:
-            rows = compute(images.to(device, non_blocking=True))
+        for first, inputs in loader:
+            rows = compute(inputs.to(device, non_blocking=True))
             bad = first_non_finite(rows.reshape(len(rows), -1))
             if bad is not None:
                 raise UserError(not_finite(first + bad))

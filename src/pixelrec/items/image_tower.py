@@ -109,6 +109,9 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
             ) from None
         raise
     if weights:
+        from pixelrec.items.tower_file import fit_tower
+
+        fit_tower(tower, weights, resolved, timm_args)  # an exported tower: its architecture, checked
         load_weights(tower, weights, resolved, keep_head=keep_head)
     return tower
 
@@ -182,26 +185,15 @@ def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True)
 
 def remove_final_norm(tower: nn.Module, name: str) -> None:
     """Replace the norm that ends forward_features by the identity, so the tokens are the last
-    block's raw output (as Hugging Face's CLIP `last_hidden_state`, which has no post-LayerNorm)."""
+    block's raw output (as Hugging Face's CLIP `last_hidden_state`, which has no post-LayerNorm).
+    A tower whose norm this already removed (one loaded from an exported tower file) stays as it is."""
+    if getattr(tower, "final_norm_removed", False):
+        return
     norm = getattr(tower, "norm", None)
     if not isinstance(norm, nn.Module) or isinstance(norm, nn.Identity):
         raise UserError(f"items.final_norm=false: {name} has no final norm after its blocks to remove")
     tower.norm = nn.Identity()
-
-
-def frozen_modules(tower: nn.Module) -> list[nn.Module]:
-    """Leaf modules with parameters that are all frozen: kept in eval mode (BatchNorm statistics fixed)."""
-    out = []
-    for module in tower.modules():
-        params = list(module.parameters(recurse=False))
-        if params and not any(p.requires_grad for p in params):
-            out.append(module)
-    return out
-
-
-def is_convolutional(tower: nn.Module) -> bool:
-    """True for towers without attention (CNNs), for which channels_last pays off."""
-    return not any("Attention" in type(m).__name__ for m in tower.modules())
+    tower.final_norm_removed = True
 
 
 def check_pooling(tower: nn.Module, pooling: str, name: str, allowed: tuple[str, ...] = POOLINGS) -> None:

@@ -2,7 +2,9 @@
 
 `fusion: sum` adds the two towers' item vectors (and the ID vector, `with_id`); `fusion: concat`
 concatenates them and projects back to the embedding size. Each tower keeps its own freezing
-(`tune_last` for the image, `text_tune_last` for the text), pooling and frozen-prefix cache.
+(`tune_last` for the image, `text_tune_last` for the text), pooling, frozen-prefix cache and optimiser
+group: the image tower takes train.encoder_lr / encoder_weight_decay, the text tower `text_lr` /
+`text_weight_decay` (by default the image tower's).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class MultimodalEncoder(ItemEncoder):
         text_pooling: str = "mean",
         text_tune_last: int | str = 2,
         text_cache: str | None = None,
+        text_lr: float | None = None,
+        text_weight_decay: float | None = None,
         fusion: Literal["sum", "concat"] = "sum",
         with_id: bool = False,
         dnn_layers: int = 0,
@@ -83,6 +87,7 @@ class MultimodalEncoder(ItemEncoder):
             dnn_layers=dnn_layers, activation=activation, cache=text_cache, cache_dir=cache_dir,
             item_order_sha256=item_order_sha256,
         )
+        self.text_lr, self.text_weight_decay = text_lr, text_weight_decay
         self.ids = IDEncoder(n_items, embedding_size) if with_id else None
         self.fusion = fusion
         parts = 2 + int(with_id)
@@ -111,3 +116,9 @@ class MultimodalEncoder(ItemEncoder):
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Both towers' encoder parameters; the ID vectors and the fusion take the recommender's rate."""
         return self.image.encoder_parameters() + self.text.encoder_parameters()
+
+    def encoder_groups(self) -> list[dict[str, Any]]:
+        """The image tower at the encoder rate and decay, the text tower at its own (None: the same)."""
+        return [{"name": "encoder", "params": self.image.encoder_parameters(), "lr": None, "weight_decay": None},
+                {"name": "text_encoder", "params": self.text.encoder_parameters(), "lr": self.text_lr,
+                 "weight_decay": self.text_weight_decay}]

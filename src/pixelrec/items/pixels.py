@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ItemEncoder, frozen_modules
 from pixelrec.items.image_tower import (
-    POOLINGS, Preprocess, check_pooling, create_tower, freeze_below, frozen_modules, is_convolutional, pool,
+    POOLINGS, Preprocess, check_pooling, create_tower, freeze_below, pool,
     pooled_size, remove_final_norm, timm_name, tokens,
 )
 from pixelrec.items.prefix_cache import PrefixCache, TowerSplit, build_prefix_cache, cache_identity
+from pixelrec.items.tower_file import tower_settings
 from pixelrec.items.weight_layouts import note_encoder
 
 
@@ -48,6 +49,21 @@ def projection(in_features: int, out_features: int, hidden_layers: int, activati
                 nn.init.xavier_normal_(layer.weight)
                 nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+def convolutional(tower: nn.Module) -> bool:
+    """True for towers whose body is convolutions (ResNet, ConvNeXt, EfficientNet, the CLIP ResNets,
+    whose only attention is the pooling head), for which channels_last pays off on a GPU; false for
+    transformers, whose one convolution is the patch embedding, and for hybrids with attention stages."""
+    body = [m for name, m in tower.named_modules()
+            if not any(name == part or name.startswith(part + ".") for part in ("patch_embed", "head"))]
+    return any(isinstance(m, nn.Conv2d) for m in body) and not any("Attention" in type(m).__name__ for m in body)
+
+
+def use_channels_last(tower: nn.Module, device: torch.device, setting: bool | None) -> bool:
+    """train.channels_last: true or false as set, null (the default) on a GPU; convolutional towers only."""
+    wanted = device.type == "cuda" if setting is None else setting
+    return bool(wanted) and convolutional(tower)
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -94,6 +110,10 @@ class PixelEncoder(ItemEncoder):
         frozen_mode: Literal["eval", "train"] = "eval",
     ) -> None:
         super().__init__(n_items, embedding_size)
+        # a tower exported from a run (`pixelrec export --tower`) brings its own encoder, size, pooling, ...
+        encoder, image_size, pooling, preprocess, final_norm, timm_args = tower_settings(
+            encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
+            final_norm=final_norm, timm_args=timm_args)
         if encoder is None:
             raise UserError("items.kind=pixels needs an image encoder: --encoder NAME (e.g. clip-vit-b32, test_vit)")
         _check_choice("items.pooling", pooling, PIXEL_POOLINGS)
@@ -145,7 +165,10 @@ class PixelEncoder(ItemEncoder):
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         if inputs is None:
-            inputs = self.load_inputs(item_ids.cpu().numpy()).to(item_ids.device)
+            inputs = self.load_inputs(item_ids.cpu().numpy())
+            if item_ids.device.type == "cuda":  # pinned: the copy does not wait for the device's queued work
+                inputs = inputs.pin_memory()
+            inputs = inputs.to(item_ids.device, non_blocking=True)
         features = self._features(inputs)
         if self.pooling == "tokens":
             return self.projection(tokens(self.tower, features)).mean(1)
@@ -167,7 +190,7 @@ class PixelEncoder(ItemEncoder):
             self.tower.set_grad_checkpointing(True)
             if self.split is not None:
                 self.split.checkpointing = True
-        if getattr(train, "channels_last", False) and is_convolutional(self.tower):
+        if use_channels_last(self.tower, torch.device(device), getattr(train, "channels_last", None)):
             self.tower.to(memory_format=torch.channels_last)
             self.channels_last = True
         if self.split is not None:

@@ -55,6 +55,20 @@ def _resnet_stem(tower: nn.Module, x: Tensor) -> Tensor:
     return tower.maxpool(tower.act1(tower.bn1(tower.conv1(x))))
 
 
+def _beit_stem(tower: nn.Module, x: Tensor) -> Tensor:
+    x = tower.patch_embed(x)
+    x = torch.cat((tower.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+    if tower.pos_embed is not None:
+        x = x + tower.pos_embed
+    return tower.pos_drop(x)
+
+
+def _beit_block(tower: nn.Module, block: nn.Module, x: Tensor) -> Tensor:
+    # a shared relative position bias belongs to the (frozen) stem: a function of weights only, made per block
+    shared = tower.rel_pos_bias() if tower.rel_pos_bias is not None else None
+    return block(x, shared_rel_pos_bias=shared)
+
+
 # stems are partials of module-level functions, so an encoder still pickles (DataLoader workers under spawn)
 def _vit_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
     units = [Unit("stem", partial(_vit_stem, tower), ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
@@ -70,6 +84,22 @@ def _resnet_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tens
     return units, nn.Identity()
 
 
+def _beit_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    units = [Unit("stem", partial(_beit_stem, tower), ("cls_token", "pos_embed", "patch_embed", "rel_pos_bias"))]
+    units += [Unit(f"blocks.{i}", partial(_beit_block, tower, block), (f"blocks.{i}.",))
+              for i, block in enumerate(tower.blocks)]
+    return units, tower.norm  # fc_norm runs in forward_head (pooling), as in timm
+
+
+def _byobnet_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    """timm's bring-your-own-blocks nets (the CLIP ResNets): one unit per block, as `tune_last` counts them;
+    the attention pool is the head, which runs in pooling."""
+    units = [Unit("stem", tower.stem, ("stem.",))]
+    for s, stage in enumerate(tower.stages):
+        units += [Unit(f"stages.{s}.{i}", block, (f"stages.{s}.{i}.",)) for i, block in enumerate(stage)]
+    return units, tower.final_conv
+
+
 def _swin_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
     units = [Unit("stem", tower.patch_embed, ("patch_embed", "absolute_pos_embed"))]
     for s, stage in enumerate(tower.layers):
@@ -83,6 +113,8 @@ FAMILIES: dict[str, Callable[[nn.Module], tuple[list[Unit], Callable[[Tensor], T
     "VisionTransformer": _vit_units,
     "ResNet": _resnet_units,
     "SwinTransformer": _swin_units,
+    "Beit": _beit_units,
+    "ByobNet": _byobnet_units,
 }
 
 

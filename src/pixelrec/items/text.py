@@ -23,7 +23,7 @@ from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
 from pixelrec.items.pixels import projection
 from pixelrec.items.prefix_cache import PrefixCache
-from pixelrec.items.text_tower import TEXT_POOLINGS, TextTower, load_text_model, pool_tokens
+from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
 DEFAULT_FIELDS = ("title", "tag")
 
@@ -79,10 +79,7 @@ class TextEncoder(ItemEncoder):
             raise UserError(f"items.projection_group: {projection_group!r} is not one of recommender, encoder")
         if cache not in (None, "none", "prefix"):
             raise UserError(f"{keys['cache']}: {cache!r} is not one of none, prefix")
-        model, tokenizer = load_text_model(source, keys["encoder_weights"] if encoder_weights else keys["encoder"])
-        self.tower = TextTower(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                               Path(source).name or source)
-        self.tower.check_vocabulary(tokenizer, source)
+        self.tower, tokenizer = text_tower(source, keys["encoder_weights"] if encoder_weights else keys["encoder"])
         self.tower.check_length(max_tokens, "items.max_tokens")
         self.tower.freeze(tune_last, keys["tune_last"])
         self.cache_mode, self.cache_dir = (cache if cache != "none" else None), cache_dir

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
+from pixelrec.items.base import frozen_modules
 
 TEXT_POOLINGS = ("mean", "cls")
 
@@ -39,14 +40,17 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
     try:
         try:
             config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
-        except OSError:
+        except OSError as err:
+            if path.exists():  # a config.json that cannot be read as one
+                raise UserError(f"{path / 'config.json'}: not a transformers configuration "
+                                f"({_first_line(err)})") from None
             raise UserError(f"{key}={source}: neither a model directory nor a model in the local Hugging Face cache "
                             "(nothing is downloaded); give a directory saved with save_pretrained") from None
         except (ValueError, KeyError) as err:
             raise UserError(f"{where}: not a transformers model ({_first_line(err)})") from None
         try:
             model, info = transformers.AutoModel.from_pretrained(where, config=config, local_files_only=True,
-                                                                 output_loading_info=True)
+                                                                 output_loading_info=True, ignore_mismatched_sizes=True)
         except (OSError, ValueError) as err:
             raise UserError(f"{where}: cannot load the model's weights ({_first_line(err)})") from None
         try:
@@ -61,7 +65,29 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
     if missing:
         raise UserError(f"{where}: the weights do not fit {type(model).__name__}: {len(missing)} missing, "
                         f"e.g. {missing[0]}")
+    mismatched = [m for m in info.get("mismatched_keys", []) if not str(m[0]).startswith("pooler.")]
+    if mismatched:
+        name, stored, wanted = (tuple(mismatched[0]) + (None, None))[:3]
+        raise UserError(f"{where}: the weights do not fit the config.json beside them: {len(mismatched)} of another "
+                        f"shape, e.g. {name} ({_shape(stored)} stored, {_shape(wanted)} in the config)")
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+        raise UserError(f"{where}: no tokenizer files beside the model (its vocabulary would be only the special "
+                        "tokens); save the tokenizer with save_pretrained into the same directory")
     return model, tokenizer
+
+
+def _shape(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (tuple, list, torch.Size)) else str(value)
+
+
+def text_tower(source: str, key: str) -> tuple["TextTower", Any]:
+    """(tower, tokenizer) of the model at `source` (a directory or a hub name in the local cache),
+    checked to belong together; `key` names the setting in errors."""
+    model, tokenizer = load_text_model(source, key)
+    tower = TextTower(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                      Path(source).name or source)
+    tower.check_vocabulary(tokenizer, source)
+    return tower, tokenizer
 
 
 def _first_line(err: Exception) -> str:
@@ -114,18 +140,7 @@ class TextTower(nn.Module):
 
     def frozen_parts(self) -> list[nn.Module]:
         """The largest submodules whose parameters are all frozen: kept in eval mode (no dropout)."""
-        out: list[nn.Module] = []
-
-        def visit(module: nn.Module) -> None:
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                out.append(module)
-                return
-            for child in module.children():
-                visit(child)
-
-        visit(self.model)
-        return out
+        return frozen_modules(self.model)
 
     def check_vocabulary(self, tokenizer: Any, source: str) -> None:
         rows = self.model.get_input_embeddings().num_embeddings

@@ -334,8 +334,8 @@ def learning_rates(trainer: Trainer) -> dict[str, float]:
     """The learning rate of each parameter group, named by what it trains (item encoder or recommender)."""
     if trainer.optimizer is None:
         return {}
-    encoder = {id(p) for p in trainer.model.item_encoder.encoder_parameters()}
-    return {("encoder" if id(group["params"][0]) in encoder else "recommender"): float(group["lr"])
+    encoder = {id(p) for p in trainer.model.item_encoder.encoder_parameters()}  # groups saved without a name
+    return {group.get("name") or ("encoder" if id(group["params"][0]) in encoder else "recommender"): float(group["lr"])
             for group in trainer.optimizer.param_groups if group["params"]}
 
 

@@ -241,6 +241,8 @@ def with_absolute_paths(config: Config) -> Config:
             setattr(items, key, os.path.abspath(value))
     if items.cache_dir is not None:
         items.cache_dir = os.path.abspath(items.cache_dir)
+    if config.train.init_from is not None:
+        config.train.init_from = os.path.abspath(config.train.init_from)
     return config
 
 

@@ -29,7 +29,12 @@ from pixelrec.errors import UserError
 from pixelrec.evaluate.evaluator import evaluate
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
 from pixelrec.threads import use_threads
-from pixelrec.train import logs, rundir
+from pixelrec.train import logs, rundir, transfer
+
+
+#: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
+#: progress bar), so it is not done every step; a non-finite loss is still found at its exact step.
+LOSS_CHECK_EVERY = 20
 
 
 def build_model(config: Config, data: PreparedData) -> Recommender:
@@ -44,22 +49,28 @@ def build_model(config: Config, data: PreparedData) -> Recommender:
 
 
 def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]:
-    """Item encoder vs the rest, each with its own lr and decay; no decay on norms and biases unless
-    train.decay_all."""
+    """Item encoder (by tower, see `ItemEncoder.encoder_groups`) vs the rest, each with its own lr and
+    decay; no decay on norms and biases unless train.decay_all. Each group is named ("recommender",
+    "encoder", ...)."""
     t = config.train
     encoder_lr = t.lr if t.encoder_lr is None else t.encoder_lr
     encoder_decay = t.weight_decay if t.encoder_weight_decay is None else t.encoder_weight_decay
-    encoder_ids = {id(p) for p in model.item_encoder.encoder_parameters()}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    towers = [{"name": "recommender", "lr": t.lr, "weight_decay": t.weight_decay}]
+    owner: dict[int, int] = {}
+    for group in model.item_encoder.encoder_groups():
+        towers.append({"name": group["name"], "lr": encoder_lr if group["lr"] is None else group["lr"],
+                       "weight_decay": encoder_decay if group["weight_decay"] is None else group["weight_decay"]})
+        owner |= {id(p): len(towers) - 1 for p in group["params"]}
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in encoder_ids, p.dim() >= 2), []).append(p)
+            groups.setdefault((owner.get(id(p), 0), p.dim() >= 2), []).append(p)
     out = []
-    for (is_encoder, decays), params in sorted(groups.items()):
+    for (tower, decays), params in sorted(groups.items()):
+        rates = towers[tower]
         out.append({
-            "params": params,
-            "lr": encoder_lr if is_encoder else t.lr,
-            "weight_decay": (encoder_decay if is_encoder else t.weight_decay) if decays or t.decay_all else 0.0,
+            "name": rates["name"], "params": params, "lr": rates["lr"],
+            "weight_decay": rates["weight_decay"] if decays or t.decay_all else 0.0,
         })
     return out
 
@@ -125,6 +136,9 @@ class Trainer:
         self._claim(resume, overwrite)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data).to(self.device)
+        self.transfer: dict[str, Any] | None = None  # where a new run's weights came from (train.init_from)
+        if self.config.train.init_from is not None and not resume:
+            self.transfer = self._init_from()
         if self.job.world > 1:
             torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
         backbone, loss = self.model.backbone, self.model.loss
@@ -158,6 +172,8 @@ class Trainer:
         if not self.job.main:
             self._prepare_items()
         self.report = logs.RunReport(self)  # train.log with its start banner, progress, TensorBoard, metrics.csv
+        if self.transfer is not None and self.job.main:
+            logs.log.info(transfer.describe(self.transfer))
 
     def _prepare_items(self) -> None:
         t = self.config.train
@@ -224,6 +240,15 @@ class Trainer:
             self.close()
             raise
 
+    def _init_from(self) -> dict[str, Any]:
+        """Load another run's weights into a new run, before the optimiser and the prefix cache see the
+        model; never on --resume, where the run's own checkpoint wins."""
+        try:
+            return transfer.initialise(self.model, self.config, self.data.n_items, self.data.n_users)
+        except BaseException:
+            self.close()
+            raise
+
     def _resume(self) -> None:
         last = self.out / "last.pt"
         try:
@@ -235,6 +260,7 @@ class Trainer:
                 except (ValueError, KeyError, RuntimeError) as err:
                     raise UserError(f"{last}: its optimizer state does not fit the run's model "
                                     f"({str(err).splitlines()[0]}); the checkpoint is from another run") from None
+            self.transfer = payload.get("init_from")  # recorded at the start, not applied again
             try:
                 self.state = TrainState(**payload["state"])
             except TypeError as err:
@@ -281,6 +307,7 @@ class Trainer:
             "torch_rng": streams[0][0],
             "cuda_rng": streams[0][1],
             "rng_per_rank": streams,
+            "init_from": self.transfer,
         })
 
     # --- loop ---------------------------------------------------------------------------
@@ -289,12 +316,15 @@ class Trainer:
         # under several ranks a final global batch with fewer examples than ranks is dropped
         order = [ids for _, ids in self.view.epoch_batches(t.batch_size, t.seed, epoch) if len(ids) >= self.job.world]
         dataset = BatchDataset(self.view, self.model, order, t.seed, epoch, self.job)
+        # pinned batches reach the GPU without stalling the host: a copy from pageable memory first
+        # waits for every step still queued on the device
+        pin = self.device.type == "cuda"
         if t.num_workers == 0:
-            yield from (dataset[i] for i in range(len(dataset)))
+            yield from (dataset[i].pin_memory() if pin else dataset[i] for i in range(len(dataset)))
             return
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, shuffle=False, num_workers=t.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4,
+            pin_memory=pin, persistent_workers=False, prefetch_factor=4,
         )
         yield from loader
 
@@ -306,8 +336,8 @@ class Trainer:
         t = self.config.train
         self.model.train()
         n_batches = -(-len(self.view) // t.batch_size)
-        total = torch.zeros((), device=self.device)  # summed on the device: no synchronisation per step
-        count, encoded, positions = 0, 0.0, 0.0
+        pending: list[torch.Tensor] = []  # the losses not yet looked at, on the device
+        total, count, encoded, positions = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
         bar = self.report.progress.epoch(epoch, t.epochs, n_batches, self.state.step, t.max_steps)
         for batch in self.batches(epoch):
@@ -316,28 +346,24 @@ class Trainer:
             with self._autocast():
                 out = self.net(batch)
             loss = out["loss"] * batch.loss_scale
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; stopped. "
-                    f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
-                )
             loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # gradients never outlive their step (nor sit through validation)
             self.state.step += 1
-            total += loss.detach()
+            pending.append(loss.detach())
             count += 1
             encoded += float(out["items_encoded"])
             bar.update()
-            if count % 20 == 0:
-                bar.set_postfix(loss=f"{float(total) / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
+            if count % LOSS_CHECK_EVERY == 0:
+                total += self._checked_losses(pending, epoch)
+                bar.set_postfix(loss=f"{total / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
             if t.max_steps is not None and self.state.step >= t.max_steps:
                 self.state.stopped = "max_steps"
                 break
+        total += self._checked_losses(pending, epoch)  # before the epoch's checkpoint can be written
         seconds = time.perf_counter() - started
-        total = float(total)
         if self.job.world > 1:  # the global batches' mean loss and everything encoded on any rank
             total = distributed.all_sum(total) / self.job.world
             encoded, positions = distributed.all_sum(encoded), distributed.all_sum(positions)
@@ -345,6 +371,27 @@ class Trainer:
         return {"loss": total / max(count, 1), "steps": count, "seconds": seconds,
                 "items_encoded_per_step": encoded / max(count, 1),
                 "encoded_per_position": encoded / max(positions, 1.0)}
+
+    def _checked_losses(self, pending: list[torch.Tensor], epoch: int) -> float:
+        """Sum of the losses in `pending` (emptied), read in one synchronisation with the device. A
+        non-finite one, on any rank, stops the run naming its step: the steps after it have poisoned
+        the weights, but the check comes before any checkpoint of this epoch is written."""
+        if not pending:
+            return 0.0
+        losses = torch.stack(pending).float().cpu()
+        first_step = self.state.step - len(pending) + 1
+        pending.clear()
+        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        first = (first_step + bad[0], losses[bad[0]].item()) if bad else None
+        if self.job.world > 1:  # every rank stops at the same step
+            found = [f for f in distributed.gather_objects(first) if f is not None]
+            first = min(found) if found else None
+        if first is not None:
+            raise UserError(
+                f"loss became {first[1]} at epoch {epoch + 1}, step {first[0]}; stopped. "
+                f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
+            )
+        return float(losses.double().sum())
 
     def validate(self) -> dict[str, Any]:
         return self.evaluate("valid")
@@ -404,17 +451,22 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint (the last weights when no validation ever improved) on both
-        splits, write results.json, and release the run directory."""
+        """Evaluate the best checkpoint (the last weights when no validation ever improved) on the test
+        split, write results.json, and release the run directory. The best checkpoint's validation
+        metrics are those stored with it when it was chosen; only without one is validation run."""
         distributed.barrier()  # rank 0 has written the last best.pt before any rank looks for it
         best = self.out / "best.pt"
+        valid: dict[str, Any] = {}
         if best.exists():
-            rundir.load_weights(self.model, rundir.load_checkpoint(best, self.device)["model"], best)
+            payload = rundir.load_checkpoint(best, self.device)
+            rundir.load_weights(self.model, payload["model"], best)
             self._evaluated = "best.pt"
+            valid = (payload.get("state") or {}).get("best_valid") or {}
         started = time.perf_counter()
-        valid = self.validate()
+        passes = 1 if valid else 2
+        valid = valid or self.validate()
         test = self.evaluate("test")
-        eval_seconds = (time.perf_counter() - started) / 2
+        eval_seconds = (time.perf_counter() - started) / passes  # one split's evaluation
         if self.state.epoch == 0:  # nothing trained (a rule-based model): still a loadable run
             self._checkpoint("last.pt")
         results = results_record(self, valid | test, eval_seconds)
@@ -448,6 +500,8 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     }
     if c.items.kind == "pixels":
         record["images_per_step"] = s.items_encoded / s.step if s.step else 0.0
+    if getattr(trainer, "transfer", None):
+        record["init_from"] = trainer.transfer
     return record
 
 

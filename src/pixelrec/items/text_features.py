@@ -1,0 +1,93 @@
+"""Frozen text features for every item of a prepared dataset (ViNet over text).
+
+`extract_text_features` runs a Hugging Face text model, wholly frozen and in eval mode, over the
+dataset's stored tokenisation (data/text_tokens: the token array that text items train on), pools each
+item's hidden states (the mean over its tokens, or the first token) and writes the same `.npy` +
+sidecar as image extraction, through its machinery (items/extract): resumable, one writer per file,
+disk reserved before rows are written. `items.kind=features` reads the file like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from pixelrec import locks
+from pixelrec.data.prepared import PreparedData
+from pixelrec.data.text_tokens import ItemTexts
+from pixelrec.errors import UserError
+from pixelrec.items.extract import _as_data, _open, fill_item_rows, npy_path, write_errors
+from pixelrec.items.feature_store import DTYPES, FORMAT, VERSION, dataset_order_sha256
+from pixelrec.items.text import DEFAULT_FIELDS
+from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
+
+
+def extract_text_features(
+    data: PreparedData | str | Path,
+    out: str | Path,
+    model: str,
+    *,
+    text_fields: Sequence[str] = DEFAULT_FIELDS,
+    max_tokens: int = 32,
+    pooling: str = "mean",
+    batch_size: int = 256,
+    workers: int = 0,
+    dtype: str = "fp16",
+    device: str | torch.device = "cpu",
+    tokens_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the pooled frozen output of text model `model` (a directory, or a hub name in the local
+    cache) for every item to `out` (+ sidecar), resuming a matching interrupted run; returns the
+    sidecar with `rows_written` (0: the file was already complete). The items' texts are tokenised
+    once and stored (in `tokens_dir`, default text_tokens/ in the dataset), as for text items."""
+    data, out, device = _as_data(data), npy_path(out), torch.device(device)
+    pooling = "mean" if pooling == "default" else pooling
+    if pooling not in TEXT_POOLINGS:
+        raise UserError(f"--pooling {pooling}: a text model pools by {' or '.join(TEXT_POOLINGS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
+        tower, tokenizer = text_tower(model, "--text-model")
+        tower.check_length(max_tokens, "--max-tokens")
+        tower.freeze(0)
+        tower.eval().to(device)
+        tokens = ItemTexts.from_prepared(data).tokens(tokenizer, list(text_fields), max_tokens, tokens_dir)
+        wanted = {
+            "format": FORMAT, "version": VERSION, "encoder": tower.name, "modality": "text",
+            "text_model": type(tower.model).__name__, "timm_name": None,
+            "weights_sha256": tower.prefix_sha256(), "pretrained": None, "seed": None, "image_size": None,
+            "pooling": pooling, "preprocessing": None, "text_fields": list(text_fields), "max_tokens": max_tokens,
+            "tokens": tokens.path.name, "dtype": DTYPES[dtype], "dim": tower.width, "n_items": data.n_items,
+            "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+        }
+        with write_errors(out, "the feature file"):
+            sidecar, array = _open(out, wanted, overwrite)
+            if array is None:
+                return {**sidecar, "rows_written": 0}
+            start = int(sidecar["rows_done"])
+            fp16 = device.type == "cuda" and dtype == "fp16"
+            row_dtype = array.dtype
+
+            def rows(ids: torch.Tensor) -> np.ndarray:
+                return pool_tokens(tower(ids), ids, pooling).float().cpu().numpy().astype(row_dtype)
+
+            def not_finite(row: int) -> str:
+                return (f"{out}: the text model's output for item {data.item_tokens[row + 1]} (row {row}) is not "
+                        f"finite in {DTYPES[dtype]}; try --dtype fp32")
+
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+                fill_item_rows(out, array, sidecar, tokens, start, data.n_items, batch_size, workers, device, rows,
+                               f"extract {tower.name}", progress, not_finite, unit="item")
+            del array
+        return {**sidecar, "rows_written": data.n_items - start}

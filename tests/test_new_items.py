@@ -1,0 +1,276 @@
+"""Items as pixels travel: the exported image tower (`export --tower`) reloads to the run's own
+vectors, `embed` reproduces the run's catalogue vectors from covers, and items held out of `prepare`
+are ranked from their covers alone above chance (an ID run refuses); bad inputs are one line each."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_config
+from pixelrec import api
+from pixelrec.cli import main
+from pixelrec.data.prepare import prepare
+from pixelrec.data.prepared import PreparedData
+from pixelrec.data.synth import write_synthetic
+from pixelrec.errors import UserError
+from pixelrec.evaluate.run import open_run
+from pixelrec.train.trainer import build_model, train
+
+HELD_OUT = 10  # items kept out of `prepare`: they arrive after training
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Synthetic covers and interactions; HELD_OUT items that are some users' last item are removed
+    from the interactions before `prepare` (their covers and item info stay), then a pixel SASRec
+    and an ID SASRec are trained on what is left."""
+    root = tmp_path_factory.mktemp("new_items")
+    full = root / "full"
+    write_synthetic(full, users=300, items=80, mean_len=10, image_size=32, seed=5)
+    with open(full / "interactions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows.sort(key=lambda r: int(r["timestamp"]))
+    last = {r["user_id"]: r["item_id"] for r in rows}  # each user's final item
+    candidates = sorted(set(last.values()))
+    held = sorted(np.random.default_rng(0).choice(candidates, HELD_OUT, replace=False).tolist())
+    raw = root / "raw"
+    raw.mkdir()
+    with open(raw / "interactions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["item_id", "user_id", "timestamp"])
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["item_id"] not in held)
+    shutil.copy(full / "item_info.csv", raw / "item_info.csv")
+    shutil.copytree(full / "covers", raw / "covers")
+    with open(full / "item_info.csv", newline="") as handle:
+        info = list(csv.reader(handle))
+    with open(root / "new_items.csv", "w", newline="") as handle:  # the item info of the new items only
+        csv.writer(handle).writerows([info[0]] + [r for r in info[1:] if r[0] in held])
+    data = root / "data"
+    prepare(raw, data, image_size=32, workers=1, progress=False)
+    pixels = root / "pixels"  # on the CPU: vectors compared to 1e-5 (a GPU encodes in bf16 by default)
+    items = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1}
+    train(tiny_config(data, "sasrec", "softmax", items=items, train={"epochs": 2, "device": "cpu"}), pixels)
+    ids = root / "ids"
+    train(tiny_config(data, "sasrec", "softmax", train={"epochs": 1, "device": "cpu"}), ids)
+    return {"root": root, "raw": raw, "data": data, "pixels": pixels, "ids": ids, "held": held, "last": last,
+            "rows": rows, "info": root / "new_items.csv"}
+
+
+@pytest.fixture(scope="module")
+def embedded(world):
+    """The held-out items' vectors, embedded with the pixel run from their covers and item info."""
+    out = world["root"] / "new.npy"
+    assert main(["embed", "--run", str(world["pixels"]), "--covers", str(world["raw"] / "covers"),
+                 "--item-info", str(world["info"]), "--out", str(out)]) == 0
+    return out
+
+
+# --- export --tower -------------------------------------------------------------------------
+def test_exported_tower_gives_the_runs_item_vectors_and_features(world, tmp_path, capsys):
+    tower = tmp_path / "tower.safetensors"
+    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    described = json.loads(tower.with_suffix(".json").read_text())
+    assert described["timm_name"] == "test_vit" and described["image_size"] == 32
+    assert described["pooling"] == "default" and described["tune_last"] == 1
+    assert described["source"]["checkpoint"] == "best.pt" and len(described["source"]["checkpoint_sha256"]) == 64
+
+    loaded = open_run(world["pixels"])
+    run_vectors = loaded.model.item_encoder.catalogue()
+    # the run's configuration with the tower from the file and the encoder left unset: the file says what it is
+    config = loaded.config
+    config.items.encoder, config.items.encoder_weights = None, str(tower)
+    torch.manual_seed(123)  # another random init: only the file can make the towers equal
+    rebuilt = build_model(config, loaded.data).eval()
+    own = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("item_encoder.tower.")}
+    assert not set(rebuilt.load_state_dict(own, strict=False).unexpected_keys)
+    assert torch.allclose(rebuilt.item_encoder.catalogue(), run_vectors, atol=1e-5)
+
+    # ViNet over the tuned tower: extract's features are the run's tower output, pooled
+    features = tmp_path / "tuned.npy"
+    assert cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
+               "--dtype", "fp32", "--workers", "0", "--out", features)[0] == 0
+    encoder = loaded.model.item_encoder
+    with torch.no_grad():
+        images = encoder.image_store.read(np.arange(1, loaded.data.n_items + 1))
+        pooled = encoder.tower.forward_head(encoder.tower.forward_features(encoder.preprocess(images)), pre_logits=True)
+    assert np.allclose(np.load(features), pooled.numpy(), atol=1e-5)
+
+
+def test_a_tower_without_final_norm_and_with_token_pooling_reloads_as_trained(world, tmp_path, capsys):
+    items = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1, "final_norm": False,
+             "pooling": "tokens"}
+    train(tiny_config(world["data"], "sasrec", "softmax", items=items, train={"epochs": 1, "device": "cpu"}),
+          tmp_path / "run")
+    tower = tmp_path / "tower.safetensors"
+    assert cli(capsys, "export", "--run", tmp_path / "run", "--tower", tower)[0] == 0
+    loaded = open_run(tmp_path / "run")
+    config = loaded.config
+    config.items.encoder, config.items.encoder_weights = None, str(tower)
+    config.items.final_norm, config.items.pooling = True, "default"  # unset: the file's settings apply
+    rebuilt = build_model(config, loaded.data).eval()
+    assert rebuilt.item_encoder.pooling == "tokens" and getattr(rebuilt.item_encoder.tower, "final_norm_removed")
+    own = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("item_encoder.tower.")}
+    rebuilt.load_state_dict(own, strict=False)
+    assert torch.allclose(rebuilt.item_encoder.catalogue(), loaded.model.item_encoder.catalogue(), atol=1e-5)
+    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
+                       "--out", tmp_path / "f.npy")  # one vector per image: token pooling needs the projection
+    assert code == 2 and "trained with pooling tokens" in one_line(err) and "choose --pooling cls or mean" in err
+
+
+def test_a_tower_file_refuses_settings_it_was_not_trained_with(world, tmp_path, capsys):
+    tower = tmp_path / "tower.safetensors"
+    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "64",
+                       "--encoder-weights", tower, "--out", tmp_path / "f.npy")
+    assert code == 2 and "trained with --image-size=32, not 64" in one_line(err)
+    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_resnet",
+                       "--encoder-weights", tower, "--out", tmp_path / "f.npy")
+    assert code == 2 and "--encoder=test_vit, not test_resnet" in one_line(err)
+    assert not (tmp_path / "f.npy").exists()
+    code, _, err = cli(capsys, "export", "--run", world["ids"], "--tower", tmp_path / "id.safetensors")
+    assert code == 2 and "items.kind=id has no image tower" in one_line(err)
+    code, _, err = cli(capsys, "export", "--run", world["pixels"], "--tower", tmp_path / "tower.pt")
+    assert code == 2 and "must end in .safetensors" in one_line(err)
+
+
+# --- embed ----------------------------------------------------------------------------------
+def test_embedding_catalogue_covers_reproduces_the_runs_vectors(world, tmp_path, capsys):
+    out = tmp_path / "all.npy"
+    code, _, err = cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out)
+    assert code == 2 and "already in the catalogue" in one_line(err) and not out.exists()
+    assert not out.with_suffix(".json").exists()
+    assert cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out,
+               "--allow-catalogue", "--batch-size", "16")[0] == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    tokens, vectors = sidecar["tokens"], np.load(out)
+    assert sidecar["complete"] and len(tokens) == 80 and vectors.shape == (80, 32)
+
+    loaded = open_run(world["pixels"])
+    _, scoring = loaded.model.catalogue_vectors()
+    index = {str(t): i for i, t in enumerate(loaded.data.item_tokens)}
+    rows = [r for r, t in enumerate(tokens) if t in index]
+    assert len(rows) == 80 - HELD_OUT
+    expected = scoring[[index[tokens[r]] for r in rows]].numpy()
+    assert np.allclose(vectors[rows], expected, atol=1e-5)
+
+    code, out_text, _ = cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers",
+                            "--out", out, "--allow-catalogue")
+    assert code == 0 and "already embedded, nothing to do" in out_text
+
+
+def percentile_of_true_next_items(world, new_items: Path) -> tuple[float, int]:
+    """Mean over users whose true next item (their last, removed before `prepare`) is a new item: the
+    fraction of that user's candidates (unseen catalogue items and new items) scored above it."""
+    data = PreparedData(world["data"])
+    users = [u for u in (str(t) for t in data.user_tokens[1:]) if world["last"][u] in world["held"]]
+    everything = data.n_items + HELD_OUT
+    found = api.recommend(world["pixels"], users, k=everything, new_items=new_items)
+    share = []
+    for user, items, new in zip(found.users, found.items, found.new):
+        assert sum(new) == HELD_OUT  # every new item is a candidate, marked new
+        share.append(items.index(world["last"][user]) / (len(items) - 1))
+    return float(np.mean(share)), len(share)
+
+
+def test_held_out_items_are_ranked_from_their_covers_above_chance(world, embedded):
+    mean, users = percentile_of_true_next_items(world, embedded)
+    assert users >= 20
+    assert mean < 0.35, f"held-out next items at mean percentile {mean:.3f} of the candidates (chance: 0.5)"
+
+
+def test_recommend_and_export_mark_new_items_and_id_runs_refuse(world, embedded, tmp_path, capsys):
+    data = PreparedData(world["data"])
+    user = next(str(t) for t in data.user_tokens[1:] if world["last"][str(t)] in world["held"])
+    code, out, _ = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "-k", "90",
+                       "--new-items", embedded, "--image", tmp_path / "sheet.png")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    new = {r["item_id"] for r in rows if r["new"] == "1"}
+    assert new == set(world["held"]) and all(r["new"] == "0" for r in rows if r["item_id"] not in new)
+    assert {r["title"] for r in rows if r["new"] == "1"} != {""}  # titles from the new items' item info
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+
+    from PIL import Image
+
+    from pixelrec.evaluate.contact_sheet import NEW_BORDER, PAD, TILE, contact_sheet
+    from pixelrec.items.new_items import new_items_for_run
+
+    loaded = open_run(world["pixels"])
+    new_items = new_items_for_run(embedded, world["pixels"], "pixels", loaded.model, loaded.checkpoint,
+                                  data.item_tokens)
+    sheet = contact_sheet(data, [1], [[data.n_items + 1, 1]], None, tmp_path / "two.png", new_items=new_items)
+    where = {text.splitlines()[0]: xy for text, xy in sheet.texts}
+    drawn = Image.open(tmp_path / "two.png").convert("RGB")
+    for label, framed in ((f"1. {world['held'][0]} (new)", True), (f"2. {data.item_tokens[1]}", False)):
+        x, y = where[label]  # under the tile: (left + PAD, top + TILE + 2)
+        assert (drawn.getpixel((x - PAD + 1, y - TILE - 1)) == NEW_BORDER) == framed, label
+
+    vectors = tmp_path / "vectors"
+    assert cli(capsys, "export", "--run", world["pixels"], "--out", vectors, "--new-items", embedded)[0] == 0
+    manifest = json.loads((vectors / "export.json").read_text())
+    items, tokens = np.load(vectors / "items.npy"), (vectors / "items.txt").read_text().split()
+    assert manifest["new_items"]["first_row"] == data.n_items and manifest["new_items"]["count"] == HELD_OUT
+    assert items.shape[0] == len(tokens) == data.n_items + HELD_OUT and tokens[data.n_items:] == world["held"]
+    assert np.array_equal(items[data.n_items:], np.load(embedded))
+
+    for argv in (["embed", "--run", world["ids"], "--covers", world["raw"] / "covers", "--out", tmp_path / "x.npy"],
+                 ["recommend", "--run", world["ids"], "--user", user, "--new-items", embedded],
+                 ["export", "--run", world["ids"], "--out", tmp_path / "v", "--new-items", embedded]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and "items.kind=id cannot score new items" in one_line(err), argv
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "v").exists()
+
+
+# --- bad input ------------------------------------------------------------------------------
+def test_bad_covers_are_one_line_each_and_nothing_is_written(world, tmp_path, capsys):
+    covers = tmp_path / "covers"
+    covers.mkdir()
+    shutil.copy(world["raw"] / "covers" / f"{world['held'][0]}.jpg", covers / "fresh.jpg")
+    (covers / "broken.jpg").write_bytes((world["raw"] / "covers" / f"{world['held'][1]}.jpg").read_bytes()[:40])
+    (covers / "notes.png").write_text("not an image")
+    out = tmp_path / "f.npy"
+    embed = ["embed", "--run", world["pixels"], "--out", out]
+    code, _, err = cli(capsys, *embed, "--covers", covers)
+    line = one_line(err)
+    assert code == 2 and "2 cover files are corrupt" in line and "broken.jpg" in line and "notes.png" in line
+    (covers / "broken.jpg").unlink()
+    (covers / "notes.png").unlink()
+    (tmp_path / "info.csv").write_text("item_id,title\nfresh,a fresh cover\nlate,no cover yet\n")
+    code, _, err = cli(capsys, *embed, "--covers", covers, "--item-info", tmp_path / "info.csv")
+    assert code == 2 and "no cover file for new item late" in one_line(err)
+    code, _, err = cli(capsys, *embed, "--covers", tmp_path / "nowhere")
+    assert code == 2 and "covers folder not found" in one_line(err)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+    assert cli(capsys, *embed, "--covers", covers)[0] == 0  # the good cover alone
+    user = str(PreparedData(world["data"]).user_tokens[1])
+    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", out,
+                       "--checkpoint", "last")  # embedded with best.pt
+    assert code == 2 and "made with other weights" in one_line(err)
+    features = tmp_path / "features.npy"
+    assert cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "32",
+               "--workers", "0", "--out", features)[0] == 0
+    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", features)
+    assert code == 2 and "not new items' vectors" in one_line(err)
+    with pytest.raises(UserError, match="items.kind=id cannot score new items"):
+        api.recommend(world["ids"], user, new_items=out)
