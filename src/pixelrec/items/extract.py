@@ -94,6 +94,18 @@ def _as_data(data: PreparedData | str | Path) -> PreparedData:
     return data if isinstance(data, PreparedData) else PreparedData(data)
 
 
+def check_output(out: Path, dtype: str, batch_size: int, workers: int) -> None:
+    """One line for a bad --dtype, --batch-size or --workers; the feature file's folder made."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+
+
 def extract_features(
     data: PreparedData | str | Path,
     out: str | Path,
@@ -119,14 +131,7 @@ def extract_features(
     from pixelrec.data.images import ImageStore
 
     data, out, device = _as_data(data), npy_path(out), torch.device(device)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if batch_size < 1 or workers < 0:
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    check_output(out, dtype, batch_size, workers)
     with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
         store = ImageStore.from_prepared(data)
         tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)

@@ -19,7 +19,7 @@ from pixelrec import locks
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
-from pixelrec.items.extract import _as_data, _open, fill_item_rows, npy_path, write_errors
+from pixelrec.items.extract import _as_data, _open, check_output, fill_item_rows, npy_path, write_errors
 from pixelrec.items.feature_store import DTYPES, FORMAT, VERSION, dataset_order_sha256
 from pixelrec.items.text import DEFAULT_FIELDS
 from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
@@ -49,14 +49,7 @@ def extract_text_features(
     pooling = "mean" if pooling == "default" else pooling
     if pooling not in TEXT_POOLINGS:
         raise UserError(f"--pooling {pooling}: a text model pools by {' or '.join(TEXT_POOLINGS)}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if batch_size < 1 or workers < 0:
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+    check_output(out, dtype, batch_size, workers)
     with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
         tower, tokenizer = text_tower(model, "--text-model")
         tower.check_length(max_tokens, "--max-tokens")

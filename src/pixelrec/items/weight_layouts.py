@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sys
+import contextlib
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -347,6 +348,22 @@ def _note(kind: str, encoder: str, message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+_tower_sources: list[str] = []  # set while a model whose towers come from elsewhere is built
+
+
+@contextlib.contextmanager
+def towers_from(source: str | None):
+    """While a model is built whose image towers are then loaded from `source` (a run, for
+    train.init_from), its towers' random initialisation is not worth a warning."""
+    if source:
+        _tower_sources.append(source)
+    try:
+        yield
+    finally:
+        if source:
+            _tower_sources.pop()
+
+
 def note_encoder(encoder: str | None, *, weights: str | None, pretrained: bool | None, hint: str,
                  stored_size: int | None = None, input_size: int | None = None, source: str | None = None) -> None:
     """Say on stderr, once per process and encoder and on rank 0 only, what makes a run's numbers
@@ -354,7 +371,7 @@ def note_encoder(encoder: str | None, *, weights: str | None, pretrained: bool |
     made), or images stored smaller than the encoder's input and so upscaled. `hint` says how to fix it."""
     if not encoder:
         return
-    if is_paper_encoder(encoder) and not weights and not pretrained:
+    if is_paper_encoder(encoder) and not weights and not pretrained and not _tower_sources:
         what = f"{source} was extracted by a randomly initialised {encoder}" if source else \
             f"image encoder {encoder} is randomly initialised"
         _note("random", encoder, f"{what}: its numbers are not comparable with the paper's ({hint})")

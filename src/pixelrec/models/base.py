@@ -32,6 +32,9 @@ class Backbone(nn.Module):
     window_batches: ClassVar[bool] = True
     trainable: ClassVar[bool] = True  # False for rule-based baselines (pop): nothing to optimise
     needs_catalogue: ClassVar[bool] = False  # True when each step needs every item (LightGCN)
+    #: an item's scoring vector is a function of its own vector alone, so an item unknown at training
+    #: (a new cover) can be scored; False when it also depends on the catalogue (a graph, counts)
+    scores_items_alone: ClassVar[bool] = True
     mask_ratio: float = 0.0  # fraction of positions hidden by the masked view
     force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
     extra_slot: bool = False  # masked view: windows of max_len + 1 items (the mask token's own slot)

@@ -73,6 +73,7 @@ class LightGCN(Backbone):
 
     view = "pair"
     needs_catalogue = True
+    scores_items_alone = False  # neighbour averaging over the training graph
 
     def __init__(
         self,

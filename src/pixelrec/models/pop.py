@@ -18,6 +18,7 @@ class Popularity(Backbone):
 
     view = "pair"
     trainable = False
+    scores_items_alone = False  # training counts
 
     def __init__(self, item_popularity: np.ndarray) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.errors import UserError
 from pixelrec.evaluate.evaluator import evaluate
+from pixelrec.items.weight_layouts import towers_from
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
 from pixelrec.threads import use_threads
 from pixelrec.train import logs, rundir, transfer
@@ -135,7 +136,10 @@ class Trainer:
         self.job, self.device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
         self._claim(resume, overwrite)
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.data).to(self.device)
+        t = config.train
+        carried = t.init_from if t.init_from and "items" in t.init_parts else None
+        with towers_from(carried):  # the towers' weights come from that run, not their random start
+            self.model = build_model(config, self.data).to(self.device)
         self.transfer: dict[str, Any] | None = None  # where a new run's weights came from (train.init_from)
         if self.config.train.init_from is not None and not resume:
             self.transfer = self._init_from()
