@@ -356,6 +356,45 @@ def test_a_damaged_prefix_cache_is_built_again(tmp_path, capsys):
     assert again.path == whole.path and again.path.read_bytes() == good
 
 
+# --- damaged entries read in DataLoader workers --------------------------------------------
+def damage_entry(root: Path, token: str) -> None:
+    import lmdb
+
+    env = lmdb.open(str(root / "images.lmdb"), subdir=True, lock=False)
+    with env.begin(write=True) as txn:
+        txn.put(token.encode(), b"not a jpeg")
+    env.close()
+
+
+DECODE_LINE = (r"pixelrec: error: \S+images\.lmdb: the image of item {} does not decode \(.*\); "
+               r"the image store is damaged: prepare the dataset again \(`pixelrec prepare`\)")
+
+
+def test_a_damaged_entry_read_in_a_training_worker_is_one_line(copy, tmp_path):
+    damage_entry(copy, "i1")  # the training target of u2 (i2 -> i1)
+    train = python("import sys; from pixelrec.cli import main; sys.exit(main(sys.argv[1:]))",
+                   "train", "--data", str(copy), "--model", "sasrec", "--items", "pixels", "--encoder", "test_vit",
+                   "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "run"), "--set", "items.image_size=32",
+                   "--set", "items.tune_last=1", "--set", "train.num_workers=1", "--set", "train.progress=false",
+                   "--set", "model.embedding_size=16")
+    _, err = train.communicate(timeout=120)
+    assert train.returncode == 2, err
+    assert re.fullmatch(DECODE_LINE.format("i1"), one_line(err)), err
+
+
+def test_damaged_entries_read_by_extract_and_catalogue_workers_are_one_line(copy, tmp_path, capsys):
+    damage_entry(copy, "i3")
+    status, _, err = run_cli(capsys, "extract", "--data", copy, "--encoder", "test_vit", "--image-size", "32",
+                             "--batch-size", "8", "--workers", "1", "--device", "cpu", "--out", tmp_path / "f.npy")
+    assert status == 2 and re.fullmatch(DECODE_LINE.format("i3"), one_line(err)), err
+    torch.manual_seed(0)
+    encoder = PixelEncoder(n_items=4, embedding_size=8, image_store=ImageStore.from_prepared(PreparedData(copy)),
+                           encoder="test_vit", image_size=32, tune_last=1)
+    with pytest.raises(UserError) as info:
+        encoder.catalogue(batch_size=2, device=torch.device("cpu"), workers=1)
+    assert re.fullmatch(DECODE_LINE.format("i3").removeprefix("pixelrec: error: "), str(info.value))
+
+
 # --- raw files -----------------------------------------------------------------------------
 @pytest.mark.parametrize("content,message", [
     (bytes(range(256)) * 8, r"item_info.csv: not a CSV text file \(binary content\); item info is optional"),

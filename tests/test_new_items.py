@@ -1,6 +1,8 @@
 """Items as pixels travel: the exported image tower (`export --tower`) reloads to the run's own
-vectors, `embed` reproduces the run's catalogue vectors from covers, and items held out of `prepare`
-are ranked from their covers alone above chance (an ID run refuses); bad inputs are one line each."""
+vectors and stands in for `extract --encoder`, `embed` reproduces the run's catalogue vectors from
+covers (pixels), item info (text) or both (multimodal), and items held out of `prepare` are ranked
+from their covers alone above chance (an ID run refuses); bad inputs are one line each; bench cells
+started from a run need no --weights file."""
 
 from __future__ import annotations
 
@@ -286,3 +288,149 @@ def test_a_backbone_that_scores_items_by_the_catalogue_cannot_score_new_items(tm
     model = SimpleNamespace(backbone=BACKBONES.get("pop")(np.ones(5)))
     with pytest.raises(UserError, match="more than its own vector"):
         check_scoring(model, tmp_path)
+
+
+# --- text and multimodal runs ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    """A tiny random BERT whose vocabulary covers the synthetic titles and tags."""
+    pytest.importorskip("transformers")
+    from pixelrec.data.synth import COLOURS, SHAPES, TEXTURES
+    from test_text_items import save_bert
+
+    words = sorted({w for name in [*COLOURS, *SHAPES, *TEXTURES] for w in name.split()})
+    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "#"] + words + [str(d) for d in range(10)]
+             + [f"##{d}" for d in range(10)])
+    return save_bert(tmp_path_factory.mktemp("models") / "bert", vocab=vocab)
+
+
+@pytest.fixture(scope="module")
+def text_runs(world, bert):
+    """A text SASRec (title + tag) and a multimodal one (cover + title + tag, concatenated) on the world's data."""
+    runs = {"text": world["root"] / "text", "multimodal": world["root"] / "multimodal"}
+    text = {"kind": "text", "encoder_weights": str(bert), "tune_last": 1}
+    both = {"kind": "multimodal", "encoder": "test_vit", "image_size": 32, "tune_last": 1, "fusion": "concat",
+            "text_encoder_weights": str(bert), "text_tune_last": 1}
+    for kind, items in (("text", text), ("multimodal", both)):
+        train(tiny_config(world["data"], "sasrec", "softmax", items=items, train={"epochs": 1, "device": "cpu"}),
+              runs[kind])
+    return runs
+
+
+def catalogue_rows_match(run: Path, out: Path) -> list[str]:
+    """Assert that `out`'s rows of catalogue items are the run's own scoring vectors; returns its tokens."""
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    tokens, vectors = sidecar["tokens"], np.load(out)
+    loaded = open_run(run)
+    _, scoring = loaded.model.catalogue_vectors()
+    index = {str(t): i for i, t in enumerate(loaded.data.item_tokens)}
+    rows = [r for r, t in enumerate(tokens) if t in index]
+    assert len(rows) == 80 - HELD_OUT and sidecar["complete"]
+    assert np.allclose(vectors[rows], scoring[[index[tokens[r]] for r in rows]].numpy(), atol=1e-5)
+    assert not np.allclose(vectors[rows[0]], vectors[rows[1]], atol=1e-3)  # items differ: the texts reach the vector
+    return tokens
+
+
+def test_a_text_run_embeds_items_from_their_item_info_to_its_own_vectors(world, text_runs, tmp_path, capsys):
+    out, info = tmp_path / "text.npy", world["raw"] / "item_info.csv"
+    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out)
+    assert code == 2 and "already in the catalogue" in one_line(err) and not out.exists()
+    assert cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out, "--allow-catalogue",
+               "--batch-size", "16")[0] == 0  # no covers: a text run reads none
+    tokens = catalogue_rows_match(text_runs["text"], out)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["items"] == "text" and sidecar["covers"] is None and len(tokens) == 80
+
+
+def test_a_multimodal_run_embeds_items_from_covers_and_item_info_to_its_own_vectors(world, text_runs, tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "both.npy"
+    assert cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers", "--item-info",
+               world["raw"] / "item_info.csv", "--out", out, "--allow-catalogue", "--workers", "1")[0] == 0
+    catalogue_rows_match(text_runs["multimodal"], out)  # both parts' inputs came through a DataLoader worker
+
+
+@pytest.mark.parametrize("kind", ["text", "multimodal"])
+def test_recommend_ranks_new_items_of_text_and_multimodal_runs(kind, world, text_runs, tmp_path, capsys):
+    out = tmp_path / "new.npy"
+    covers = ["--covers", world["raw"] / "covers"] if kind == "multimodal" else []
+    assert cli(capsys, "embed", "--run", text_runs[kind], *covers, "--item-info", world["info"], "--out", out)[0] == 0
+    user = str(PreparedData(world["data"]).user_tokens[1])
+    code, text, _ = cli(capsys, "recommend", "--run", text_runs[kind], "--user", user, "-k", "90", "--new-items", out,
+                        "--image", tmp_path / "sheet.png")  # a text run's new items: blank tiles, framed
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and {r["item_id"] for r in rows if r["new"] == "1"} == set(world["held"])
+    assert {r["title"] for r in rows if r["new"] == "1"} != {""} and (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_bad_text_inputs_of_new_items_are_one_line_each_and_nothing_is_written(world, text_runs, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    held = world["held"]
+    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--covers", world["raw"] / "covers", "--out", out)
+    assert code == 2 and "--item-info CSV is needed: a run with items.kind=text" in one_line(err)
+    code, _, err = cli(capsys, "embed", "--run", text_runs["multimodal"], "--item-info", world["info"], "--out", out)
+    assert code == 2 and "--covers DIR is needed: a run with items.kind=multimodal" in one_line(err)
+    (tmp_path / "no_tag.csv").write_text("item_id,title\n" + "".join(f"{t},red circle\n" for t in held))
+    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--item-info", tmp_path / "no_tag.csv",
+                       "--out", out)
+    line = one_line(err)
+    assert code == 2 and f"--item-info {tmp_path / 'no_tag.csv'}: no text column 'tag'" in line
+    assert "items.text_fields: title, tag" in line
+    (tmp_path / "empty.csv").write_text("item_id,title,tag\n" + "".join(
+        f"{t},{'' if k == 1 else 'red circle'},{' ' if k == 1 else 'red'}\n" for k, t in enumerate(held)))
+    code, _, err = cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers",
+                       "--item-info", tmp_path / "empty.csv", "--out", out)
+    assert code == 2 and f"new item {held[1]} has no text in title, tag" in one_line(err)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_a_multimodal_run_with_learned_ids_refuses_new_items(world, bert, tmp_path, capsys):
+    items = {"kind": "multimodal", "encoder": "test_vit", "image_size": 32, "tune_last": 0, "with_id": True,
+             "text_encoder_weights": str(bert), "text_tune_last": 0}
+    train(tiny_config(world["data"], "sasrec", "softmax", items=items,
+                      train={"epochs": 1, "max_steps": 1, "device": "cpu"}), tmp_path / "run")
+    code, _, err = cli(capsys, "embed", "--run", tmp_path / "run", "--covers", world["raw"] / "covers",
+                       "--item-info", world["info"], "--out", tmp_path / "x.npy")
+    assert code == 2 and "items.with_id=true" in one_line(err) and "has none" in err
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.json").exists()
+
+
+# --- extract from a tower file alone; bench cells started from a run take no --weights -------------
+def test_extract_takes_the_encoder_from_a_tower_file(world, tmp_path, capsys):
+    tower = tmp_path / "tower.safetensors"
+    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    common = ["extract", "--data", world["data"], "--dtype", "fp32", "--workers", "0"]
+    assert cli(capsys, *common, "--encoder-weights", tower, "--out", tmp_path / "alone.npy")[0] == 0
+    named = tmp_path / "named.npy"
+    assert cli(capsys, *common, "--encoder", "test_vit", "--encoder-weights", tower, "--out", named)[0] == 0
+    assert np.array_equal(np.load(tmp_path / "alone.npy"), np.load(named))
+    assert json.loads((tmp_path / "alone.json").read_text())["encoder"] == "test_vit"
+    plain = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(plain))
+    for weights, message in ((plain, "not a tower file from `pixelrec export --tower`"),
+                             (tmp_path / "gone.safetensors", "file not found")):
+        code, _, err = cli(capsys, *common, "--encoder-weights", weights, "--out", tmp_path / "f.npy")
+        assert code == 2 and message in one_line(err) and not (tmp_path / "f.npy").exists()
+    code, _, err = cli(capsys, *common, "--out", tmp_path / "f.npy")
+    assert code == 2 and "give one of --encoder NAME, --text-model DIR, --import" in one_line(err)
+
+
+def test_bench_cells_started_from_a_run_take_no_weights_file(world, tmp_path):
+    from pixelrec.bench.matrix import BenchSpec, cells_of, parse_variant, plan
+
+    variants = [parse_variant("random"), parse_variant(f"pre:train.init_from={world['pixels']}")]
+    weights = str(tmp_path / "{encoder}.safetensors")  # not there yet
+    started = BenchSpec(str(world["data"]), cells_of(["sasrec"], ["pixels"], ["test_vit"], ["pre"]),
+                        sets=["items.image_size=32"], variants=variants, weights=weights)
+    (cell,) = plan(started)
+    assert cell.config.train.init_from == str(world["pixels"]) and cell.config.items.encoder_weights is None
+    both = BenchSpec(str(world["data"]), cells_of(["sasrec"], ["pixels"], ["test_vit"], ["random", "pre"]),
+                     sets=["items.image_size=32"], variants=variants, weights=weights)
+    with pytest.raises(UserError, match="cell sasrec-pixels-test_vit-random: .*test_vit.safetensors not found"):
+        plan(both)
+    (tmp_path / "test_vit.safetensors").write_bytes(b"")
+    chosen = {p.name: p.config.items.encoder_weights for p in plan(both)}
+    assert chosen == {"sasrec-pixels-test_vit-random": str(tmp_path / "test_vit.safetensors"),
+                      "sasrec-pixels-test_vit-pre": None}

@@ -15,7 +15,7 @@ from pixelrec.errors import UserError
 from pixelrec.items.pixels import PixelEncoder
 
 NEW_OPTIONS = ("final_activation", "projection_group", "projection_init", "final_norm", "tune_head", "timm_args",
-               "frozen_mode")
+               "frozen_mode", "tune_merging")
 
 
 def encoder(**kwargs) -> PixelEncoder:
@@ -227,10 +227,12 @@ def test_timm_args_reach_the_tower_and_the_cache_identity():
 
 
 #: Trainable tower parameters of the original code: its index windows (load.py; overall/*.yaml
-#: tune_scale) applied to Hugging Face's CLIPVisionModel (post_layernorm removed), BeitModel and OpenAI
+#: tune_scale) applied to Hugging Face's CLIPVisionModel (post_layernorm removed), BeitModel, SwinModel
+#: (tune_scale 78: the embeddings, stages 1-2 and both merging layers after them frozen) and OpenAI
 #: CLIP's ModifiedResNet, counted on randomly built models.
 ORIGINAL_TRAINABLE = {"clip-vit-b32": 14_175_744, "beit-b": 14_196_384, "clip-rn50": 22_063_104,
-                      "clip-rn50x4": 44_288_000, "clip-rn50x16": 83_834_880, "clip-rn50x64": 184_680_448}
+                      "clip-rn50x4": 44_288_000, "clip-rn50x16": 83_834_880, "clip-rn50x64": 184_680_448,
+                      "swin-t": 26_027_064, "swin-b": 84_098_144}
 
 
 @pytest.mark.parametrize("name", list(ORIGINAL_TRAINABLE))

@@ -149,7 +149,7 @@ def test_recbole_lightsans_attention_equals_the_formula_written_out():
 
 
 @pytest.mark.parametrize(("sets", "message"), [
-    (["loss.logq=true"], "loss.logq does not apply to loss.name=bpr (it takes no other keys)"),
+    (["loss.logq=true"], "loss.logq does not apply to loss.name=bpr (it takes loss.reduction)"),
     (["items.pooling=cls"], "items.pooling does not apply to items.kind=id"),
     (["items.kind=pixels", "items.encoder=test_vit", "items.features=f.npy"], "(it takes items.activation, "),
     (["train.batch_size=0"], "train.batch_size: 0 is out of range (allowed: 1 <= x)"),

@@ -505,3 +505,13 @@ def test_bench_gives_text_cells_the_text_model_and_multimodal_cells_an_image_enc
     multimodal = configs["sasrec-multimodal-test_vit"]
     assert (multimodal.encoder, multimodal.text_encoder_weights, multimodal.encoder_weights) == ("test_vit", str(bert),
                                                                                                 None)
+
+
+def test_a_truncated_token_array_is_one_line_not_a_crash(tmp_path):
+    from pixelrec.data.text_tokens import TokenArray
+
+    path = tmp_path / "tokens-x.npy"
+    np.save(path, np.arange(40, dtype=np.int32).reshape(4, 10))
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.raises(UserError, match="tokens-x.npy.*tokenises the texts again"):
+        TokenArray(path, {"max_tokens": 10}).read(np.array([1, 2]))

@@ -21,6 +21,7 @@ COMMANDS = {
     "synth": "write a synthetic dataset in the PixelRec raw layout (interactions, item info, covers)",
     "prepare": "turn raw PixelRec or RecBole files into a prepared dataset with an image store",
     "stats": "print the dataset statistics table of a prepared dataset",
+    "verify": "check a prepared dataset end to end (tables, image store, caches, feature files) before a long run",
     "extract": "frozen image features of every item (ViNet), resumable; or --import features made elsewhere",
     "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
     "evaluate": "re-evaluate a finished run on the valid or test split",
@@ -30,7 +31,8 @@ COMMANDS = {
     "tune": "hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml",
     "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; "
               "or its image tower (--tower) for items.encoder_weights and extract",
-    "embed": "vectors of new items (not in the catalogue) from their covers, with a trained pixel run; resumable",
+    "embed": "vectors of new items (not in the catalogue) from their covers and texts, with a trained pixels, text or "
+             "multimodal run; resumable",
 }
 
 

@@ -58,6 +58,7 @@ class ItemsConfig:
     projection_init: Literal["default", "xavier"] = "default"  # projection init: PyTorch's Linear default, or Xavier-normal weights and zero biases
     final_norm: bool = True  # false: drop the norm after the encoder's last block (Hugging Face CLIP's last_hidden_state)
     tune_head: bool = True  # false: the encoder's layers above its blocks (final norm, attention pool) stay frozen
+    tune_merging: bool = True  # false: a Swin's patch-merging layer below the lowest tuned block stays frozen (the paper's code)
     timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
     frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
     text_fields: list[str] = field(default_factory=lambda: ["title", "tag"])  # text, multimodal: item text columns, joined by the tokenizer's separator
@@ -78,6 +79,7 @@ class LossConfig:
     name: Literal["bpr", "softmax", "full-softmax"] = "bpr"  # bpr is the paper's setting
     logq: bool = False  # log-popularity correction for in-batch softmax
     across_ranks: bool = False  # softmax under several ranks: negatives from every rank's batch share
+    reduction: Literal["targets", "windows"] = "targets"  # mean over the batch's targets, or each window's sum averaged over windows (the paper's code, sequence models)
 
 
 @dataclass
@@ -358,6 +360,9 @@ def check_combination(config: Config) -> None:
             f"model {config.model_name} propagates over the whole catalogue at each step, which "
             f"items.kind={config.items.kind} cannot afford; use items.kind=id or features"
         )
+    if config.model.get("mask_token") == "encoded_ones" and not hasattr(encoder_cls, "ones_image_vector"):
+        raise UserError(f"model.mask_token=encoded_ones is the image encoder's vector for an all-ones image, which "
+                        f"items.kind={config.items.kind} has not; use items.kind=pixels or model.mask_token=learned")
     if config.eval.valid_metric.split("@")[-1].isdigit():
         k = int(config.eval.valid_metric.split("@")[-1])
         if k not in config.eval.ks:

@@ -6,11 +6,15 @@ softmax       cross-entropy against the distinct target items of the batch, the 
               the candidates are the whole global batch's targets, their vectors gathered from
               every rank with gradients, so the negative pool grows with the number of GPUs
 full-softmax  cross-entropy over the whole catalogue (item encoders cheap enough to embed it all)
+
+Each loss averages its per-target terms (reduction `targets`), or sums each row's (window's) terms and
+averages over the batch's rows, rows without targets included (`windows`: the PixelRec code's sequence
+models, whose long windows weigh more).
 """
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from pixelrec.registry import Registry
 LOSSES: Registry = Registry("loss")
 
 ScoreVectors = Callable[[Tensor], Tensor]
+Reduction = Literal["targets", "windows"]
 
 
 class Loss:
@@ -31,6 +36,15 @@ class Loss:
     in_batch: ClassVar[bool] = False  # batches carry distinct candidates and own-positive masks
     full_catalogue: ClassVar[bool] = False  # every item's vector is needed at each step
     shares_candidates: bool = False  # in-batch candidates come from every rank's rows
+
+    def __init__(self, reduction: Reduction = "targets") -> None:
+        self.reduction = reduction
+
+    def reduce(self, terms: Tensor, batch: Batch) -> Tensor:
+        """The batch's loss from its per-target terms [N]: their mean, or their sum over the batch's rows."""
+        if self.reduction == "windows":
+            return terms.sum() / max(len(batch), 1)
+        return terms.mean()
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         """users [N, d] aligned with targets [N]; `vectors(idx)` gives the scoring vectors of items."""
@@ -45,14 +59,16 @@ class BPRLoss(Loss):
         negatives = batch.negatives[batch.targets > 0]
         positive = (users * vectors(targets)).sum(-1)
         negative = (users * vectors(negatives)).sum(-1)
-        return -F.logsigmoid(positive - negative).mean()
+        return self.reduce(-F.logsigmoid(positive - negative), batch)
 
 
 @LOSSES.register("softmax")
 class InBatchSoftmaxLoss(Loss):
     in_batch = True
 
-    def __init__(self, item_popularity: np.ndarray | None = None, logq: bool = False, across_ranks: bool = False) -> None:
+    def __init__(self, item_popularity: np.ndarray | None = None, logq: bool = False, across_ranks: bool = False,
+                 reduction: Reduction = "targets") -> None:
+        super().__init__(reduction)
         self.shares_candidates = across_ranks
         self.log_q = None
         if logq:
@@ -70,7 +86,7 @@ class InBatchSoftmaxLoss(Loss):
             logits = logits - self.log_q.to(logits.device)[candidates]
         logits = logits.masked_fill(batch.candidate_mask, float("-inf"))
         labels = torch.searchsorted(candidates, targets)
-        return F.cross_entropy(logits.float(), labels)
+        return self.reduce(F.cross_entropy(logits.float(), labels, reduction="none"), batch)
 
 
 def _gathered_vectors(candidates: Tensor, targets: Tensor, vectors: ScoreVectors) -> Tensor:
@@ -89,9 +105,10 @@ def _gathered_vectors(candidates: Tensor, targets: Tensor, vectors: ScoreVectors
 class FullSoftmaxLoss(Loss):
     full_catalogue = True
 
-    def __init__(self, n_items: int) -> None:
+    def __init__(self, n_items: int, reduction: Reduction = "targets") -> None:
+        super().__init__(reduction)
         self.n_items = n_items
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         catalogue = vectors(torch.arange(1, self.n_items + 1, device=users.device))
-        return F.cross_entropy((users @ catalogue.T).float(), targets - 1)
+        return self.reduce(F.cross_entropy((users @ catalogue.T).float(), targets - 1, reduction="none"), batch)

@@ -46,9 +46,17 @@ class Recommender(nn.Module):
 
     def lookup(self, batch: Batch) -> ItemLookup:
         if self.uses_catalogue:
-            return ItemLookup.catalogue(self.catalogue_with_grad())
+            return self.with_mask_vector(ItemLookup.catalogue(self.catalogue_with_grad()))
         ids = batch.distinct_items()
-        return ItemLookup(ids, self.item_encoder(ids, batch.item_inputs), self.item_encoder.n_items)
+        vectors = self.item_encoder(ids, batch.item_inputs)
+        return self.with_mask_vector(ItemLookup(ids, vectors, self.item_encoder.n_items))
+
+    def with_mask_vector(self, lookup: ItemLookup) -> ItemLookup:
+        """A backbone whose mask token is the encoder's vector for an all-ones image (BERT4Rec
+        mask_token=encoded_ones) finds it in the lookup: encoded once per step, or per evaluation."""
+        if self.backbone.mask_image:
+            lookup.mask_vector = self.item_encoder.ones_image_vector()
+        return lookup
 
     def catalogue_with_grad(self) -> Tensor:
         device = self.device
@@ -74,7 +82,8 @@ class Recommender(nn.Module):
         """(lookup of every item, scoring vectors [n_items + 1, d]) for one evaluation; under several
         ranks the item encoder's work is shared out."""
         device = self.device
-        lookup = ItemLookup.catalogue(self.item_encoder.catalogue(batch_size, device, workers, job))
+        table = self.item_encoder.catalogue(batch_size, device, workers, job)
+        lookup = self.with_mask_vector(ItemLookup.catalogue(table))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
 
@@ -103,6 +112,7 @@ def build_recommender(
         raise UserError(f"model {model}: {err}") from None
     encoder_cls = ITEM_ENCODERS.get(items_kind)
     encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
+    backbone.initialise_items(encoder)
     loss_fn = LOSSES.create(loss, **facts.for_class(LOSSES.get(loss)), **loss_args)
     return Recommender(encoder, backbone, loss_fn)
 

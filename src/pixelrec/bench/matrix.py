@@ -111,7 +111,7 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     sets = spec.sets + spec.variant_sets(cell.variant)  # the variant's settings win
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
                      sets=sets, strict=False)
-    if spec.weights and cell.items in PIXEL_KINDS:  # the encoder may come from the configuration (a preset)
+    if spec.weights and cell.items in PIXEL_KINDS and not carries_items(config):  # encoder: maybe from a preset
         items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
                          sets=sets, strict=False)
@@ -147,10 +147,17 @@ def init_refusal(cell: Cell, config: Config) -> str | None:
     return None
 
 
+def carries_items(config: Config) -> bool:
+    """True when the cell's item encoder starts from another run (train.init_from, init_parts items):
+    that run's tower replaces any image-model weights, so the cell takes none from --weights."""
+    return config.train.init_from is not None and "items" in config.train.init_parts
+
+
 def check_weights(planned: list["Planned"], pattern: str) -> None:
     """Before any cell runs: every pixels cell's weights file exists, and one file is not given to
-    several encoders; the error names the cell and the path."""
-    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items in PIXEL_KINDS]
+    several encoders; the error names the cell and the path. Cells started from a run take none."""
+    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items in PIXEL_KINDS
+              and not carries_items(entry.config)]
     encoders = sorted({str(entry.cell.encoder) for entry in pixels})
     if "{encoder}" not in pattern and len(encoders) > 1:
         raise UserError(f"--weights {pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "

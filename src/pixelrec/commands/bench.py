@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", metavar="PATTERN", help="feature file of features cells; {encoder} is "
                         "replaced by the cell's encoder, e.g. feats/{encoder}.npy")
     parser.add_argument("--weights", metavar="PATTERN", help="image encoder weights of pixels and multimodal cells; "
-                        "{encoder} is replaced by the cell's encoder, e.g. weights/{encoder}.safetensors")
+                        "{encoder} is replaced by the cell's encoder, e.g. weights/{encoder}.safetensors (cells whose "
+                        "variant starts the item encoder from a run, train.init_from, take none)")
     parser.add_argument("--text-model", metavar="DIR", help="text model of text and multimodal cells: a Hugging Face "
                         "model directory")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",

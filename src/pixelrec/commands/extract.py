@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pixelrec.commands import say_written
@@ -14,15 +15,17 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")
     parser.add_argument("--out", required=True, metavar="FILE.npy", help="feature file; its sidecar is FILE.json")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--encoder", help="image encoder: short name (clip-vit-b32, resnet50, ...) or timm name")
+    source = parser.add_mutually_exclusive_group()  # one of them, or --encoder-weights with a tower file
+    source.add_argument("--encoder", help="image encoder: short name (clip-vit-b32, resnet50, ...) or timm name; "
+                        "with --encoder-weights TOWER.safetensors (from `pixelrec export --tower`) the file names it")
     source.add_argument("--text-model", metavar="DIR", help="text model over the items' texts: a Hugging Face model "
                         "directory (or a hub name in the local cache)")
     source.add_argument("--import", dest="import_file", metavar="FEATURES.npy",
                         help="an existing feature array, rows in the order of --order")
     parser.add_argument("--order", metavar="ORDER", help="with --import: item tokens of the rows, one per line, "
                         "or a CSV whose first column is item_id")
-    parser.add_argument("--encoder-weights", metavar="PATH", help="local checkpoint (timm, open_clip, OpenAI CLIP)")
+    parser.add_argument("--encoder-weights", metavar="PATH", help="local checkpoint (timm, open_clip, OpenAI CLIP), "
+                        "or a tower file from `pixelrec export --tower`")
     parser.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a hub or a cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no weights file given)")
     parser.add_argument("--image-size", type=int, metavar="PX", help="encoder input size (default: the encoder's)")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.text_model:
         return _text(args, resolve_device(args.device))
 
+    args.encoder = args.encoder or _tower_encoder(args.encoder_weights)
     sidecar = extract_features(
         args.data, args.out, args.encoder, encoder_weights=args.encoder_weights, pretrained=args.pretrained,
         image_size=args.image_size, pooling=args.pooling, preprocess=args.preprocess, seed=args.seed,
@@ -73,6 +77,23 @@ def run(args: argparse.Namespace) -> int:
             f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
     say_written(args.out, sidecar, what)
     return 0
+
+
+def _tower_encoder(weights: str | None) -> str:
+    """The image encoder a tower file (`pixelrec export --tower`) was trained as, standing in for --encoder."""
+    from pixelrec.errors import UserError
+    from pixelrec.items.tower_file import read_description
+
+    if not weights:
+        raise UserError("give one of --encoder NAME, --text-model DIR, --import FEATURES.npy (or --encoder-weights "
+                        "with a tower file from `pixelrec export --tower`)")
+    if not Path(weights).is_file():
+        raise UserError(f"--encoder-weights {weights}: file not found")
+    description = read_description(weights)
+    if description is None:
+        raise UserError(f"--encoder-weights {weights}: not a tower file from `pixelrec export --tower` (nothing in it "
+                        "names its encoder); give --encoder NAME too")
+    return str(description["encoder"])
 
 
 def _text(args: argparse.Namespace, device: "torch.device") -> int:

@@ -24,6 +24,8 @@ class Batch:
                item encoder needs inputs loaded by DataLoader workers
     loss_scale: this rank's share of the global batch's targets times the rank count (1.0 on one
                process): averaging gradients over ranks then gives the global batch's mean loss
+    row_scale: the same with the share of the global batch's rows, for a loss averaged over rows
+               (loss.reduction=windows)
     """
 
     users: Tensor
@@ -36,6 +38,7 @@ class Batch:
     item_ids: Tensor | None = None
     item_inputs: Any = None
     loss_scale: float = 1.0
+    row_scale: float = 1.0
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch's tensors on `device`; copies to a GPU do not wait for it (from pinned memory they
@@ -64,6 +67,11 @@ class Batch:
             parts.append(self.negatives.reshape(-1))
         ids = torch.unique(torch.cat(parts))
         return ids[ids > 0]
+
+    def scale_for(self, reduction: str) -> float:
+        """The factor of this rank's loss that makes the ranks' average the global batch's loss under
+        `reduction` (targets: a mean over targets; windows: over rows)."""
+        return self.row_scale if reduction == "windows" else self.loss_scale
 
     def flat_targets(self) -> tuple[Tensor, Tensor]:
         """(targets [N], users [N]) of the real targets, in row-major order."""

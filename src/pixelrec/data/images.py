@@ -276,14 +276,22 @@ def _check_entry(task: tuple[str, str, int]) -> bool:
         return False
 
 
-def verify_image_store(path: Path, size: int, *, workers: int = 1, progress: bool = False) -> list[str]:
-    """Decode every entry; return the keys that fail to decode or are not size x size RGB."""
+def store_keys(path: Path) -> list[str]:
+    """Every key of the store (item tokens), in LMDB's order."""
     try:
         with shared_env(path).begin() as txn:
-            keys = [key.decode("utf-8", "replace") for key in txn.cursor().iternext(values=False)]
+            return [key.decode("utf-8", "replace") for key in txn.cursor().iternext(values=False)]
     except lmdb.Error as err:
         release_env(path)
         raise UserError(f"{path}: cannot list the image store ({_lmdb_text(err)}); {CURE}") from None
+
+
+def verify_image_store(path: Path, size: int, *, workers: int = 1, progress: bool = False,
+                       keys: Sequence[str] | None = None) -> list[str]:
+    """Decode every entry (or those of `keys`); return the keys that are missing, fail to decode or are
+    not size x size RGB."""
+    if keys is None:
+        keys = store_keys(path)
     tasks = [(str(path), key, size) for key in keys]
     try:
         with _pool(workers, len(tasks)) as pool, _bar("verify image store", len(tasks), progress) as bar:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixelrec.data.files import open_npy
 from pixelrec.errors import UserError
 
 FORMAT = "pixelrec-text-tokens"
@@ -57,7 +58,9 @@ class TokenArray:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            # checked before mapping: a truncated file would otherwise end a run with SIGBUS
+            self._array = open_npy(self.path, f"delete it and {self.path.with_suffix('.json').name}; the next run "
+                                              "tokenises the texts again")
         return self._array
 
     @property
@@ -75,6 +78,19 @@ class TokenArray:
     def full_width(self) -> "TokenArray":
         """The same file read at its full width (rows of a per-item cache must all have one shape)."""
         return TokenArray(self.path, self.sidecar, trim=False)
+
+
+def _clean(column: Any) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.utf8_trim_whitespace(pc.cast(column, "string")), "")
+
+
+def joined_texts(table: Any, fields: Sequence[str], separator: str) -> list[str]:
+    """Each row's text: its non-empty `fields` of an Arrow table, trimmed, joined by `separator` (the
+    catalogue's texts and new items' texts are made by this one rule)."""
+    columns = [_clean(table.column(name)).to_pylist() for name in fields]
+    return [separator.join(v for v in values if v) for values in zip(*columns, strict=True)]
 
 
 class ItemTexts:
@@ -105,13 +121,10 @@ class ItemTexts:
             raise UserError(f"{path}: no text column {missing[0]!r} for items.text_fields (it has: {', '.join(text)}); "
                             "prepare the dataset from an item_info.csv with that column")
         table = pq.read_table(path, columns=list(dict.fromkeys(fields)))
-        columns = []
         for name in fields:
-            column = pc.fill_null(pc.utf8_trim_whitespace(pc.cast(table.column(name), "string")), "")
-            if not pc.any(pc.not_equal(column, "")).as_py():
+            if not pc.any(pc.not_equal(_clean(table.column(name)), "")).as_py():
                 raise UserError(f"{path}: text column {name!r} is empty for every item; choose other items.text_fields")
-            columns.append(column.to_pylist())
-        return [separator.join(v for v in values if v) for values in zip(*columns, strict=True)]
+        return joined_texts(table, fields, separator)
 
     def tokens(self, tokenizer: Any, fields: Sequence[str], max_tokens: int,
                directory: str | Path | None = None) -> TokenArray:

@@ -251,6 +251,7 @@ class TrainingView:
         # this rank's share of the global batch's targets x the rank count: averaging gradients over
         # ranks then gives the gradient of the global batch's mean loss; 0 for a share without targets
         batch.loss_scale = int((targets > 0).sum()) / n_all * job.world if n_all else 0.0
+        batch.row_scale = len(targets) / len(all_targets) * job.world if len(all_targets) else 0.0
         return batch
 
     def _window_pair_rows(self, example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

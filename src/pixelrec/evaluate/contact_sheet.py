@@ -155,6 +155,8 @@ def _new_cover(new_items: NewItems, row: int, size: int) -> np.ndarray:
     from pixelrec.data.images import to_rgb
 
     path = new_items.covers[row]
+    if path is None:  # embedded by a text run from its item info alone: a blank tile, framed as new
+        return np.full((size, size, 3), 235, np.uint8)
     try:
         with Image.open(path) as image:
             return np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BICUBIC))

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from pixelrec import distributed
 from pixelrec.distributed import SINGLE, Job
+from pixelrec.errors import worker_errors
 from pixelrec.train import logs
 
 
@@ -47,6 +48,9 @@ class ItemEncoder(nn.Module):
     amp: bool = True
     #: `items` keys the encoder takes besides its constructor's parameters (labels, read by others).
     config_keys: ClassVar[tuple[str, ...]] = ()
+    #: What `pixelrec embed` reads to encode items outside the catalogue ("covers", "item info");
+    #: empty where an item's vector exists only for the catalogue (a learned ID, a row of a feature file).
+    new_items_from: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
@@ -59,6 +63,12 @@ class ItemEncoder(nn.Module):
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         raise NotImplementedError
+
+    def new_item_inputs(self, new: Any) -> Any:
+        """Inputs for items outside the catalogue, from what `pixelrec embed` read of them (`new`, a
+        `new_items.NewItemData`): a row source whose `read(rows)` (1-based rows of `new`) gives inputs
+        as `forward` takes them, so a new item's vector comes from the same forward as the catalogue's."""
+        raise NotImplementedError(f"{type(self).__name__} encodes only the catalogue's items")
 
     def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
         """Set-up before training on `device` (caches, memory savers from the train config); none by default."""
@@ -91,7 +101,8 @@ class ItemEncoder(nn.Module):
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
         out = [torch.zeros(0, self.embedding_size, device=device)]
         bar = logs.progress("encode items", len(items), "item")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda"):
+        with worker_errors(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                             enabled=self.amp and device.type == "cuda"):
             for chunk, inputs in loaded:
                 out.append(self(chunk.to(device), move_inputs(inputs, device)).float())
                 bar.update(len(chunk))
@@ -117,6 +128,10 @@ def move_inputs(inputs: Any, device: torch.device) -> Any:
 
 class ItemLookup:
     """Vectors of a set of distinct items, looked up by item index (0 and unknown -> zeros row)."""
+
+    #: the item encoder's vector for an all-ones input image, when the backbone's mask token is that
+    #: (BERT4Rec model.mask_token=encoded_ones); set by the recommender
+    mask_vector: Tensor | None = None
 
     def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int) -> None:
         self.item_ids = item_ids  # sorted, distinct, no 0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pixelrec import locks
 from pixelrec.data.files import allocate, disk_full, free_bytes, npy_info, size_text
 from pixelrec.data.prepared import PreparedData
-from pixelrec.errors import UserError
+from pixelrec.errors import UserError, worker_errors
 from pixelrec.items.feature_store import (
     CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
     read_feature_array, read_sidecar, sidecar_path, write_sidecar,
@@ -210,7 +210,7 @@ def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_
         chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=n_items, initial=start, desc=desc, unit=unit, file=sys.stderr,
                disable=None if progress else True, dynamic_ncols=True)
-    with bar:
+    with bar, worker_errors():
         for first, inputs in loader:
             rows = compute(inputs.to(device, non_blocking=True))
             bad = first_non_finite(rows.reshape(len(rows), -1))

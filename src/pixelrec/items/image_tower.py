@@ -161,10 +161,18 @@ def _is_head_parameter(name: str, matcher: dict) -> bool:
     return True
 
 
-def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True) -> None:
+#: A Swin's patch-merging layer (timm: at the start of stage N, with its first block's group).
+MERGING = re.compile(r"^layers\.\d+\.downsample\.")
+
+
+def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True, tune_merging: bool = True) -> None:
     """Train the top `tune_last` groups of blocks/stages, plus anything above them (final norm,
     pooling head) unless `tune_head` is false; freeze everything below. 0 freezes the whole tower;
-    'all' trains every block."""
+    'all' trains every block. Not `tune_merging`: a Swin's patch-merging layer below the lowest tuned
+    block stays frozen (Hugging Face's Swin puts it at the end of the stage below)."""
+    if not tune_merging and not any(MERGING.match(name) for name, _ in tower.named_parameters()):
+        raise UserError(f"items.tune_merging=false: {type(tower).__name__} has no patch-merging layers "
+                        "(Swin towers have)")
     if tune_last == "all":
         if not tune_head:
             matcher = tower.group_matcher()
@@ -179,6 +187,8 @@ def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True)
     n = int(tune_last)
     chosen = groups[len(groups) - n - heads :] if n > 0 else []
     trainable = {name for group in chosen for name in group}
+    if not tune_merging and chosen:
+        trainable -= {name for name in chosen[0] if MERGING.match(name)}
     for name, p in tower.named_parameters():
         p.requires_grad_(name in trainable and (tune_head or not _is_head_parameter(name, matcher)))
 

@@ -5,6 +5,10 @@ concatenates them and projects back to the embedding size. Each tower keeps its 
 (`tune_last` for the image, `text_tune_last` for the text), pooling, frozen-prefix cache and optimiser
 group: the image tower takes train.encoder_lr / encoder_weight_decay, the text tower `text_lr` /
 `text_weight_decay` (by default the image tower's).
+
+Items outside the catalogue (`pixelrec embed`) are encoded from their cover and item info through
+the same forward; with `with_id` they are refused, for a new item has no learned ID vector (a zero
+one would put its score on a scale the model was never trained on).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class MultimodalEncoder(ItemEncoder):
     catalogue_each_step = False
     needs_inputs = True
     catalogue_chunk = 256
+    new_items_from = ("covers", "item info")
 
     def __init__(
         self,
@@ -97,6 +102,14 @@ class MultimodalEncoder(ItemEncoder):
         """(the image part's inputs, the text part's inputs)."""
         return self.image.load_inputs(item_ids), self.text.load_inputs(item_ids)
 
+    def new_item_inputs(self, new: Any) -> "PartRows":
+        """(cover, text) inputs of items outside the catalogue, each as its tower reads them; refused
+        with items.with_id: a new item has no learned ID vector."""
+        if self.ids is not None:
+            raise UserError("items.with_id=true: the run adds a learned ID vector to each item, and an item outside "
+                            "the catalogue has none; new items need a run without items.with_id")
+        return PartRows(self.image.new_item_inputs(new), self.text.new_item_inputs(new))
+
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         if inputs is None:
             inputs = self.load_inputs(item_ids.cpu().numpy())
@@ -122,3 +135,24 @@ class MultimodalEncoder(ItemEncoder):
         return [{"name": "encoder", "params": self.image.encoder_parameters(), "lr": None, "weight_decay": None},
                 {"name": "text_encoder", "params": self.text.encoder_parameters(), "lr": self.text_lr,
                  "weight_decay": self.text_weight_decay}]
+
+
+class Parts:
+    """A batch of (image inputs, text inputs) that moves to a device as one batch tensor does (not a
+    tuple: a DataLoader would hand that back as a list)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> tuple[Any, ...]:
+        return to_device(self.parts, device)
+
+
+class PartRows:
+    """Row source of both towers' inputs: `read(rows)` -> Parts(image part's, text part's)."""
+
+    def __init__(self, images: Any, texts: Any) -> None:
+        self.images, self.texts = images, texts
+
+    def read(self, rows: np.ndarray) -> Parts:
+        return Parts(self.images.read(rows), self.texts.read(rows))

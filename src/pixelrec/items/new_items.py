@@ -1,13 +1,17 @@
-"""Items that arrived after training, scored from their covers by a pixel run (`pixelrec embed`).
+"""Items that arrived after training, scored from their covers and texts by a run (`pixelrec embed`).
 
-A new cover goes through what `prepare` does to covers (RGB, square-resized to the image store's
-size, JPEG at its quality) and what training does to stored images (decoded, then resized and
-normalised by the item encoder), so a catalogue item's cover gives the run's own vector for it.
-The rows are the vectors the run scores items with: the item encoder, then the backbone's item
-transform (DSSM's item tower; nothing for most backbones). They go to a `.npy` whose sidecar (the
-feature files' format, `kind: new-items`) names the run, the checkpoint's sha256, and each row's
-item token and cover file, written through `pixelrec extract`'s resumable machinery.
-`load_new_items` reads them back for `recommend` and `export`, refusing vectors of other weights.
+What the item encoder needs of a new item it names itself (`new_items_from`: covers for pixels,
+item info for text, both for multimodal) and makes its inputs from what is read here
+(`new_item_inputs`), so every kind goes through one path: the encoder's own forward. A new cover
+goes through what `prepare` does to covers (RGB, square-resized to the image store's size, JPEG at
+its quality) and what training does to stored images (decoded, then resized and normalised by the
+item encoder); a new item's text is its item-info fields joined and tokenised as the catalogue's
+were; so a catalogue item gives the run's own vector for it. The rows are the vectors the run
+scores items with: the item encoder, then the backbone's item transform (DSSM's item tower; nothing
+for most backbones). They go to a `.npy` whose sidecar (the feature files' format, `kind:
+new-items`) names the run, the checkpoint's sha256, and each row's item token and cover file,
+written through `pixelrec extract`'s resumable machinery. `load_new_items` reads them back for
+`recommend` and `export`, refusing vectors of other weights.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import multiprocessing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from torch import Tensor
 from pixelrec import locks
 from pixelrec.data.images import encode_cover, scan_covers
 from pixelrec.data.raw import COVER_SUFFIXES
+from pixelrec.data.text_tokens import joined_texts
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
 from pixelrec.items.extract import _open, fill_item_rows, npy_path, write_errors
@@ -33,14 +38,15 @@ from pixelrec.items.feature_store import (
     FORMAT, VERSION, file_sha256, first_non_finite, item_order_sha256, read_feature_array, read_sidecar,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 KIND = "new-items"
 _SHOWN = 5  # names listed in one error line
 _WHY = {
     "id": "its items are ID vectors learned for the catalogue's items",
     "features": "its items are rows of the catalogue's feature file; it has no image tower",
     "id+features": "its items are learned ID vectors and rows of the catalogue's feature file; it has no image tower",
-    "text": "new items of text runs are not supported yet",
-    "multimodal": "new items of multimodal (cover + text) runs are not supported yet",
 }
 
 
@@ -49,13 +55,20 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:_SHOWN]) + more
 
 
+def new_items_from(kind: str) -> tuple[str, ...]:
+    """What the item encoder of `kind` reads of a new item ("covers", "item info"); empty: it cannot."""
+    from pixelrec.items import ITEM_ENCODERS
+
+    return tuple(getattr(ITEM_ENCODERS.get(kind), "new_items_from", ()))
+
+
 def refuse_kind(run: Path, kind: str) -> None:
-    """One line for a run whose items cannot be made from a cover (anything but pixels)."""
-    if kind == "pixels":
+    """One line for a run whose items cannot be made from what a new item brings (ID tables, feature rows)."""
+    if new_items_from(kind):
         return
-    why = _WHY.get(kind, "it has no image tower")
-    raise UserError(f"{run}: a run with items.kind={kind} cannot score new items from their covers: {why} "
-                    "(pixel runs can: items.kind=pixels)")
+    why = _WHY.get(kind, "its item vectors exist only for the catalogue's items")
+    raise UserError(f"{run}: a run with items.kind={kind} cannot score new items from their covers or texts: {why} "
+                    "(runs with items.kind=pixels, text or multimodal can)")
 
 
 def check_scoring(model: Any, run: Path) -> None:
@@ -76,15 +89,18 @@ def check_scoring(model: Any, run: Path) -> None:
 # --- covers ---------------------------------------------------------------------------------
 @dataclass
 class Covers:
-    """New items' covers, encoded as the image store holds covers."""
+    """New items' covers: their files, and (where the run encodes covers) their bytes as the image store
+    holds covers."""
 
     folder: Path
     tokens: list[str]
     files: list[str]  # file names in `folder`, row by row
-    jpegs: list[bytes]
+    jpegs: list[bytes] | None = None  # None: only located (a text run shows them on the contact sheet)
 
-    def sha256(self) -> str:
+    def sha256(self) -> str | None:
         """One hash of every encoded cover in row order: other pixels, other vectors."""
+        if self.jpegs is None:
+            return None
         digest = hashlib.sha256()
         for data in self.jpegs:
             digest.update(len(data).to_bytes(8, "little"))
@@ -92,10 +108,9 @@ class Covers:
         return digest.hexdigest()
 
 
-def read_covers(folder: Path, tokens: list[str] | None, size: int, quality: int, workers: int = 0) -> Covers:
-    """The covers of `tokens` (default: every cover in `folder`, by token) resized and JPEG-encoded as
-    `prepare` stores them; a missing folder or cover, or a file that is not a readable image, is one
-    line naming them, before anything is written."""
+def find_covers(folder: Path, tokens: list[str] | None) -> Covers:
+    """The cover files of `tokens` (default: every cover in `folder`, by token); a missing folder or
+    cover is one line naming them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"--covers {folder}: covers folder not found")
@@ -108,18 +123,26 @@ def read_covers(folder: Path, tokens: list[str] | None, size: int, quality: int,
     if missing:
         raise UserError(f"--covers {folder}: no cover file for new item {_listing(missing)} (expected "
                         f"{folder / (missing[0] + '.jpg')} or .jpeg, .png, .webp)")
-    files = [found[t] for t in tokens]
-    tasks = [(str(folder / name), size, quality) for name in files]
+    return Covers(folder, list(tokens), [found[t] for t in tokens])
+
+
+def read_covers(folder: Path, tokens: list[str] | None, size: int, quality: int, workers: int = 0) -> Covers:
+    """The covers of `tokens` (default: every cover in `folder`) resized and JPEG-encoded as `prepare`
+    stores them; a missing folder or cover, or a file that is not a readable image, is one line naming
+    them, before anything is written."""
+    covers = find_covers(folder, tokens)
+    tasks = [(str(covers.folder / name), size, quality) for name in covers.files]
     if workers > 1 and len(tasks) >= 64:
         with multiprocessing.get_context().Pool(workers) as pool:
             jpegs = pool.map(encode_cover, tasks, chunksize=32)
     else:
         jpegs = [encode_cover(task) for task in tasks]
-    bad = [str(folder / name) for name, data in zip(files, jpegs) if data is None]
+    bad = [str(covers.folder / name) for name, data in zip(covers.files, jpegs) if data is None]
     if bad:
         raise UserError(f"--covers: {len(bad)} cover file{'s are' if len(bad) > 1 else ' is'} corrupt, truncated or "
                         f"not an image: {_listing(bad)}")
-    return Covers(folder, list(tokens), files, jpegs)
+    covers.jpegs = jpegs
+    return covers
 
 
 class _CoverImages:
@@ -137,8 +160,24 @@ class _CoverImages:
                                             mode=ImageReadMode.RGB) for r in np.asarray(rows)])
 
 
-def read_item_list(path: Path) -> tuple[list[str], list[str] | None]:
-    """(item tokens, titles or None) of an item-info CSV, in its row order; a token listed twice is an error."""
+# --- item info --------------------------------------------------------------------------------
+@dataclass
+class ItemInfo:
+    """The new items' item-info rows, in the file's order."""
+
+    path: Path
+    tokens: list[str]
+    table: pa.Table
+
+    @property
+    def titles(self) -> list[str] | None:
+        if "title" not in self.table.column_names:
+            return None
+        return [str(t or "") for t in self.table.column("title").to_pylist()]
+
+
+def read_item_list(path: Path) -> ItemInfo:
+    """The rows of an item-info CSV, read as `prepare` reads item info; a token listed twice is an error."""
     from pixelrec.data.raw import read_item_info
 
     path = Path(path)
@@ -153,21 +192,58 @@ def read_item_list(path: Path) -> tuple[list[str], list[str] | None]:
         if token in seen:
             raise UserError(f"{path}: item {token} is listed twice (lines {seen[token]} and {row})")
         seen[token] = row
-    titles = None
-    if "title" in table.column_names:
-        titles = [str(t or "") for t in table.column("title").to_pylist()]
-    return tokens, titles
+    return ItemInfo(path, tokens, table)
+
+
+@dataclass
+class NewItemData:
+    """What `embed` read of the new items, row by row: the item encoder makes its inputs from it
+    (`ItemEncoder.new_item_inputs`)."""
+
+    tokens: list[str]
+    covers: Covers | None
+    info: ItemInfo | None
+
+    @property
+    def images(self) -> _CoverImages:
+        """The covers as an image store reads them (uint8 [B, 3, S, S] by 1-based row)."""
+        if self.covers is None or self.covers.jpegs is None:
+            raise UserError("--covers DIR is needed: this run encodes new items from their covers")
+        return _CoverImages(self.covers.jpegs)
+
+    def texts(self, fields: list[str], separator: str) -> list[str]:
+        """Each item's text as the catalogue's were made (`ItemTexts.texts`): its non-empty `fields`,
+        trimmed, joined by `separator`; a missing column or an item with no text is one line."""
+        if self.info is None:
+            raise UserError(f"--item-info CSV is needed: this run encodes new items from their {', '.join(fields)}")
+        path, table = self.info.path, self.info.table
+        missing = [f for f in fields if f not in table.column_names]
+        if missing:
+            raise UserError(f"--item-info {path}: no text column {missing[0]!r}, which the run's items are made of "
+                            f"(items.text_fields: {', '.join(fields)}; the file has: {', '.join(table.column_names)})")
+        texts = joined_texts(table, fields, separator)
+        empty = [token for token, text in zip(self.tokens, texts) if not text]
+        if empty:
+            raise UserError(f"--item-info {path}: new item {_listing(empty)} has no text in {', '.join(fields)}; "
+                            "give every new item some text there")
+        return texts
+
+
+def _rows_of(inputs: Any) -> int:
+    """Items in a batch of inputs: a tensor's first dimension, or a tuple's first part's."""
+    return _rows_of(inputs[0]) if isinstance(inputs, tuple) else int(inputs.shape[0])
 
 
 # --- embedding --------------------------------------------------------------------------------
-def embed_new_items(run: str | Path, covers: str | Path, out: str | Path, *, item_info: str | Path | None = None,
-                    checkpoint: str = "best", data_path: str | Path | None = None, batch_size: int = 64,
-                    workers: int = 0, allow_catalogue: bool = False, overwrite: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
-    """Write the scoring vectors of the items whose covers are in `covers` (those `item_info` lists,
-    else all) to `out` + sidecar with a pixel run's `checkpoint`, resuming a matching interrupted
-    call; returns the sidecar with `rows_written` (0: it was already complete). An item of the
-    run's catalogue is refused unless `allow_catalogue` (its vector then equals the run's own)."""
+def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path, *,
+                    item_info: str | Path | None = None, checkpoint: str = "best",
+                    data_path: str | Path | None = None, batch_size: int = 64, workers: int = 0,
+                    allow_catalogue: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Write the scoring vectors of new items to `out` + sidecar with the run's `checkpoint`, from
+    what its item encoder needs of them: covers in `covers` (those `item_info` lists, else all) for
+    pixels, texts in `item_info` for text, both for multimodal; resumes a matching interrupted call
+    and returns the sidecar with `rows_written` (0: it was already complete). An item of the run's
+    catalogue is refused unless `allow_catalogue` (its vector then equals the run's own)."""
     from pixelrec.evaluate.run import open_run
     from pixelrec.train.trainer import config_of_run
 
@@ -176,26 +252,39 @@ def embed_new_items(run: str | Path, covers: str | Path, out: str | Path, *, ite
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
-    refuse_kind(run, config_of_run(run).items.kind)  # before anything is loaded
-    tokens, titles = read_item_list(Path(item_info)) if item_info else (None, None)
+    kind = config_of_run(run).items.kind
+    refuse_kind(run, kind)  # before anything is loaded
+    needs = new_items_from(kind)
+    if "covers" in needs and covers is None:
+        raise UserError(f"--covers DIR is needed: a run with items.kind={kind} encodes new items from their covers")
+    if "item info" in needs and item_info is None:
+        raise UserError(f"--item-info CSV is needed: a run with items.kind={kind} encodes new items from their texts "
+                        "(its items.text_fields)")
+    info = read_item_list(Path(item_info)) if item_info else None
     loaded = open_run(run, checkpoint, data_path)
     model, data = loaded.model, loaded.data
     check_scoring(model, run)
-    store = data.meta["image_store"]
-    found = read_covers(Path(covers), tokens, int(store["size"]), int(store.get("quality", 90)), workers)
-    known = sorted(set(found.tokens) & {str(t) for t in data.item_tokens[1:]})
+    store = data.meta.get("image_store") if "covers" in needs else None
+    size, quality = (int(store["size"]), int(store.get("quality", 90))) if store else (None, None)
+    found = None
+    if covers is not None:  # a text run keeps them for the contact sheet only
+        listed = info.tokens if info else None
+        found = (read_covers(Path(covers), listed, size, quality, workers) if size and quality
+                 else find_covers(Path(covers), listed))
+    tokens = found.tokens if found is not None else info.tokens  # type: ignore[union-attr]  (one was required)
+    known = sorted(set(tokens) & {str(t) for t in data.item_tokens[1:]})
     if known and not allow_catalogue:
         raise UserError(f"item {_listing(known)} already in the catalogue of {run} (dataset {data.name}); embed "
                         f"only new items (their vectors are the run's own; --allow-catalogue embeds them anyway)")
-    n = len(found.tokens)
-    source = _CoverImages(found.jpegs)
+    n = len(tokens)
     device, encoder, backbone = model.device, model.item_encoder, model.backbone
+    source = encoder.new_item_inputs(NewItemData(tokens, found, info))  # every input checked before a row is written
     autocast = encoder.amp and device.type == "cuda"  # as the run encodes its catalogue
 
-    def vectors(images: Tensor) -> Tensor:
-        ids = torch.arange(1, len(images) + 1, device=device)
+    def vectors(inputs: Any) -> Tensor:
+        ids = torch.arange(1, _rows_of(inputs) + 1, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            encoded = encoder(ids, images).float()
+            encoded = encoder(ids, inputs).float()
         return backbone.score_vectors(ItemLookup(ids, encoded, len(ids)), ids).float()
 
     with torch.inference_mode():
@@ -203,11 +292,12 @@ def embed_new_items(run: str | Path, covers: str | Path, out: str | Path, *, ite
     wanted = {
         "format": FORMAT, "version": VERSION, "kind": KIND, "run": str(run.resolve()),
         "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": file_sha256(loaded.checkpoint),
-        "model": loaded.config.model_name, "items": loaded.config.items.kind, "encoder": loaded.config.items.encoder,
-        "dataset": data.name, "image_size": int(store["size"]), "jpeg_quality": int(store.get("quality", 90)),
-        "dtype": "float32", "dim": dim, "n_items": n, "item_order_sha256": item_order_sha256(found.tokens),
-        "covers": str(found.folder.resolve()), "covers_sha256": found.sha256(), "tokens": found.tokens,
-        "files": found.files, "titles": titles,  # item info's order is the rows' order
+        "model": loaded.config.model_name, "items": kind, "encoder": loaded.config.items.encoder,
+        "dataset": data.name, "image_size": size, "jpeg_quality": quality,
+        "dtype": "float32", "dim": dim, "n_items": n, "item_order_sha256": item_order_sha256(tokens),
+        "covers": str(found.folder.resolve()) if found else None, "covers_sha256": found.sha256() if found else None,
+        "item_info_sha256": file_sha256(info.path) if info else None, "tokens": tokens,
+        "files": found.files if found else None, "titles": info.titles if info else None,  # rows in item info's order
     }
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,11 +310,12 @@ def embed_new_items(run: str | Path, covers: str | Path, out: str | Path, *, ite
         start = int(sidecar["rows_done"])
 
         def not_finite(row: int) -> str:
-            return f"{out}: the vector of new item {found.tokens[row]} (row {row}) is not finite"
+            return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
         with torch.inference_mode():
             fill_item_rows(out, array, sidecar, source, start, n, batch_size, workers, device,
-                           lambda images: vectors(images).cpu().numpy(), "embed covers", progress, not_finite)
+                           lambda inputs: vectors(inputs).cpu().numpy(), "embed new items", progress, not_finite,
+                           unit="item")
         del array
     return {**sidecar, "rows_written": n - start}
 
@@ -237,7 +328,7 @@ class NewItems:
     path: Path
     tokens: list[str]
     titles: list[str] | None
-    covers: list[Path]  # each item's cover file
+    covers: list[Path | None]  # each item's cover file (None: embedded from its text, no cover given)
     vectors: Tensor  # [n, d] float32
 
     def __len__(self) -> int:
@@ -281,9 +372,9 @@ def load_new_items(path: str | Path, run: Path, checkpoint: Path, catalogue: np.
     if known:
         raise UserError(f"--new-items {path}: item {_listing(known)} already in the run's catalogue (embedded with "
                         "--allow-catalogue); embed only new items to rank them with the catalogue")
-    folder = Path(sidecar["covers"])
-    return NewItems(path, tokens, sidecar.get("titles"), [folder / name for name in sidecar["files"]],
-                    torch.from_numpy(values))
+    folder, files = sidecar.get("covers"), sidecar.get("files")
+    covers = [Path(folder) / name for name in files] if folder and files else [None] * len(tokens)
+    return NewItems(path, tokens, sidecar.get("titles"), covers, torch.from_numpy(values))
 
 
 def new_items_for_run(path: str | Path, run: Path, kind: str, model: Any, checkpoint: Path,

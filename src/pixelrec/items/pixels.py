@@ -83,6 +83,7 @@ class PixelEncoder(ItemEncoder):
     catalogue_each_step = False
     needs_inputs = True
     catalogue_chunk = 256
+    new_items_from = ("covers",)
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class PixelEncoder(ItemEncoder):
         tune_head: bool = True,
         timm_args: dict[str, Any] | None = None,
         frozen_mode: Literal["eval", "train"] = "eval",
+        tune_merging: bool = True,
     ) -> None:
         super().__init__(n_items, embedding_size)
         # a tower exported from a run (`pixelrec export --tower`) brings its own encoder, size, pooling, ...
@@ -132,7 +134,7 @@ class PixelEncoder(ItemEncoder):
             remove_final_norm(self.tower, encoder)
         if pooling != "tokens":
             check_pooling(self.tower, pooling, encoder)
-        freeze_below(self.tower, tune_last, tune_head)
+        freeze_below(self.tower, tune_last, tune_head, tune_merging)
         self.pooling = pooling
         self.preprocess = Preprocess(self.tower, image_size, preprocess)
         note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, input_size=self.preprocess.size,
@@ -163,16 +165,31 @@ class PixelEncoder(ItemEncoder):
             return self.cache.read(np.asarray(item_ids))
         return self.image_store.read(np.asarray(item_ids))
 
+    def new_item_inputs(self, new: Any) -> Any:
+        """New items' covers as the image store holds them (uint8 after decoding): the tower
+        pre-processes them as it does stored covers (never the prefix cache, which holds the catalogue)."""
+        return new.images
+
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         if inputs is None:
             inputs = self.load_inputs(item_ids.cpu().numpy())
             if item_ids.device.type == "cuda":  # pinned: the copy does not wait for the device's queued work
                 inputs = inputs.pin_memory()
             inputs = inputs.to(item_ids.device, non_blocking=True)
-        features = self._features(inputs)
+        return self._head(self._features(inputs))
+
+    def _head(self, features: Tensor) -> Tensor:
+        """Item vectors from the tower's forward_features output: pooling, then the projection."""
         if self.pooling == "tokens":
             return self.projection(tokens(self.tower, features)).mean(1)
         return self.projection(pool(self.tower, features, self.pooling))
+
+    def ones_image_vector(self) -> Tensor:
+        """[d] the vector of an image whose normalised input is 1 everywhere (PixelRec's BERT4Rec mask
+        image, torch.ones after normalisation), through the tower's trainable layers with gradients."""
+        size = self.preprocess.size
+        ones = torch.ones(1, 3, size, size, device=self.preprocess.mean.device)
+        return self._head(self.tower.forward_features(ones))[0]
 
     def _tower_features(self, inputs: Tensor) -> Tensor:
         """forward_features from images (uint8) or from cached prefix activations (fp16)."""

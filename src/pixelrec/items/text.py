@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pixelrec.data.text_tokens import ItemTexts
+from pixelrec.data.text_tokens import ItemTexts, TokenArray, tokenise
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
@@ -43,6 +43,7 @@ class TextEncoder(ItemEncoder):
     catalogue_each_step = False
     needs_inputs = True
     catalogue_chunk = 1024
+    new_items_from = ("item info",)
     #: the `items` keys as errors name them (the multimodal encoder's text part has its own)
     KEYS: ClassVar[dict[str, str]] = {"encoder": "items.encoder", "encoder_weights": "items.encoder_weights",
                                       "tune_last": "items.tune_last", "pooling": "items.pooling",
@@ -87,6 +88,7 @@ class TextEncoder(ItemEncoder):
             raise UserError(f"{keys['cache']}=prefix: nothing of {self.tower.name} is frozen ({keys['tune_last']}="
                             f"{tune_last} trains its embeddings); lower {keys['tune_last']} or drop {keys['cache']}")
         self.tokens = item_texts.tokens(tokenizer, list(text_fields), max_tokens, cache_dir)
+        self.tokenizer = tokenizer  # new items' texts are tokenised as the catalogue's were
         self.data_root = item_texts.root
         self.pooling, self.projection_group = pooling, projection_group
         self.projection = projection(self.tower.width, embedding_size, dnn_layers, activation)
@@ -107,6 +109,13 @@ class TextEncoder(ItemEncoder):
         if self.cache is None:
             return tokens
         return self.cache.read(np.asarray(item_ids))[:, : tokens.shape[1]], tokens
+
+    def new_item_inputs(self, new: Any) -> TokenArray:
+        """New items' token ids: their texts joined from the fields, with the separator, that made the
+        catalogue's token file, tokenised by this tokenizer to its budget (never the prefix cache)."""
+        made = self.tokens.sidecar
+        texts = new.texts(list(made["fields"]), str(made["separator"]))
+        return NewTokens(tokenise(self.tokenizer, texts, self.tokens.max_tokens), made)
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         if inputs is None:
@@ -151,3 +160,15 @@ class TextEncoder(ItemEncoder):
         """The text model's trainable layers, and the projection with projection_group=encoder."""
         modules = [self.tower, self.projection] if self.projection_group == "encoder" else [self.tower]
         return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+class NewTokens(TokenArray):
+    """Token ids of items outside the catalogue, held in memory (row r = new item r + 1) and read as
+    the catalogue's token file is (cut to a batch's longest item)."""
+
+    def __init__(self, array: np.ndarray, sidecar: dict[str, Any]) -> None:
+        super().__init__(Path(), sidecar)
+        self._array = array
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # no file to map again in a DataLoader worker: the rows travel

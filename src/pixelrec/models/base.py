@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -38,9 +38,14 @@ class Backbone(nn.Module):
     mask_ratio: float = 0.0  # fraction of positions hidden by the masked view
     force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
     extra_slot: bool = False  # masked view: windows of max_len + 1 items (the mask token's own slot)
+    mask_image: bool = False  # masked view: the mask token is the item encoder's vector of an all-ones image
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         raise NotImplementedError
+
+    def initialise_items(self, encoder: Any) -> None:
+        """Re-draw the item encoder's own weights where the backbone's original did (MF, SR-GNN under
+        model.init); nothing by default. Called once, when the recommender is built."""
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
         """[B, d] vectors that score the next item after each user's context (evaluation)."""

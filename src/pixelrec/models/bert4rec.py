@@ -23,7 +23,9 @@ class BERT4Rec(Backbone):
     PixelRec's form (its IDNet/bert4rec.py, BERT4RecTrainDataset): extra_slot=True (max_len + 1
     positions, training windows of max_len + 1, prediction from the last max_len items + the mask),
     head=False, force_mask=False, inner_factor=1, mask_ratio=0.6, with data.window_remainder=drop and
-    data.negatives_avoid=window."""
+    data.negatives_avoid=window; as PixelNet also mask_token=encoded_ones: the mask token is the image
+    encoder's vector for an all-ones input image, encoded at each step with gradients (in evaluation once
+    per catalogue, as the original's extra catalogue row), instead of a learned vector."""
 
     view = "masked"
 
@@ -40,10 +42,12 @@ class BERT4Rec(Backbone):
         force_mask: bool = True,
         extra_slot: bool = False,
         head: bool = True,
+        mask_token: Literal["learned", "encoded_ones"] = "learned",
     ) -> None:
         super().__init__()
         self.mask_ratio, self.force_mask, self.extra_slot = mask_ratio, force_mask, extra_slot
-        self.mask_token = nn.Parameter(torch.empty(embedding_size))
+        self.mask_image = mask_token == "encoded_ones"  # the recommender puts that vector in each lookup
+        self.mask_token = None if self.mask_image else nn.Parameter(torch.empty(embedding_size))
         self.body = PositionalTransformer(max_len + int(extra_slot), embedding_size, n_layers, n_heads,
                                           inner_factor * embedding_size, dropout, activation)
         # The BERT4Rec paper's output transform before scoring against item vectors: dense + GELU + LayerNorm.
@@ -51,7 +55,8 @@ class BERT4Rec(Backbone):
             nn.Linear(embedding_size, embedding_size), nn.GELU(), nn.LayerNorm(embedding_size, eps=1e-12)
         ) if head else nn.Identity()
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.04, b=0.04)
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.04, b=0.04)
         # A masked slot holds no item, so every bit of its prediction flows through attention. BERT's
         # fixed std 0.02 (set for width 768) starves that path at small widths and training stalls;
         # Xavier-uniform projections (torch's MultiheadAttention default) scale with the width.
@@ -63,10 +68,18 @@ class BERT4Rec(Backbone):
         """x [B, L, d] input vectors (mask tokens in place), real [B, L] non-padding -> [B, L, d]."""
         return self.head(self.body(x, real, causal=False))
 
+    def mask_vector(self, items: ItemLookup, like: Tensor) -> Tensor:
+        """[d] the vector a hidden position carries: learned, or the lookup's encoded all-ones image."""
+        if not self.mask_image:
+            return self.mask_token.to(like.dtype)
+        if items.mask_vector is None:
+            raise RuntimeError("model.mask_token=encoded_ones: the item lookup carries no mask vector")
+        return items.mask_vector.to(like.dtype)
+
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         x = items(batch.context)
         if batch.mask is not None:
-            x = torch.where(batch.mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+            x = torch.where(batch.mask.unsqueeze(-1), self.mask_vector(items, x), x)
         return self.encode(x, batch.context > 0)
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
@@ -74,6 +87,6 @@ class BERT4Rec(Backbone):
         extra_slot, else after all but its oldest slot."""
         context = batch.context if self.extra_slot else batch.context[:, 1:]
         x = items(context)
-        token = self.mask_token.to(x.dtype).expand(x.shape[0], 1, -1)
+        token = self.mask_vector(items, x).expand(x.shape[0], 1, -1)
         real = torch.cat([context > 0, context.new_ones(context.shape[0], 1, dtype=torch.bool)], 1)
         return self.encode(torch.cat([x, token], 1), real)[:, -1]

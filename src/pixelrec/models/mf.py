@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.items.base import ItemLookup
+from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
 from pixelrec.schema import PositiveInt
@@ -14,14 +16,30 @@ from pixelrec.schema import PositiveInt
 @BACKBONES.register("mf")
 class MF(Backbone):
     """score(u, i) = <p_u, v_i>: p_u is the user's own embedding; v_i comes from the item encoder, so
-    the same model is IDNet MF (ID embeddings) or PixelNet MF (image encoder). The context is ignored."""
+    the same model is IDNet MF (ID embeddings) or PixelNet MF (image encoder). The context is ignored.
+
+    init: `default` truncated normal (std 0.02) user vectors; `xavier` Xavier-normal ones, and an ID
+    item table Xavier-normal too (the PixelRec code's IDNet/mf.py and PixelNet/momf.py)."""
 
     view = "pair"
 
-    def __init__(self, n_users: int, embedding_size: PositiveInt = 64) -> None:
+    def __init__(self, n_users: int, embedding_size: PositiveInt = 64,
+                 init: Literal["default", "xavier"] = "default") -> None:
         super().__init__()
+        self.init = init
         self.user_embedding = nn.Embedding(n_users + 1, embedding_size)  # row 0: padding user, never trained
-        self.apply(init_weights)
+        if init == "xavier":
+            nn.init.xavier_normal_(self.user_embedding.weight)
+        else:
+            self.apply(init_weights)
+
+    def initialise_items(self, encoder: ItemEncoder) -> None:
+        """Called once the recommender is composed: with init=xavier an ID table is Xavier-normal, as
+        the original's item embedding; image and feature encoders keep their own initialisation."""
+        from pixelrec.items.id import IDEncoder
+
+        if self.init == "xavier" and isinstance(encoder, IDEncoder):
+            nn.init.xavier_normal_(encoder.embedding.weight)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         return self.user_embedding(batch.users)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.items.base import ItemLookup
+from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone
 from pixelrec.schema import PositiveInt
@@ -70,12 +71,18 @@ class GatedGraphStep(nn.Module):
 class SRGNN(Backbone):
     """Item vectors are refined by `step` gated-graph steps on the session graph; the session vector
     is a soft-attention sum over the positions (queried by the last item) joined with the last
-    item's vector, then linearly transformed back to d."""
+    item's vector, then linearly transformed back to d.
+
+    init: `default` Xavier-uniform weights and zero biases; `uniform` every parameter drawn from
+    U(+-1/sqrt(d)), and so the ID table or the image projection (the PixelRec code's IDNet/srgnn.py and
+    PixelNet/mosrgnn.py)."""
 
     view = "prefixes"
 
-    def __init__(self, embedding_size: PositiveInt = 64, step: PositiveInt = 1) -> None:
+    def __init__(self, embedding_size: PositiveInt = 64, step: PositiveInt = 1,
+                 init: Literal["default", "uniform"] = "default") -> None:
         super().__init__()
+        self.init = init
         self.steps = nn.ModuleList(GatedGraphStep(embedding_size) for _ in range(step))
         self.query_last = nn.Linear(embedding_size, embedding_size)
         self.query_item = nn.Linear(embedding_size, embedding_size)
@@ -85,10 +92,35 @@ class SRGNN(Backbone):
         # 0.02) its random biases swamp the session signal and training sits on a plateau at first;
         # Xavier weights and zero biases leave it within a few dozen steps.
         for weight in self.parameters():
-            if weight.dim() > 1:
+            if init == "uniform":
+                nn.init.uniform_(weight, -self.bound, self.bound)
+            elif weight.dim() > 1:
                 nn.init.xavier_uniform_(weight)
             else:
                 nn.init.zeros_(weight)
+
+    @property
+    def bound(self) -> float:
+        """The original's uniform bound 1/sqrt(d)."""
+        return 1.0 / math.sqrt(self.transform.out_features)
+
+    def initialise_items(self, encoder: ItemEncoder) -> None:
+        """Called once the recommender is composed: with init=uniform an ID table (IDNet/srgnn.py) or
+        an image projection's weights and biases (PixelNet/mosrgnn.py) are drawn from U(+-1/sqrt(d)).
+        The PixelNet code redraws only the weights of its own linear layers, so the output transform's
+        bias keeps PyTorch's default U(+-1/sqrt(2d))."""
+        from pixelrec.items.id import IDEncoder
+        from pixelrec.items.pixels import PixelEncoder
+
+        if self.init != "uniform":
+            return
+        if isinstance(encoder, IDEncoder):
+            nn.init.uniform_(encoder.embedding.weight, -self.bound, self.bound)
+        elif isinstance(encoder, PixelEncoder):
+            for weight in encoder.projection.parameters():
+                nn.init.uniform_(weight, -self.bound, self.bound)
+            edge = 1.0 / math.sqrt(self.transform.in_features)
+            nn.init.uniform_(self.transform.bias, -edge, edge)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         context = batch.context

@@ -25,7 +25,7 @@ from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
-from pixelrec.errors import UserError
+from pixelrec.errors import UserError, worker_errors
 from pixelrec.evaluate.evaluator import evaluate
 from pixelrec.items.weight_layouts import towers_from
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
@@ -330,7 +330,8 @@ class Trainer:
             dataset, batch_size=None, shuffle=False, num_workers=t.num_workers,
             pin_memory=pin, persistent_workers=False, prefetch_factor=4,
         )
-        yield from loader
+        with worker_errors():  # a damaged store entry read in a worker: its one line, not torch's traceback
+            yield from loader
 
     def _autocast(self):
         enabled = self.config.train.amp and self.device.type == "cuda"
@@ -349,7 +350,7 @@ class Trainer:
             batch = batch.to(self.device)
             with self._autocast():
                 out = self.net(batch)
-            loss = out["loss"] * batch.loss_scale
+            loss = out["loss"] * batch.scale_for(self.model.loss.reduction)
             loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
