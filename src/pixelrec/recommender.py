@@ -56,6 +56,7 @@ class Recommender(nn.Module):
         mask_token=encoded_ones) finds it in the lookup: encoded once per step, or per evaluation."""
         if self.backbone.mask_image:
             lookup.mask_vector = self.item_encoder.ones_image_vector()
+        lookup.encoder = self.item_encoder  # for backbones that ask for an item's ID part or components
         return lookup
 
     def catalogue_with_grad(self) -> Tensor:
@@ -112,6 +113,9 @@ def build_recommender(
         raise UserError(f"model {model}: {err}") from None
     encoder_cls = ITEM_ENCODERS.get(items_kind)
     encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
+    if encoder.component_count > 1 and not backbone.uses_components:
+        raise UserError(f"{items_args.get('features')}: spatial features ({encoder.component_count} components per "
+                        f"item), which model {model} cannot use; give it pooled features (extract without --pooling none)")
     backbone.initialise_items(encoder)
     loss_fn = LOSSES.create(loss, **facts.for_class(LOSSES.get(loss)), **loss_args)
     return Recommender(encoder, backbone, loss_fn)

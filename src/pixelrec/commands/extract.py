@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action="store_true", help="timm hub weights (needs a hub or a cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (no weights file given)")
     parser.add_argument("--image-size", type=int, metavar="PX", help="encoder input size (default: the encoder's)")
-    parser.add_argument("--pooling", choices=["default", "cls", "mean"], default="default",
-                        help="image: the encoder's own (default), its class token or the mean of its tokens; "
-                        "text: the mean of the tokens (default) or the first token")
+    parser.add_argument("--pooling", choices=["default", "cls", "mean", "none"], default="default",
+                        help="image: the encoder's own (default), its class token, the mean of its tokens, or "
+                        "none: every position of the last map (or patch token) kept, [items, components, dim], "
+                        "for model acf; text: the mean of the tokens (default) or the first token")
     parser.add_argument("--text-fields", default="title,tag", metavar="A,B", help="with --text-model: the item "
                         "columns joined into each item's text")
     parser.add_argument("--max-tokens", type=int, default=32, metavar="N", help="with --text-model: token budget "
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, dtype=args.dtype or "fp16",
         device=resolve_device(args.device), overwrite=args.overwrite,
     )
-    what = (f"{sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
+    spatial = f" x {sidecar['components']} components" if sidecar.get("pooling") == "none" else ""
+    what = (f"{sidecar['n_items']:,} items{spatial} x {sidecar['dim']} {sidecar['dtype']} "
             f"({args.encoder} at {sidecar['image_size']} px, pooling {sidecar['pooling']}; complete)")
     say_written(args.out, sidecar, what)
     return 0

@@ -92,7 +92,7 @@ def verify_dataset(root: str | Path, *, features: Sequence[str | Path] = (), wor
     result.counts["features"] = 0
     for path in features:
         with result.check():
-            load_features(path, data.n_items, order)
+            load_features(path, data.n_items, order, spatial=True)
             result.counts["features"] += 1
     return result
 

@@ -51,11 +51,24 @@ class ItemEncoder(nn.Module):
     #: What `pixelrec embed` reads to encode items outside the catalogue ("covers", "item info");
     #: empty where an item's vector exists only for the catalogue (a learned ID, a row of a feature file).
     new_items_from: ClassVar[tuple[str, ...]] = ()
+    #: Vectors per item that `component_vectors` gives: > 1 for spatial features; `component_size` 0: none.
+    component_count: int = 1
+    component_size: int = 0
+    #: Width of the item's learned ID part that `id_vectors` gives; 0: the encoder has none.
+    id_size: int = 0
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
         self.n_items = n_items
         self.embedding_size = embedding_size
+
+    def component_vectors(self, item_ids: Tensor) -> Tensor:
+        """[..., component_count, component_size] the items' projected feature vectors (when component_size > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no spatial components")
+
+    def id_vectors(self, item_ids: Tensor) -> Tensor:
+        """[..., id_size] the items' learned ID vectors (when id_size > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ID vectors")
 
     def load_inputs(self, item_ids: np.ndarray) -> Any:
         """CPU-side inputs for `item_ids` (run in DataLoader workers); None when not needed."""
@@ -132,6 +145,9 @@ class ItemLookup:
     #: the item encoder's vector for an all-ones input image, when the backbone's mask token is that
     #: (BERT4Rec model.mask_token=encoded_ones); set by the recommender
     mask_vector: Tensor | None = None
+    #: the item encoder, for a backbone that uses more of an item than its vector (ACF: the ID part,
+    #: spatial components); set by the recommender
+    encoder: ItemEncoder | None = None
 
     def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int) -> None:
         self.item_ids = item_ids  # sorted, distinct, no 0

@@ -33,14 +33,15 @@ from pixelrec.items.feature_store import (
     CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
     read_feature_array, read_sidecar, sidecar_path, write_sidecar,
 )
-from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name
+from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name, tokens
 from pixelrec.items.tower_file import EXTRACT_FLAGS, tower_settings
 from pixelrec.items.weight_layouts import note_encoder
 
 
 class FeatureTower(nn.Module):
     """uint8 images [B, 3, S, S] -> pooled features [B, dim]: the pixels adapter's pre-processing,
-    timm tower and pooling, frozen in eval mode. Random weights are drawn from `seed`."""
+    timm tower and pooling, frozen in eval mode; pooling `none` keeps every position of the last map
+    (or every patch token, class tokens left out): [B, components, dim]. Random weights are drawn from `seed`."""
 
     def __init__(self, encoder: str, encoder_weights: str | None = None, pretrained: bool = False,
                  image_size: int | None = None, pooling: str = "default", preprocess: str = "encoder",
@@ -49,22 +50,29 @@ class FeatureTower(nn.Module):
         # a tower exported from a run (`pixelrec export --tower`) brings its own size, pooling, ...
         encoder, image_size, pooling, preprocess, _, timm_args = tower_settings(
             encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
-            names=EXTRACT_FLAGS, poolings=("default", "cls", "mean"))
+            names=EXTRACT_FLAGS, poolings=EXTRACT_POOLINGS)
         with torch.random.fork_rng(devices=[]):  # the same tower every run, without touching the caller's RNG
             torch.manual_seed(seed)
             self.tower = create_tower(encoder, encoder_weights, pretrained, image_size, timm_args=timm_args)
-        check_pooling(self.tower, pooling, encoder)
+        check_pooling(self.tower, pooling, encoder, EXTRACT_POOLINGS)
         self.preprocess = Preprocess(self.tower, image_size, preprocess)
         self.pooling, self.style = pooling, preprocess
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, images: Tensor) -> Tensor:
-        return pool(self.tower, self.tower.forward_features(self.preprocess(images)), self.pooling)
+        features = self.tower.forward_features(self.preprocess(images))
+        if self.pooling == "none":
+            return tokens(self.tower, features)[:, getattr(self.tower, "num_prefix_tokens", 0) :]
+        return pool(self.tower, features, self.pooling)
 
     def describe(self) -> dict[str, Any]:
         """The pre-processing, as the sidecar records it."""
         return {"style": self.style, **self.preprocess.describe()}
+
+
+#: --pooling choices of image extraction: `none` writes spatial features (see feature_store).
+EXTRACT_POOLINGS = ("default", "cls", "mean", "none")
 
 
 class _ItemRows(torch.utils.data.Dataset):
@@ -138,13 +146,15 @@ def extract_features(
         note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
                      input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
         with torch.inference_mode():
-            dim = int(tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device)).shape[-1])
+            probe = tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device))
+        dim, components = int(probe.shape[-1]), int(probe.shape[1]) if probe.dim() == 3 else 1
         random_init = not (encoder_weights or pretrained)
         wanted = {
             "format": FORMAT, "version": VERSION, "encoder": encoder, "timm_name": timm_name(encoder),
             "weights_sha256": file_sha256(encoder_weights) if encoder_weights else None, "pretrained": pretrained,
             "seed": seed if random_init else None, "image_size": tower.preprocess.size, "pooling": tower.pooling,
-            "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "n_items": data.n_items,
+            "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "components": components,
+            "n_items": data.n_items,
             "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         }
         with write_errors(out, "the feature file"):
@@ -235,7 +245,7 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
         if out.exists():
             raise UserError(f"{out}: exists without a sidecar {sidecar_path(out).name}; use --overwrite to replace it")
     else:
-        check_identity(sidecar, wanted, out)
+        check_identity({"components": 1, **sidecar} if "components" in wanted else sidecar, wanted, out)
         if sidecar.get("rows_done") and not out.exists():
             print(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
                   "extracting again", file=sys.stderr)
@@ -243,7 +253,7 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
     if sidecar is None:
         sidecar = {**wanted, "rows_done": 0, "complete": False}
         write_sidecar(out, sidecar)  # first, so a file without a sidecar is never ours
-    shape, dtype = (wanted["n_items"], wanted["dim"]), np.dtype(wanted["dtype"])
+    shape, dtype = feature_shape(wanted), np.dtype(wanted["dtype"])
     if sidecar["rows_done"] == 0:
         try:
             return sidecar, create_rows(out, shape, dtype)
@@ -259,6 +269,13 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
     array = np.load(out, mmap_mode="r+", allow_pickle=False)
     allocate(out, info.offset + info.nbytes)  # rows not yet written may still be holes of a sparse file
     return sidecar, array
+
+
+def feature_shape(sidecar: dict[str, Any]) -> tuple[int, ...]:
+    """[n_items, dim], or [n_items, components, dim] for spatial features (pooling `none`)."""
+    if sidecar.get("pooling") == "none":
+        return sidecar["n_items"], sidecar["components"], sidecar["dim"]
+    return sidecar["n_items"], sidecar["dim"]
 
 
 # --- import --------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Feature files: a `.npy` array (row r = item index r + 1) beside a JSON sidecar that says what made it.
 
 The sidecar records the identity of an extraction (encoder, weights, input size, pooling,
-pre-processing, dtype, dim, the dataset's item order) and its progress (`rows_done`, `complete`).
-Readers accept only complete files whose item order is the dataset's, and check every value.
+pre-processing, dtype, dim, components, the dataset's item order) and its progress (`rows_done`,
+`complete`). A pooled file (`components` 1, or absent in older sidecars) is [n_items, dim]; a spatial
+one (`extract --pooling none`) is [n_items, components, dim]: every position of the encoder's last
+map, or its patch tokens. Readers accept only complete files whose item order is the dataset's, and
+check every value.
 """
 
 from __future__ import annotations
@@ -89,9 +92,16 @@ def first_non_finite(block: np.ndarray) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tensor:
+def components_of(sidecar: dict[str, Any]) -> int:
+    """Vectors per item of a feature file: 1 for pooled features (also when an older sidecar omits it)."""
+    return int(sidecar.get("components") or 1)
+
+
+def load_features(path: str | Path, n_items: int, item_order: str, spatial: bool = False) -> torch.Tensor:
     """[n_items + 1, dim] features of a dataset's items (row 0 = zeros for padding), float16 if stored
-    so, else float32; the file must be complete, of the dataset's item order, float and finite."""
+    so, else float32; with `spatial`, a spatial file gives [n_items + 1, components, dim] (a reader that
+    cannot use one leaves it False and gets a one-line refusal). The file must be complete, of the
+    dataset's item order, float and finite."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: feature file not found; write one with `pixelrec extract`")
@@ -102,17 +112,24 @@ def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tens
     if not sidecar.get("complete"):
         raise UserError(f"{path}: incomplete extraction ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
                         "rows); run the same `pixelrec extract` command again to finish it")
-    array = read_feature_array(path)
+    array = read_feature_array(path, spatial=True)
+    if array.ndim == 3 and not spatial:
+        raise UserError(f"{path}: spatial features ({array.shape[1]} components per item, from `extract --pooling "
+                        "none`), which only model acf uses; extract pooled features for this one")
+    if array.ndim == 3 and components_of(sidecar) != array.shape[1]:
+        raise UserError(f"{path}: {array.shape[1]} components per item, its sidecar says {components_of(sidecar)}; "
+                        "extract it again with --overwrite")
     if array.shape[0] != n_items:
         raise UserError(f"{path}: {array.shape[0]} rows, but the dataset has {n_items} items")
     if sidecar.get("item_order_sha256") != item_order:
         raise UserError(f"{path}: item order differs from the dataset's (the file was written for dataset "
                         f"{sidecar.get('dataset')!r}); extract or import the features again for this dataset")
     dtype = torch.float16 if array.dtype == np.float16 else torch.float32  # float64 gains nothing here
-    out = torch.zeros(n_items + 1, array.shape[1], dtype=dtype)
-    for begin in range(0, n_items, CHECK_ROWS):
-        block = np.asarray(array[begin : begin + CHECK_ROWS])
-        bad = first_non_finite(block)
+    out = torch.zeros(n_items + 1, *array.shape[1:], dtype=dtype)
+    step = max(1, CHECK_ROWS // (array.shape[1] if array.ndim == 3 else 1))
+    for begin in range(0, n_items, step):
+        block = np.asarray(array[begin : begin + step])
+        bad = first_non_finite(block.reshape(len(block), -1))
         if bad is not None:
             row = begin + bad
             raise UserError(f"{path}: row {row} (item index {row + 1}) is not finite (NaN or infinity)")
@@ -120,11 +137,13 @@ def load_features(path: str | Path, n_items: int, item_order: str) -> torch.Tens
     return out
 
 
-def read_feature_array(path: Path, cure: str = "write it again with `pixelrec extract --overwrite`") -> np.ndarray:
-    """A memory-mapped 2-D float array from a .npy file whose header and size were checked first (a
-    truncated file never reaches the memory map); anything else is a one-line error ending in `cure`."""
+def read_feature_array(path: Path, cure: str = "write it again with `pixelrec extract --overwrite`",
+                       spatial: bool = False) -> np.ndarray:
+    """A memory-mapped 2-D float array (or, with `spatial`, 3-D [items, components, dim]) from a .npy
+    file whose header and size were checked first (a truncated file never reaches the memory map);
+    anything else is a one-line error ending in `cure`."""
     array = open_npy(path, cure)
-    if array.ndim != 2:
+    if array.ndim != 2 and not (spatial and array.ndim == 3):
         raise UserError(f"{path}: expected a 2-D array [items, dim], got shape {tuple(array.shape)}")
     if array.dtype.kind != "f":
         raise UserError(f"{path}: dtype {array.dtype} is not a float type")

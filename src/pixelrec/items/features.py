@@ -4,6 +4,10 @@ The features are read once from a file written by `pixelrec extract` (checked ag
 and held as a non-persistent buffer: they are data, not weights, so checkpoints do not carry them.
 A trainable projection maps them to the recommender's vector size; it is the part that takes the
 encoder learning rate and weight decay (PixelRec's "visual" rate for VBPR).
+
+A spatial file (`extract --pooling none`: [items, M, C]) gives each item M component vectors, each
+through the same projection (`component_vectors`, for backbones that attend over them: ACF); the
+item's own vector is then the projection of the mean of its components.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
-from pixelrec.items.feature_store import load_features, read_sidecar
+from pixelrec.items.feature_store import CHECK_ROWS, load_features, read_sidecar
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import projection
 from pixelrec.items.weight_layouts import note_encoder
@@ -45,13 +49,22 @@ class FeatureEncoder(ItemEncoder):
         if features is None:
             raise UserError("items.kind=features needs a feature file: --set items.features=FILE.npy "
                             "(write one with `pixelrec extract`)")
-        table = load_features(features, n_items, item_order_sha256)
+        table = load_features(features, n_items, item_order_sha256, spatial=True)
         made = read_sidecar(features) or {}
         note_encoder(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
                      source=str(features), hint="extract them again with --encoder-weights FILE")
-        super().__init__(n_items, embedding_size if project else table.shape[1])
+        super().__init__(n_items, embedding_size if project else table.shape[-1])
+        self.component_count = table.shape[1] if table.dim() == 3 else 1
+        self.component_table: Tensor | None
+        if self.component_count > 1:
+            self.register_buffer("component_table", table, persistent=False)
+            table = mean_components(table)
+        else:
+            self.component_table = None
+            table = table.reshape(table.shape[0], -1)  # a spatial file of one component is a pooled one
         self.register_buffer("features", table, persistent=False)
         self.feature_size = table.shape[1]
+        self.component_size = self.embedding_size
         self.projection = (projection(self.feature_size, embedding_size, dnn_layers, activation, final_activation)
                            if project else None)
 
@@ -61,6 +74,13 @@ class FeatureEncoder(ItemEncoder):
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         raw = self.raw(item_ids)
+        return raw if self.projection is None else self.projection(raw)
+
+    def component_vectors(self, item_ids: Tensor) -> Tensor:
+        """[..., M, component_size]: each spatial component of `item_ids` through the projection (M = 1:
+        the pooled features)."""
+        raw = (self.component_table[item_ids] if self.component_table is not None else self.raw(item_ids)[..., None, :])
+        raw = raw.float()
         return raw if self.projection is None else self.projection(raw)
 
     @torch.no_grad()
@@ -89,6 +109,7 @@ class IDFeatureEncoder(ItemEncoder):
         id_size: int | None = None,
         dnn_layers: int = 0,
         activation: str = "gelu",
+        final_activation: bool = False,
     ) -> None:
         super().__init__(n_items, embedding_size)
         if combine not in ("sum", "concat"):
@@ -102,12 +123,31 @@ class IDFeatureEncoder(ItemEncoder):
         self.combine, self.id_size = combine, id_size
         visual_size = embedding_size - id_size if combine == "concat" else embedding_size
         self.ids = IDEncoder(n_items, id_size)
-        self.visual = FeatureEncoder(n_items, visual_size, item_order_sha256, features, True, dnn_layers, activation)
+        self.visual = FeatureEncoder(n_items, visual_size, item_order_sha256, features, True, dnn_layers, activation,
+                                     final_activation)
+        self.component_count, self.component_size = self.visual.component_count, self.visual.component_size
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         ids, visual = self.ids(item_ids), self.visual(item_ids)
         return torch.cat([ids, visual], -1) if self.combine == "concat" else ids + visual
 
+    def id_vectors(self, item_ids: Tensor) -> Tensor:
+        """The ID part of the items' vectors [..., id_size]."""
+        return self.ids(item_ids)
+
+    def component_vectors(self, item_ids: Tensor) -> Tensor:
+        """The projected spatial components of the visual part [..., M, component_size]."""
+        return self.visual.component_vectors(item_ids)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The feature projection only: ID vectors take the recommender's rate, as in PixelRec's VBPR."""
         return [p for p in self.visual.parameters() if p.requires_grad]
+
+
+def mean_components(table: Tensor) -> Tensor:
+    """[n, C] means of [n, M, C] components, in float32 a block of rows at a time, stored as `table`."""
+    out = table.new_empty(table.shape[0], table.shape[-1])
+    step = max(1, CHECK_ROWS // table.shape[1])
+    for begin in range(0, table.shape[0], step):
+        out[begin : begin + step] = table[begin : begin + step].float().mean(1).to(table.dtype)
+    return out

@@ -19,10 +19,14 @@ class IDEncoder(ItemEncoder):
 
     def __init__(self, n_items: int, embedding_size: int, init_std: float = 0.02) -> None:
         super().__init__(n_items, embedding_size)
+        self.id_size = embedding_size
         self.embedding = nn.Embedding(n_items + 1, embedding_size)
         nn.init.normal_(self.embedding.weight, std=init_std)
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
+        return self.embedding(item_ids)
+
+    def id_vectors(self, item_ids: Tensor) -> Tensor:
         return self.embedding(item_ids)
 
     @torch.no_grad()

@@ -39,13 +39,15 @@ class Backbone(nn.Module):
     force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
     extra_slot: bool = False  # masked view: windows of max_len + 1 items (the mask token's own slot)
     mask_image: bool = False  # masked view: the mask token is the item encoder's vector of an all-ones image
+    uses_components: ClassVar[bool] = False  # attends over items' spatial components (a spatial feature file)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         raise NotImplementedError
 
     def initialise_items(self, encoder: Any) -> None:
-        """Re-draw the item encoder's own weights where the backbone's original did (MF, SR-GNN under
-        model.init); nothing by default. Called once, when the recommender is built."""
+        """Fit the backbone to its item encoder, once, when the recommender is built: re-draw the
+        encoder's weights where the backbone's original did (MF, SR-GNN under model.init), or build the
+        parts that depend on what the encoder provides (ACF's component attention); nothing by default."""
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
         """[B, d] vectors that score the next item after each user's context (evaluation)."""
