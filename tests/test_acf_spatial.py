@@ -78,8 +78,6 @@ def test_pooling_none_stores_every_position_of_the_last_map(tmp_path):
     assert loaded.shape == (N_ITEMS + 1, *stored.shape[1:])
     with pytest.raises(UserError, match=r"s.npy: spatial features \(4 components per item.*only model acf"):
         load_features(out, N_ITEMS, order)  # a reader that cannot use them
-    with pytest.raises(UserError, match="expected a 2-D array"):
-        import_features(data, out, tmp_path / "order.txt", tmp_path / "imported.npy")
 
 
 @pytest.mark.parametrize("score_items,combine", [("encoder", "concat"), ("id", "sum")])
@@ -157,3 +155,21 @@ def test_score_items_id_without_an_id_table_is_refused(clustered, tmp_path, item
     config.model["score_items"] = "id"
     with pytest.raises(UserError, match=f"model.score_items=id .* these items have {has}; use items.kind"):
         train(config, tmp_path / "run")
+
+
+def test_spatial_maps_made_elsewhere_import_as_components(tmp_path):
+    data = write_prepared(tmp_path / "data", patterned_sequences(30, N_ITEMS, 6))
+    tokens = list(PreparedData(data).item_tokens)[-N_ITEMS:]  # items 1..n (the table starts with padding)
+    (tmp_path / "order.txt").write_text("\n".join(reversed(tokens)) + "\n")
+    maps = np.random.default_rng(0).standard_normal((N_ITEMS, 3, 2, 2)).astype(np.float32)  # [n, C, H, W]
+    expected = maps.reshape(N_ITEMS, 3, 4).transpose(0, 2, 1)[::-1]  # rows back in the dataset's order
+    order = dataset_order_sha256(PreparedData(data).item_tokens)
+    for name, array in (("chw", maps), ("hwc", maps.transpose(0, 2, 3, 1)), ("mc", maps.reshape(N_ITEMS, 3, 4).transpose(0, 2, 1))):
+        np.save(tmp_path / f"{name}.npy", np.ascontiguousarray(array))
+        sidecar = import_features(data, tmp_path / f"{name}.npy", tmp_path / "order.txt", tmp_path / f"{name}-in.npy")
+        assert (sidecar["components"], sidecar["dim"]) == (4, 3)
+        np.testing.assert_array_equal(load_features(tmp_path / f"{name}-in.npy", N_ITEMS, order, spatial=True)[1:],
+                                      expected)
+    np.save(tmp_path / "odd.npy", np.zeros((N_ITEMS, 2, 3, 5), np.float32))
+    with pytest.raises(UserError, match=r"odd.npy: expected .* a square map .* got shape \(\d+, 2, 3, 5\)"):
+        import_features(data, tmp_path / "odd.npy", tmp_path / "order.txt", tmp_path / "odd-in.npy")

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--text-model", metavar="DIR", help="text model over the items' texts: a Hugging Face model "
                         "directory (or a hub name in the local cache)")
     source.add_argument("--import", dest="import_file", metavar="FEATURES.npy",
-                        help="an existing feature array, rows in the order of --order")
+                        help="an existing feature array, rows in the order of --order: [items, dim], or spatial "
+                        "[items, components, dim] or square maps [items, H, W, dim] / [items, dim, H, W] (ACF)")
     parser.add_argument("--order", metavar="ORDER", help="with --import: item tokens of the rows, one per line, "
                         "or a CSV whose first column is item_id")
     parser.add_argument("--encoder-weights", metavar="PATH", help="local checkpoint (timm, open_clip, OpenAI CLIP), "
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--import needs --order FILE: the item token of each row of the array")
         sidecar = import_features(args.data, args.import_file, args.order, args.out, dtype=args.dtype,
                                   overwrite=args.overwrite)
-        print(f"wrote {args.out}: {sidecar['n_items']:,} items x {sidecar['dim']} {sidecar['dtype']} "
+        parts = f" x {sidecar['components']} components" if sidecar["components"] > 1 else ""
+        print(f"wrote {args.out}: {sidecar['n_items']:,} items{parts} x {sidecar['dim']} {sidecar['dtype']} "
               f"(imported from {args.import_file})")
         return 0
     if args.order:

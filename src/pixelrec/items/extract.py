@@ -18,7 +18,7 @@ import csv
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pixelrec import locks
-from pixelrec.data.files import allocate, disk_full, free_bytes, npy_info, size_text
+from pixelrec.data.files import allocate, disk_full, free_bytes, npy_info, open_npy, size_text
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError, worker_errors
 from pixelrec.items.feature_store import (
     CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
-    read_feature_array, read_sidecar, sidecar_path, write_sidecar,
+    read_sidecar, sidecar_path, write_sidecar,
 )
 from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name, tokens
 from pixelrec.items.tower_file import EXTRACT_FLAGS, tower_settings
@@ -316,6 +316,23 @@ def _rows_of_items(order: list[str], item_tokens: np.ndarray, path: Path) -> np.
     return found.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def _import_layout(source: Path) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The array to import and how a block of its rows becomes feature rows: [n, dim] as it is;
+    spatial features [n, M, dim] as they are, [n, H, W, dim] or [n, dim, H, W] (a CNN's last map, e.g.
+    the released RN50 layer-4 maps) as [n, H*W, dim]."""
+    array = open_npy(source, "check the file to import")
+    if array.dtype.kind != "f":
+        raise UserError(f"{source}: dtype {array.dtype} is not a float type")
+    if array.ndim in (2, 3):
+        return array, lambda block: block
+    if array.ndim == 4 and array.shape[1] == array.shape[2] != array.shape[3]:  # [n, H, W, dim]
+        return array, lambda block: block.reshape(len(block), -1, block.shape[-1])
+    if array.ndim == 4 and array.shape[2] == array.shape[3] != array.shape[1]:  # [n, dim, H, W]
+        return array, lambda block: block.reshape(len(block), block.shape[1], -1).transpose(0, 2, 1)
+    raise UserError(f"{source}: expected [items, dim], spatial [items, components, dim] or a square map "
+                    f"[items, H, W, dim] / [items, dim, H, W], got shape {tuple(array.shape)}")
+
+
 def import_features(
     data: PreparedData | str | Path,
     source: str | Path,
@@ -332,7 +349,7 @@ def import_features(
         raise UserError(f"{out}: already exists; use --overwrite to replace it")
     if not source.is_file():
         raise UserError(f"{source}: feature file not found")
-    array = read_feature_array(source, cure="check the file to import")
+    array, as_rows = _import_layout(source)
     tokens = read_order(order)
     if len(tokens) != array.shape[0]:
         raise UserError(f"{source}: {array.shape[0]} rows, but {order} lists {len(tokens)} items")
@@ -340,12 +357,13 @@ def import_features(
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     target = np.dtype(DTYPES[dtype] if dtype else ("float16" if array.dtype == np.float16 else "float32"))
+    shape = as_rows(array[:1]).shape[1:]  # (dim,) or (components, dim)
     sidecar = {
         "format": FORMAT, "version": VERSION, "encoder": None, "timm_name": None, "weights_sha256": None,
         "pretrained": None, "seed": None, "image_size": None, "pooling": None, "preprocessing": None,
         "source": {"file": source.name, "sha256": file_sha256(source), "order": order.name},
-        "dtype": target.name, "dim": int(array.shape[1]), "n_items": data.n_items,
-        "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+        "dtype": target.name, "dim": int(shape[-1]), "components": shape[0] if len(shape) == 2 else 1,
+        "n_items": data.n_items, "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         "rows_done": data.n_items, "complete": True,
     }
     with locks.hold(locks.lock_path(out), f"feature file {out}"), write_errors(out, "the feature file"):
@@ -354,10 +372,10 @@ def import_features(
         sidecar_path(out).unlink(missing_ok=True)
         partial = out.with_name(f".{out.name}.partial")
         try:
-            written = create_rows(partial, (data.n_items, int(array.shape[1])), target)
+            written = create_rows(partial, (data.n_items, *shape), target)
             for begin in range(0, data.n_items, CHECK_ROWS):
                 picked = rows[begin : begin + CHECK_ROWS]
-                block = np.asarray(array[picked])
+                block = as_rows(np.asarray(array[picked]))
                 converted = block.astype(target)
                 for values, problem in ((block, "is not finite (NaN or infinity)"), (converted, f"overflows {target}")):
                     bad = first_non_finite(values)

@@ -88,7 +88,7 @@ def _short(value: Any) -> str:
 
 def first_non_finite(block: np.ndarray) -> int | None:
     """Row of `block` holding the first NaN or infinity, or None."""
-    bad = ~np.isfinite(block).all(axis=1)
+    bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
     return int(np.argmax(bad)) if bad.any() else None
 
 
