@@ -146,6 +146,17 @@ def test_score_items_id_scores_by_the_id_table(clustered, tmp_path):
     torch.testing.assert_close(user[0], expected.detach())
     torch.testing.assert_close(user[1], acf.user_embedding.weight[4].detach())  # no history: the user's own vector
 
+    acf.project_user = True  # the original's user part: W_u u + b
+    with torch.no_grad():
+        projected = acf(batch, items)
+    torch.testing.assert_close(projected[0], (expected - u + acf.user_key(u)).detach())
+    torch.testing.assert_close(projected[1], acf.user_key(acf.user_embedding.weight[4]).detach())
+
+
+def test_project_user_needs_the_attention_at_the_embedding_width():
+    with pytest.raises(UserError, match=r"model.project_user=true .*attention_size=16.*embedding_size=8"):
+        BACKBONES.create("acf", n_users=10, embedding_size=8, attention_size=16, project_user=True)
+
 
 @pytest.mark.parametrize("items,has", [({"kind": "id+features", "combine": "concat"}, "an ID part of width 16"),
                                        ({"kind": "features"}, "no ID part")])

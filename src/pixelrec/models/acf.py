@@ -46,9 +46,16 @@ class ACF(Backbone):
     uses_components = True
 
     def __init__(self, n_users: int, embedding_size: PositiveInt = 64, attention_size: PositiveInt | None = None,
-                 score_items: Literal["encoder", "id"] = "encoder") -> None:
+                 score_items: Literal["encoder", "id"] = "encoder", project_user: bool = False) -> None:
         super().__init__()
         hidden = attention_size or embedding_size
+        if project_user and hidden != embedding_size:
+            raise UserError(f"model.project_user=true adds the attention's user map W_u u + b (width "
+                            f"model.attention_size={hidden}) to vectors of model.embedding_size={embedding_size}; "
+                            "leave attention_size unset")
+        # project_user: the user's part of the final vector is W_u u + b, the attention's own user map
+        # (PixelRec's ACF); else the user's vector u itself
+        self.project_user = project_user
         self.embedding_size, self.hidden, self.score_items = embedding_size, hidden, score_items
         self.user_embedding = nn.Embedding(n_users + 1, embedding_size)
         self.user_key = nn.Linear(embedding_size, hidden)  # W_u and b
@@ -109,7 +116,8 @@ class ACF(Backbone):
             pooled = self.pool_components(user, parts) if "attention" in self.components else parts[:, :, 0]
             keys = keys + self.components["feature"](pooled)
         alpha = self.attention_weights(user, keys, real)
-        return user + (alpha.unsqueeze(-1) * profile).sum(1)
+        own = self.user_key(user) if self.project_user else user
+        return own + (alpha.unsqueeze(-1) * profile).sum(1)
 
     def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
         if self.score_items == "encoder":
