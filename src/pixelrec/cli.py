@@ -22,7 +22,7 @@ COMMANDS = {
     "prepare": "turn raw PixelRec or RecBole files into a prepared dataset with an image store",
     "stats": "print the dataset statistics table of a prepared dataset",
     "verify": "check a prepared dataset end to end (tables, image store, caches, feature files) before a long run",
-    "extract": "frozen image features of every item (ViNet), resumable; or --import features made elsewhere",
+    "extract": "frozen image (or --text-model text) features of every item (ViNet), resumable; or --import features made elsewhere",
     "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
     "evaluate": "re-evaluate a finished run on the valid or test split",
     "recommend": "top-k items for users of a trained run (CSV, optional contact sheet of covers)",
