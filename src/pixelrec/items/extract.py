@@ -157,24 +157,35 @@ def extract_features(
             "n_items": data.n_items,
             "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         }
-        with write_errors(out, "the feature file"):
-            sidecar, array = _open(out, wanted, overwrite)
-            if array is None:
-                return {**sidecar, "rows_written": 0}
-            start = int(sidecar["rows_done"])
-            fp16 = device.type == "cuda" and dtype == "fp16"
-            row_dtype = array.dtype
 
-            def not_finite(row: int) -> str:
-                return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
-                        f"in {DTYPES[dtype]}; try --dtype fp32")
+        def not_finite(row: int) -> str:
+            return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
+                    f"in {DTYPES[dtype]}; try --dtype fp32")
 
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-                fill_item_rows(out, array, sidecar, store, start, data.n_items, batch_size, workers, device,
-                               lambda images: tower(images).float().cpu().numpy().astype(row_dtype),
-                               f"extract {encoder}", progress, not_finite)
-            del array
-        return {**sidecar, "rows_written": data.n_items - start}
+        return write_item_rows(out, wanted, overwrite, store, data.n_items, tower, not_finite, desc=f"extract {encoder}",
+                               batch_size=batch_size, workers=workers, device=device, progress=progress,
+                               fp16=device.type == "cuda" and dtype == "fp16")
+
+
+def write_item_rows(out: Path, wanted: dict[str, Any], overwrite: bool, source: Any, n_items: int,
+                    compute: Callable[[Any], Tensor], not_finite: Callable[[int], str], *, desc: str, batch_size: int,
+                    workers: int, device: torch.device, progress: bool, fp16: bool = False, unit: str = "img",
+                    what: str = "the feature file") -> dict[str, Any]:
+    """Open the per-item file `out` for the identity `wanted` (new, or resumed where a matching run
+    stopped) and fill its missing rows with `compute(inputs)` over the batches `source` reads; returns
+    its sidecar with `rows_written` (0: it was complete). Feature extraction (images, texts) and new
+    items' vectors are written by this one routine."""
+    with write_errors(out, what):
+        sidecar, array = _open(out, wanted, overwrite)
+        if array is None:
+            return {**sidecar, "rows_written": 0}
+        start, row_dtype = int(sidecar["rows_done"]), array.dtype
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+            fill_item_rows(out, array, sidecar, source, start, n_items, batch_size, workers, device,
+                           lambda inputs: compute(inputs).float().cpu().numpy().astype(row_dtype), desc, progress,
+                           not_finite, unit=unit)
+        del array
+    return {**sidecar, "rows_written": n_items - start}
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.data.text_tokens import joined_texts
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
-from pixelrec.items.extract import _open, fill_item_rows, npy_path, write_errors
+from pixelrec.items.extract import npy_path, write_item_rows
 from pixelrec.items.feature_store import (
     FORMAT, VERSION, file_sha256, first_non_finite, item_order_sha256, read_feature_array, read_sidecar,
 )
@@ -303,21 +303,13 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
-    with locks.hold(locks.lock_path(out), f"vectors file {out}"), write_errors(out, "the vectors file"):
-        sidecar, array = _open(out, wanted, overwrite)
-        if array is None:
-            return {**sidecar, "rows_written": 0}
-        start = int(sidecar["rows_done"])
+    def not_finite(row: int) -> str:
+        return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
-        def not_finite(row: int) -> str:
-            return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
-
-        with torch.inference_mode():
-            fill_item_rows(out, array, sidecar, source, start, n, batch_size, workers, device,
-                           lambda inputs: vectors(inputs).cpu().numpy(), "embed new items", progress, not_finite,
-                           unit="item")
-        del array
-    return {**sidecar, "rows_written": n - start}
+    with locks.hold(locks.lock_path(out), f"vectors file {out}"):
+        return write_item_rows(out, wanted, overwrite, source, n, vectors, not_finite, desc="embed new items",
+                               batch_size=batch_size, workers=workers, device=device, progress=progress,
+                               unit="item", what="the vectors file")
 
 
 # --- reading them back ------------------------------------------------------------------------

@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from pixelrec import locks
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
-from pixelrec.items.extract import _as_data, _open, check_output, fill_item_rows, npy_path, write_errors
+from pixelrec.items.extract import _as_data, check_output, npy_path, write_item_rows
 from pixelrec.items.feature_store import DTYPES, FORMAT, VERSION, dataset_order_sha256
 from pixelrec.items.text import DEFAULT_FIELDS
 from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
@@ -64,23 +63,12 @@ def extract_text_features(
             "tokens": tokens.path.name, "dtype": DTYPES[dtype], "dim": tower.width, "n_items": data.n_items,
             "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
         }
-        with write_errors(out, "the feature file"):
-            sidecar, array = _open(out, wanted, overwrite)
-            if array is None:
-                return {**sidecar, "rows_written": 0}
-            start = int(sidecar["rows_done"])
-            fp16 = device.type == "cuda" and dtype == "fp16"
-            row_dtype = array.dtype
 
-            def rows(ids: torch.Tensor) -> np.ndarray:
-                return pool_tokens(tower(ids), ids, pooling).float().cpu().numpy().astype(row_dtype)
+        def not_finite(row: int) -> str:
+            return (f"{out}: the text model's output for item {data.item_tokens[row + 1]} (row {row}) is not "
+                    f"finite in {DTYPES[dtype]}; try --dtype fp32")
 
-            def not_finite(row: int) -> str:
-                return (f"{out}: the text model's output for item {data.item_tokens[row + 1]} (row {row}) is not "
-                        f"finite in {DTYPES[dtype]}; try --dtype fp32")
-
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-                fill_item_rows(out, array, sidecar, tokens, start, data.n_items, batch_size, workers, device, rows,
-                               f"extract {tower.name}", progress, not_finite, unit="item")
-            del array
-        return {**sidecar, "rows_written": data.n_items - start}
+        return write_item_rows(out, wanted, overwrite, tokens, data.n_items,
+                               lambda ids: pool_tokens(tower(ids), ids, pooling), not_finite,
+                               desc=f"extract {tower.name}", batch_size=batch_size, workers=workers, device=device,
+                               progress=progress, fp16=device.type == "cuda" and dtype == "fp16", unit="item")
