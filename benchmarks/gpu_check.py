@@ -354,16 +354,8 @@ class Check:
 
     def pipeline(self, encoder: str) -> dict[str, Any]:
         """Full step vs encoder alone, then the catalogue vs forward alone, on one trainer."""
-        p, part, catalogue = self.plan, {"tune_last": self.plan.encoders[encoder]}, {}
-        config = self.config(self.pixel_data, self.pixel_items(encoder), self.pixel_model(),
-                             {"max_steps": p.warmup + p.steps})
-        full: dict[str, Any] = {}
-        reset_peak(self.device)
-        with self.trainer(config, full) as trainer:
-            full |= trainer_steps(trainer, p.warmup, p.steps)
-            full["peak_gpu_memory_gib"] = read_peak(self.device)
-            part["full_step"] = full
-            part["encoder_alone"] = attempt(lambda: self.alone(trainer, full))
+        part, catalogue = {"tune_last": self.plan.encoders[encoder]}, {}
+        with self.full_step(encoder, part, "encoder_alone", cache=False) as trainer:
 
             def evaluation() -> dict[str, Any]:
                 out: dict[str, Any] = {}
@@ -383,8 +375,17 @@ class Check:
 
     def prefix_cache(self, encoder: str) -> dict[str, Any]:
         """Full step with items.cache=prefix (setup includes building the cache) vs the trainable top alone."""
-        p, part = self.plan, {"tune_last": self.plan.encoders[encoder]}
-        config = self.config(self.pixel_data, self.pixel_items(encoder, cache=True), self.pixel_model(),
+        part = {"tune_last": self.plan.encoders[encoder]}
+        with self.full_step(encoder, part, "top_alone", cache=True):
+            pass
+        return ratio(part, "full_step", "top_alone", "steps_per_second", "prefix_cache")
+
+    @contextlib.contextmanager
+    def full_step(self, encoder: str, part: dict[str, Any], alone: str, cache: bool) -> Iterator[Any]:
+        """Time the trainer's full step into part["full_step"] and the encoder alone on the same trainer
+        into part[alone]; the trainer stays open inside the block for more measurements."""
+        p = self.plan
+        config = self.config(self.pixel_data, self.pixel_items(encoder, cache=cache), self.pixel_model(),
                              {"max_steps": p.warmup + p.steps})
         full: dict[str, Any] = {}
         reset_peak(self.device)
@@ -392,8 +393,8 @@ class Check:
             full |= trainer_steps(trainer, p.warmup, p.steps)
             full["peak_gpu_memory_gib"] = read_peak(self.device)
             part["full_step"] = full
-            part["top_alone"] = attempt(lambda: self.alone(trainer, full))
-        return ratio(part, "full_step", "top_alone", "steps_per_second", "prefix_cache")
+            part[alone] = attempt(lambda: self.alone(trainer, full))
+            yield trainer
 
     def ranking(self) -> dict[str, Any]:
         """Users/s of full-ranking evaluation (`rank_targets`) by a random ID SASRec over the ID catalogue."""
