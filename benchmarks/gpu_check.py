@@ -2,7 +2,7 @@
 SASRec speed, peak GPU memory, and a torchrun job (NCCL) that must evaluate like one process.
 
 On a synthetic dataset prepared for real (`synth` covers, `prepare` with an LMDB image store at
-224 px), random weights, batch 64 sequences, SASRec at the paper's PixelNet settings:
+224 px), random weights, batch 64 sequences, SASRec with the packaged PixelNet settings (our defaults, not --config paper):
 
   * pipeline, per encoder (clip-vit-b32 tuning its last 2 blocks, resnet50 its last stage): steps/s
     of the trainer's full step (DataLoader workers decoding covers, copy to the device, bf16
@@ -68,7 +68,7 @@ class Plan:
     rank_users: int  # ID dataset for ranking and ID SASRec (interactions only)
     rank_items: int
     rank_rows: int
-    embedding_size: int | None  # pixel SASRec; None: the paper's (512)
+    embedding_size: int | None  # pixel SASRec; None: the packaged PixelNet size (512)
     warmup: int  # trainer steps before the timed ones
     steps: int  # timed trainer steps
     alone_warmup: int
