@@ -2,7 +2,8 @@
 SASRec speed, peak GPU memory, and a torchrun job (NCCL) that must evaluate like one process.
 
 On a synthetic dataset prepared for real (`synth` covers, `prepare` with an LMDB image store at
-224 px), random weights, batch 64 sequences, SASRec with the packaged PixelNet settings (our defaults, not --config paper):
+224 px), random weights, batch 64 sequences, SASRec with the packaged PixelNet settings (our
+defaults, not --config paper):
 
   * pipeline, per encoder (clip-vit-b32 tuning its last 2 blocks, resnet50 its last stage): steps/s
     of the trainer's full step (DataLoader workers decoding covers, copy to the device, bf16
