@@ -164,7 +164,7 @@ def test_embedding_catalogue_covers_reproduces_the_runs_vectors(world, tmp_path,
     assert cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out,
                "--allow-catalogue", "--batch-size", "16")[0] == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    tokens, vectors = sidecar["tokens"], np.load(out)
+    tokens, vectors = json.loads(out.with_name(out.stem + ".items.json").read_text())["tokens"], np.load(out)
     assert sidecar["complete"] and len(tokens) == 80 and vectors.shape == (80, 32)
 
     loaded = open_run(world["pixels"])
@@ -320,7 +320,7 @@ def text_runs(world, bert):
 def catalogue_rows_match(run: Path, out: Path) -> list[str]:
     """Assert that `out`'s rows of catalogue items are the run's own scoring vectors; returns its tokens."""
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    tokens, vectors = sidecar["tokens"], np.load(out)
+    tokens, vectors = json.loads(out.with_name(out.stem + ".items.json").read_text())["tokens"], np.load(out)
     loaded = open_run(run)
     _, scoring = loaded.model.catalogue_vectors()
     index = {str(t): i for i, t in enumerate(loaded.data.item_tokens)}
@@ -434,3 +434,21 @@ def test_bench_cells_started_from_a_run_take_no_weights_file(world, tmp_path):
     chosen = {p.name: p.config.items.encoder_weights for p in plan(both)}
     assert chosen == {"sasrec-pixels-test_vit-random": str(tmp_path / "test_vit.safetensors"),
                       "sasrec-pixels-test_vit-pre": None}
+
+
+def test_the_item_list_is_written_once_and_checked_on_reading(world, embedded, tmp_path, capsys):
+    import shutil as sh
+
+    sidecar = json.loads(Path(embedded).with_suffix(".json").read_text())
+    assert "tokens" not in sidecar and sidecar["items_file"] == Path(embedded).stem + ".items.json"
+    copy = tmp_path / "copy.npy"
+    for suffix in (".npy", ".json", ".items.json"):
+        sh.copy(Path(embedded).with_name(Path(embedded).stem + suffix), tmp_path / f"copy{suffix}")
+    user = str(PreparedData(world["data"]).user_tokens[1])
+    listing = tmp_path / "copy.items.json"
+    listing.write_text(listing.read_text().replace(world["held"][0], "someone-else"))
+    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
+    assert code == 2 and "is not the one its vectors were made for" in one_line(err)
+    listing.unlink()
+    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
+    assert code == 2 and "copy.items.json is missing" in one_line(err)

@@ -17,6 +17,7 @@ written through `pixelrec extract`'s resumable machinery. `load_new_items` reads
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import warnings
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.data.text_tokens import joined_texts
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
-from pixelrec.items.extract import npy_path, write_item_rows
+from pixelrec.items.extract import npy_path, write_errors, write_item_rows
 from pixelrec.items.feature_store import (
     FORMAT, VERSION, file_sha256, first_non_finite, item_order_sha256, read_feature_array, read_sidecar,
 )
@@ -296,9 +297,14 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         "dataset": data.name, "image_size": size, "jpeg_quality": quality,
         "dtype": "float32", "dim": dim, "n_items": n, "item_order_sha256": item_order_sha256(tokens),
         "covers": str(found.folder.resolve()) if found else None, "covers_sha256": found.sha256() if found else None,
-        "item_info_sha256": file_sha256(info.path) if info else None, "tokens": tokens,
-        "files": found.files if found else None, "titles": info.titles if info else None,  # rows in item info's order
+        "item_info_sha256": file_sha256(info.path) if info else None,
     }
+    listing = {"tokens": tokens, "files": found.files if found else None,  # row by row
+               "titles": info.titles if info else None}
+    listing_bytes = json.dumps(listing, ensure_ascii=False).encode("utf-8")
+    # the rows' tokens, files and titles in a file of their own, written once: the sidecar, rewritten
+    # after every batch, only names it by its hash
+    wanted |= {"items_file": items_path(out).name, "items_sha256": hashlib.sha256(listing_bytes).hexdigest()}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -307,6 +313,10 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
     with locks.hold(locks.lock_path(out), f"vectors file {out}"):
+        from pixelrec.train.rundir import atomic_write
+
+        with write_errors(out, "the vectors file"):
+            atomic_write(items_path(out), listing_bytes)
         return write_item_rows(out, wanted, overwrite, source, n, vectors, not_finite, desc="embed new items",
                                batch_size=batch_size, workers=workers, device=device, progress=progress,
                                unit="item", what="the vectors file")
@@ -351,7 +361,8 @@ def load_new_items(path: str | Path, run: Path, checkpoint: Path, catalogue: np.
         raise UserError(f"--new-items {path}: made with other weights ({sidecar.get('checkpoint')} of run "
                         f"{sidecar.get('run')}) than {checkpoint}; embed the covers again with this run "
                         f"(pixelrec embed --run {run} ...)")
-    tokens = [str(t) for t in sidecar["tokens"]]
+    listing = read_listing(path, sidecar)
+    tokens = [str(t) for t in listing["tokens"]]
     array = read_feature_array(path, cure="embed the covers again with `pixelrec embed --overwrite`")
     if array.shape != (len(tokens), sidecar["dim"]):
         raise UserError(f"--new-items {path}: holds {tuple(array.shape)}, its sidecar says "
@@ -364,9 +375,27 @@ def load_new_items(path: str | Path, run: Path, checkpoint: Path, catalogue: np.
     if known:
         raise UserError(f"--new-items {path}: item {_listing(known)} already in the run's catalogue (embedded with "
                         "--allow-catalogue); embed only new items to rank them with the catalogue")
-    folder, files = sidecar.get("covers"), sidecar.get("files")
+    folder, files = sidecar.get("covers"), listing.get("files")
     covers = [Path(folder) / name for name in files] if folder and files else [None] * len(tokens)
-    return NewItems(path, tokens, sidecar.get("titles"), covers, torch.from_numpy(values))
+    return NewItems(path, tokens, listing.get("titles"), covers, torch.from_numpy(values))
+
+
+def items_path(out: Path) -> Path:
+    """F.items.json beside F.npy: the new items' tokens, cover files and titles, row by row."""
+    return out.with_name(out.stem + ".items.json")
+
+
+def read_listing(path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The rows' tokens, files and titles of new items' vectors `path`, checked against the sidecar's hash."""
+    listing = items_path(path)
+    try:
+        data = listing.read_bytes()
+    except OSError:
+        raise UserError(f"--new-items {path}: its item list {listing.name} is missing; embed the covers again") from None
+    if hashlib.sha256(data).hexdigest() != sidecar.get("items_sha256"):
+        raise UserError(f"--new-items {path}: its item list {listing.name} is not the one its vectors were made "
+                        "for; embed the covers again with --overwrite")
+    return json.loads(data)
 
 
 def new_items_for_run(path: str | Path, run: Path, kind: str, model: Any, checkpoint: Path,
