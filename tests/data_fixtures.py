@@ -55,11 +55,19 @@ def hand_raw(root: Path, covers: bool = True) -> Path:
     return root
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """Run `pixelrec ARGV` in-process; (exit status, stdout, stderr)."""
     status = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def one_line(err: str) -> str:
+    """The single line of a user-facing error: no traceback, no second line."""
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    return lines[0]
 
 
 def tree_digest(root: Path) -> dict[str, str]:

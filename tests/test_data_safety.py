@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_fixtures import hand_raw, run_cli, tree_digest, write_interactions
+from data_fixtures import hand_raw, one_line, run_cli, tree_digest, write_interactions
 from pixelrec.data import images as image_store
 from pixelrec.data import prepare as prepare_module
 from pixelrec.data.images import ImageStore, encode_cover, verify_image_store
@@ -44,11 +44,6 @@ def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "Exception ignored" not in err, err
-    return lines[0]
 
 
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_fixtures import one_line, run_cli
 from helpers import tiny_config
 from pixelrec import api
 from pixelrec.cli import main
@@ -29,16 +30,8 @@ from pixelrec.train.trainer import build_model, train
 HELD_OUT = 10  # items kept out of `prepare`: they arrive after training
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,7 @@ def embedded(world):
 # --- export --tower -------------------------------------------------------------------------
 def test_exported_tower_gives_the_runs_item_vectors_and_features(world, tmp_path, capsys):
     tower = tmp_path / "tower.safetensors"
-    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    assert run_cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
     described = json.loads(tower.with_suffix(".json").read_text())
     assert described["timm_name"] == "test_vit" and described["image_size"] == 32
     assert described["pooling"] == "default" and described["tune_last"] == 1
@@ -109,7 +102,7 @@ def test_exported_tower_gives_the_runs_item_vectors_and_features(world, tmp_path
 
     # ViNet over the tuned tower: extract's features are the run's tower output, pooled
     features = tmp_path / "tuned.npy"
-    assert cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
+    assert run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
                "--dtype", "fp32", "--workers", "0", "--out", features)[0] == 0
     encoder = loaded.model.item_encoder
     with torch.no_grad():
@@ -124,7 +117,7 @@ def test_a_tower_without_final_norm_and_with_token_pooling_reloads_as_trained(wo
     train(tiny_config(world["data"], "sasrec", "softmax", items=items, train={"epochs": 1, "device": "cpu"}),
           tmp_path / "run")
     tower = tmp_path / "tower.safetensors"
-    assert cli(capsys, "export", "--run", tmp_path / "run", "--tower", tower)[0] == 0
+    assert run_cli(capsys, "export", "--run", tmp_path / "run", "--tower", tower)[0] == 0
     loaded = open_run(tmp_path / "run")
     config = loaded.config
     config.items.encoder, config.items.encoder_weights = None, str(tower)
@@ -134,34 +127,34 @@ def test_a_tower_without_final_norm_and_with_token_pooling_reloads_as_trained(wo
     own = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("item_encoder.tower.")}
     rebuilt.load_state_dict(own, strict=False)
     assert torch.allclose(rebuilt.item_encoder.catalogue(), loaded.model.item_encoder.catalogue(), atol=1e-5)
-    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
+    code, _, err = run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--encoder-weights", tower,
                        "--out", tmp_path / "f.npy")  # one vector per image: token pooling needs the projection
     assert code == 2 and "trained with pooling tokens" in one_line(err) and "choose --pooling cls or mean" in err
 
 
 def test_a_tower_file_refuses_settings_it_was_not_trained_with(world, tmp_path, capsys):
     tower = tmp_path / "tower.safetensors"
-    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
-    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "64",
+    assert run_cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    code, _, err = run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "64",
                        "--encoder-weights", tower, "--out", tmp_path / "f.npy")
     assert code == 2 and "trained with --image-size=32, not 64" in one_line(err)
-    code, _, err = cli(capsys, "extract", "--data", world["data"], "--encoder", "test_resnet",
+    code, _, err = run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_resnet",
                        "--encoder-weights", tower, "--out", tmp_path / "f.npy")
     assert code == 2 and "--encoder=test_vit, not test_resnet" in one_line(err)
     assert not (tmp_path / "f.npy").exists()
-    code, _, err = cli(capsys, "export", "--run", world["ids"], "--tower", tmp_path / "id.safetensors")
+    code, _, err = run_cli(capsys, "export", "--run", world["ids"], "--tower", tmp_path / "id.safetensors")
     assert code == 2 and "items.kind=id has no image tower" in one_line(err)
-    code, _, err = cli(capsys, "export", "--run", world["pixels"], "--tower", tmp_path / "tower.pt")
+    code, _, err = run_cli(capsys, "export", "--run", world["pixels"], "--tower", tmp_path / "tower.pt")
     assert code == 2 and "must end in .safetensors" in one_line(err)
 
 
 # --- embed ----------------------------------------------------------------------------------
 def test_embedding_catalogue_covers_reproduces_the_runs_vectors(world, tmp_path, capsys):
     out = tmp_path / "all.npy"
-    code, _, err = cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out)
+    code, _, err = run_cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out)
     assert code == 2 and "already in the catalogue" in one_line(err) and not out.exists()
     assert not out.with_suffix(".json").exists()
-    assert cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out,
+    assert run_cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers", "--out", out,
                "--allow-catalogue", "--batch-size", "16")[0] == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     tokens, vectors = json.loads(out.with_name(out.stem + ".items.json").read_text())["tokens"], np.load(out)
@@ -175,7 +168,7 @@ def test_embedding_catalogue_covers_reproduces_the_runs_vectors(world, tmp_path,
     expected = scoring[[index[tokens[r]] for r in rows]].numpy()
     assert np.allclose(vectors[rows], expected, atol=1e-5)
 
-    code, out_text, _ = cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers",
+    code, out_text, _ = run_cli(capsys, "embed", "--run", world["pixels"], "--covers", world["raw"] / "covers",
                             "--out", out, "--allow-catalogue")
     assert code == 0 and "already embedded, nothing to do" in out_text
 
@@ -203,7 +196,7 @@ def test_held_out_items_are_ranked_from_their_covers_above_chance(world, embedde
 def test_recommend_and_export_mark_new_items_and_id_runs_refuse(world, embedded, tmp_path, capsys):
     data = PreparedData(world["data"])
     user = next(str(t) for t in data.user_tokens[1:] if world["last"][str(t)] in world["held"])
-    code, out, _ = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "-k", "90",
+    code, out, _ = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "-k", "90",
                        "--new-items", embedded, "--image", tmp_path / "sheet.png")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -228,7 +221,7 @@ def test_recommend_and_export_mark_new_items_and_id_runs_refuse(world, embedded,
         assert (drawn.getpixel((x - PAD + 1, y - TILE - 1)) == NEW_BORDER) == framed, label
 
     vectors = tmp_path / "vectors"
-    assert cli(capsys, "export", "--run", world["pixels"], "--out", vectors, "--new-items", embedded)[0] == 0
+    assert run_cli(capsys, "export", "--run", world["pixels"], "--out", vectors, "--new-items", embedded)[0] == 0
     manifest = json.loads((vectors / "export.json").read_text())
     items, tokens = np.load(vectors / "items.npy"), (vectors / "items.txt").read_text().split()
     assert manifest["new_items"]["first_row"] == data.n_items and manifest["new_items"]["count"] == HELD_OUT
@@ -238,7 +231,7 @@ def test_recommend_and_export_mark_new_items_and_id_runs_refuse(world, embedded,
     for argv in (["embed", "--run", world["ids"], "--covers", world["raw"] / "covers", "--out", tmp_path / "x.npy"],
                  ["recommend", "--run", world["ids"], "--user", user, "--new-items", embedded],
                  ["export", "--run", world["ids"], "--out", tmp_path / "v", "--new-items", embedded]):
-        code, _, err = cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2 and "items.kind=id cannot score new items" in one_line(err), argv
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "v").exists()
 
@@ -252,27 +245,27 @@ def test_bad_covers_are_one_line_each_and_nothing_is_written(world, tmp_path, ca
     (covers / "notes.png").write_text("not an image")
     out = tmp_path / "f.npy"
     embed = ["embed", "--run", world["pixels"], "--out", out]
-    code, _, err = cli(capsys, *embed, "--covers", covers)
+    code, _, err = run_cli(capsys, *embed, "--covers", covers)
     line = one_line(err)
     assert code == 2 and "2 cover files are corrupt" in line and "broken.jpg" in line and "notes.png" in line
     (covers / "broken.jpg").unlink()
     (covers / "notes.png").unlink()
     (tmp_path / "info.csv").write_text("item_id,title\nfresh,a fresh cover\nlate,no cover yet\n")
-    code, _, err = cli(capsys, *embed, "--covers", covers, "--item-info", tmp_path / "info.csv")
+    code, _, err = run_cli(capsys, *embed, "--covers", covers, "--item-info", tmp_path / "info.csv")
     assert code == 2 and "no cover file for new item late" in one_line(err)
-    code, _, err = cli(capsys, *embed, "--covers", tmp_path / "nowhere")
+    code, _, err = run_cli(capsys, *embed, "--covers", tmp_path / "nowhere")
     assert code == 2 and "covers folder not found" in one_line(err)
     assert not out.exists() and not out.with_suffix(".json").exists()
 
-    assert cli(capsys, *embed, "--covers", covers)[0] == 0  # the good cover alone
+    assert run_cli(capsys, *embed, "--covers", covers)[0] == 0  # the good cover alone
     user = str(PreparedData(world["data"]).user_tokens[1])
-    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", out,
+    code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", out,
                        "--checkpoint", "last")  # embedded with best.pt
     assert code == 2 and "made with other weights" in one_line(err)
     features = tmp_path / "features.npy"
-    assert cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "32",
+    assert run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "32",
                "--workers", "0", "--out", features)[0] == 0
-    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", features)
+    code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", features)
     assert code == 2 and "not new items' vectors" in one_line(err)
     with pytest.raises(UserError, match="items.kind=id cannot score new items"):
         api.recommend(world["ids"], user, new_items=out)
@@ -333,9 +326,9 @@ def catalogue_rows_match(run: Path, out: Path) -> list[str]:
 
 def test_a_text_run_embeds_items_from_their_item_info_to_its_own_vectors(world, text_runs, tmp_path, capsys):
     out, info = tmp_path / "text.npy", world["raw"] / "item_info.csv"
-    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out)
+    code, _, err = run_cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out)
     assert code == 2 and "already in the catalogue" in one_line(err) and not out.exists()
-    assert cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out, "--allow-catalogue",
+    assert run_cli(capsys, "embed", "--run", text_runs["text"], "--item-info", info, "--out", out, "--allow-catalogue",
                "--batch-size", "16")[0] == 0  # no covers: a text run reads none
     tokens = catalogue_rows_match(text_runs["text"], out)
     sidecar = json.loads(out.with_suffix(".json").read_text())
@@ -345,7 +338,7 @@ def test_a_text_run_embeds_items_from_their_item_info_to_its_own_vectors(world, 
 def test_a_multimodal_run_embeds_items_from_covers_and_item_info_to_its_own_vectors(world, text_runs, tmp_path,
                                                                                      capsys):
     out = tmp_path / "both.npy"
-    assert cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers", "--item-info",
+    assert run_cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers", "--item-info",
                world["raw"] / "item_info.csv", "--out", out, "--allow-catalogue", "--workers", "1")[0] == 0
     catalogue_rows_match(text_runs["multimodal"], out)  # both parts' inputs came through a DataLoader worker
 
@@ -354,9 +347,9 @@ def test_a_multimodal_run_embeds_items_from_covers_and_item_info_to_its_own_vect
 def test_recommend_ranks_new_items_of_text_and_multimodal_runs(kind, world, text_runs, tmp_path, capsys):
     out = tmp_path / "new.npy"
     covers = ["--covers", world["raw"] / "covers"] if kind == "multimodal" else []
-    assert cli(capsys, "embed", "--run", text_runs[kind], *covers, "--item-info", world["info"], "--out", out)[0] == 0
+    assert run_cli(capsys, "embed", "--run", text_runs[kind], *covers, "--item-info", world["info"], "--out", out)[0] == 0
     user = str(PreparedData(world["data"]).user_tokens[1])
-    code, text, _ = cli(capsys, "recommend", "--run", text_runs[kind], "--user", user, "-k", "90", "--new-items", out,
+    code, text, _ = run_cli(capsys, "recommend", "--run", text_runs[kind], "--user", user, "-k", "90", "--new-items", out,
                         "--image", tmp_path / "sheet.png")  # a text run's new items: blank tiles, framed
     rows = list(csv.DictReader(io.StringIO(text)))
     assert code == 0 and {r["item_id"] for r in rows if r["new"] == "1"} == set(world["held"])
@@ -366,19 +359,19 @@ def test_recommend_ranks_new_items_of_text_and_multimodal_runs(kind, world, text
 def test_bad_text_inputs_of_new_items_are_one_line_each_and_nothing_is_written(world, text_runs, tmp_path, capsys):
     out = tmp_path / "x.npy"
     held = world["held"]
-    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--covers", world["raw"] / "covers", "--out", out)
+    code, _, err = run_cli(capsys, "embed", "--run", text_runs["text"], "--covers", world["raw"] / "covers", "--out", out)
     assert code == 2 and "--item-info CSV is needed: a run with items.kind=text" in one_line(err)
-    code, _, err = cli(capsys, "embed", "--run", text_runs["multimodal"], "--item-info", world["info"], "--out", out)
+    code, _, err = run_cli(capsys, "embed", "--run", text_runs["multimodal"], "--item-info", world["info"], "--out", out)
     assert code == 2 and "--covers DIR is needed: a run with items.kind=multimodal" in one_line(err)
     (tmp_path / "no_tag.csv").write_text("item_id,title\n" + "".join(f"{t},red circle\n" for t in held))
-    code, _, err = cli(capsys, "embed", "--run", text_runs["text"], "--item-info", tmp_path / "no_tag.csv",
+    code, _, err = run_cli(capsys, "embed", "--run", text_runs["text"], "--item-info", tmp_path / "no_tag.csv",
                        "--out", out)
     line = one_line(err)
     assert code == 2 and f"--item-info {tmp_path / 'no_tag.csv'}: no text column 'tag'" in line
     assert "items.text_fields: title, tag" in line
     (tmp_path / "empty.csv").write_text("item_id,title,tag\n" + "".join(
         f"{t},{'' if k == 1 else 'red circle'},{' ' if k == 1 else 'red'}\n" for k, t in enumerate(held)))
-    code, _, err = cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers",
+    code, _, err = run_cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers",
                        "--item-info", tmp_path / "empty.csv", "--out", out)
     assert code == 2 and f"new item {held[1]} has no text in title, tag" in one_line(err)
     assert not out.exists() and not out.with_suffix(".json").exists()
@@ -389,7 +382,7 @@ def test_a_multimodal_run_with_learned_ids_refuses_new_items(world, bert, tmp_pa
              "text_encoder_weights": str(bert), "text_tune_last": 0}
     train(tiny_config(world["data"], "sasrec", "softmax", items=items,
                       train={"epochs": 1, "max_steps": 1, "device": "cpu"}), tmp_path / "run")
-    code, _, err = cli(capsys, "embed", "--run", tmp_path / "run", "--covers", world["raw"] / "covers",
+    code, _, err = run_cli(capsys, "embed", "--run", tmp_path / "run", "--covers", world["raw"] / "covers",
                        "--item-info", world["info"], "--out", tmp_path / "x.npy")
     assert code == 2 and "items.with_id=true" in one_line(err) and "has none" in err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.json").exists()
@@ -398,11 +391,11 @@ def test_a_multimodal_run_with_learned_ids_refuses_new_items(world, bert, tmp_pa
 # --- extract from a tower file alone; bench cells started from a run take no --weights -------------
 def test_extract_takes_the_encoder_from_a_tower_file(world, tmp_path, capsys):
     tower = tmp_path / "tower.safetensors"
-    assert cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
+    assert run_cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
     common = ["extract", "--data", world["data"], "--dtype", "fp32", "--workers", "0"]
-    assert cli(capsys, *common, "--encoder-weights", tower, "--out", tmp_path / "alone.npy")[0] == 0
+    assert run_cli(capsys, *common, "--encoder-weights", tower, "--out", tmp_path / "alone.npy")[0] == 0
     named = tmp_path / "named.npy"
-    assert cli(capsys, *common, "--encoder", "test_vit", "--encoder-weights", tower, "--out", named)[0] == 0
+    assert run_cli(capsys, *common, "--encoder", "test_vit", "--encoder-weights", tower, "--out", named)[0] == 0
     assert np.array_equal(np.load(tmp_path / "alone.npy"), np.load(named))
     assert json.loads((tmp_path / "alone.json").read_text())["encoder"] == "test_vit"
     plain = tmp_path / "plain.safetensors"
@@ -411,9 +404,9 @@ def test_extract_takes_the_encoder_from_a_tower_file(world, tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, str(plain))
     for weights, message in ((plain, "not a tower file from `pixelrec export --tower`"),
                              (tmp_path / "gone.safetensors", "file not found")):
-        code, _, err = cli(capsys, *common, "--encoder-weights", weights, "--out", tmp_path / "f.npy")
+        code, _, err = run_cli(capsys, *common, "--encoder-weights", weights, "--out", tmp_path / "f.npy")
         assert code == 2 and message in one_line(err) and not (tmp_path / "f.npy").exists()
-    code, _, err = cli(capsys, *common, "--out", tmp_path / "f.npy")
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "f.npy")
     assert code == 2 and "give one of --encoder NAME, --text-model DIR, --import" in one_line(err)
 
 
@@ -447,8 +440,8 @@ def test_the_item_list_is_written_once_and_checked_on_reading(world, embedded, t
     user = str(PreparedData(world["data"]).user_tokens[1])
     listing = tmp_path / "copy.items.json"
     listing.write_text(listing.read_text().replace(world["held"][0], "someone-else"))
-    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
+    code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
     assert code == 2 and "is not the one its vectors were made for" in one_line(err)
     listing.unlink()
-    code, _, err = cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
+    code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
     assert code == 2 and "copy.items.json is missing" in one_line(err)

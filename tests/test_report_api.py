@@ -18,6 +18,7 @@ from PIL import Image
 
 import pixelrec
 from conftest import patterned_sequences, write_prepared
+from data_fixtures import one_line, run_cli
 from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.commands import results_json
@@ -28,16 +29,8 @@ from pixelrec.train.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 def fake_run(root: Path, name: str, model: str, items: str, encoder: str | None, recall: float, *,

@@ -19,7 +19,7 @@ import torch
 
 from conftest import patterned_sequences, write_prepared
 from pixelrec import locks
-from pixelrec.cli import main
+from data_fixtures import one_line, run_cli
 from pixelrec.train import rundir
 from pixelrec.train.trainer import Trainer
 
@@ -70,20 +70,12 @@ KILLED = textwrap.dedent("""
 """)
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def train_run(capsys, data: Path, out: Path, *extra) -> dict:
-    code, _, err = cli(capsys, "train", "--data", data, *TINY, "--epochs", "2", "--out", out, *extra)
+    code, _, err = run_cli(capsys, "train", "--data", data, *TINY, "--epochs", "2", "--out", out, *extra)
     assert code == 0, err
     return json.loads((out / "results.json").read_text())
 
@@ -149,7 +141,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_damages_nothing(tin
             ["train", "--resume", out, "--epochs", "3"],
         ]
         for argv in attempts:
-            code, _, err = cli(capsys, *argv)
+            code, _, err = run_cli(capsys, *argv)
             assert code == 2
             assert f"run directory {out} is being written by process {first.pid}" in one_line(err)
         assert snapshot(out) == before
@@ -172,7 +164,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(tiny_data, tmp_pa
     for name in ("best.pt", "last.pt"):  # deleted to save disk
         (out / name).unlink()
     kept = snapshot(out)
-    code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "1", "--out", out)
+    code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "1", "--out", out)
     assert code == 2
     line = one_line(err)
     assert f"{out}: already holds a finished run (results.json" in line and "--overwrite" in line
@@ -187,7 +179,7 @@ def test_a_users_own_files_are_not_replaced_without_overwrite(tiny_data, tmp_pat
     out.mkdir()
     (out / "config.yaml").write_text("train:\n  lr: 0.5  # my own notes\n")
     (out / "notes.txt").write_text("keep me\n")
-    code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--out", out)
+    code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--out", out)
     assert code == 2
     line = one_line(err)
     assert f"{out}: not empty (config.yaml, notes.txt)" in line and "another --out" in line and "--overwrite" in line
@@ -203,10 +195,10 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_only_with_its_own_co
         tiny_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupted_at(monkeypatch, 0)
-    assert cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)[0] == 130
+    assert run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)[0] == 130
     monkeypatch.undo()
     assert (out / "config.yaml").is_file() and not (out / "last.pt").exists()
-    code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "3", "--out", out)
+    code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "3", "--out", out)
     assert code == 2 and "not a run of this configuration to restart" in one_line(err)
     assert train_run(capsys, tiny_data, out)["epochs_run"] == 2  # the same command: nothing to lose, starts again
 
@@ -228,21 +220,21 @@ def test_a_run_that_fails_before_writing_leaves_no_directory(tiny_data, tmp_path
 def test_an_interrupted_run_points_at_resume(tiny_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupted_at(monkeypatch, 1)
-    assert cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)[0] == 130
+    assert run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)[0] == 130
     monkeypatch.undo()
-    code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)
+    code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "2", "--out", out)
     assert code == 2
     assert f"{out}: already holds a run (last.pt after epoch 1); use --resume {out}" in one_line(err)
 
 
 def test_an_unwritable_output_is_one_line(tiny_data, tmp_path, capsys):
     (tmp_path / "file").write_text("a file, not a folder\n")
-    code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--out", tmp_path / "file" / "run")
+    code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--out", tmp_path / "file" / "run")
     assert code == 2 and "cannot write" in one_line(err)
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        code, _, err = cli(capsys, "train", "--data", tiny_data, *TINY, "--out", locked / "run")
+        code, _, err = run_cli(capsys, "train", "--data", tiny_data, *TINY, "--out", locked / "run")
         assert code == 2 and "cannot write" in one_line(err)
 
 
@@ -251,7 +243,7 @@ def test_evaluate_names_the_checkpoint_it_used(tiny_data, tmp_path, capsys, monk
     done = tmp_path / "done"
     results = train_run(capsys, tiny_data, done)
     assert results["checkpoint"] == "best.pt"
-    code, out, err = cli(capsys, "evaluate", done, "--split", "test")
+    code, out, err = run_cli(capsys, "evaluate", done, "--split", "test")
     assert code == 0
     evaluated = json.loads(out)
     assert evaluated["checkpoint"] == {"file": "best.pt", "epoch": results["best_epoch"], "run_finished": True}
@@ -261,11 +253,11 @@ def test_evaluate_names_the_checkpoint_it_used(tiny_data, tmp_path, capsys, monk
     # stopped after epoch 1 of 4, before its first validation (every 2 epochs): there is no best.pt
     cut = tmp_path / "cut"
     interrupted_at(monkeypatch, 1)
-    assert cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "4", "--set", "train.eval_every=2",
+    assert run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "4", "--set", "train.eval_every=2",
                "--out", cut)[0] == 130
     monkeypatch.undo()
     assert not (cut / "best.pt").exists()
-    code, out, err = cli(capsys, "evaluate", cut, "--split", "test")
+    code, out, err = run_cli(capsys, "evaluate", cut, "--split", "test")
     assert code == 0
     used = json.loads(out)["checkpoint"]
     assert used["file"] == "last.pt" and used["epoch"] == 1 and used["run_finished"] is False
@@ -285,7 +277,7 @@ def test_best_checkpoint_has_no_optimizer_state(tiny_data, tmp_path, capsys):
 def test_resume_records_what_changed_and_refuses_what_cannot(tiny_data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     interrupted_at(monkeypatch, 1)
-    assert cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "3", "--out", out)[0] == 130
+    assert run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "3", "--out", out)[0] == 130
     monkeypatch.undo()
     saved = (out / "config.yaml").read_text()
     refused = {
@@ -295,13 +287,13 @@ def test_resume_records_what_changed_and_refuses_what_cannot(tiny_data, tmp_path
         ("--set", "data.max_len=5"): "data.max_len (10 -> 5)",
     }
     for flags, culprit in refused.items():
-        code, _, err = cli(capsys, "train", "--resume", out, *flags)
+        code, _, err = run_cli(capsys, "train", "--resume", out, *flags)
         assert code == 2, flags
         line = one_line(err)
         assert "cannot change on --resume" in line and culprit in line, line
     assert (out / "config.yaml").read_text() == saved
 
-    code, printed, err = cli(capsys, "train", "--resume", out, "--epochs", "2")
+    code, printed, err = run_cli(capsys, "train", "--resume", out, "--epochs", "2")
     assert code == 0, err
     assert "resumed with train.epochs: 3 -> 2" in printed
     assert "epochs: 2" in (out / "config.yaml").read_text()
@@ -328,7 +320,7 @@ def damage(path: Path, how: str, tmp_path: Path, tiny_data: Path, capsys) -> str
         path.write_bytes(os.urandom(4096))
         return "unreadable checkpoint"
     other = tmp_path / "other"  # another run's checkpoint: same model, another size
-    assert cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "1", "--set", "model.embedding_size=8",
+    assert run_cli(capsys, "train", "--data", tiny_data, *TINY, "--epochs", "1", "--set", "model.embedding_size=8",
                "--out", other)[0] == 0
     shutil.copy(other / path.name, path)
     return "weights do not fit the run's model (shape of"
@@ -343,7 +335,7 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line(finished, tiny_data, tmp_pa
             "recommend": ["recommend", finished, "--user", "u1"],
             "export": ["export", finished, "--out", tmp_path / "vectors"],
             "resume": ["train", "--resume", finished, "--epochs", "3"]}[command]
-    code, _, err = cli(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2
     line = one_line(err)
     assert f"{finished / name}: " in line and expected in line, line
@@ -360,23 +352,23 @@ def test_a_moved_run_and_dataset_work_from_anywhere_with_data(tmp_path, capsys, 
 
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # another working directory: the recorded absolute path is found
-    code, out, _ = cli(capsys, "evaluate", home / "runs/a", "--split", "test")
+    code, out, _ = run_cli(capsys, "evaluate", home / "runs/a", "--split", "test")
     assert code == 0 and json.loads(out)["test"] == pytest.approx(results["test"], rel=1e-3)
 
     shutil.move(home / "data", elsewhere / "data-moved")
     shutil.move(home / "runs/a", elsewhere / "run")
-    code, _, err = cli(capsys, "evaluate", "run")
+    code, _, err = run_cli(capsys, "evaluate", "run")
     assert code == 2 and f"its dataset {home / 'data'} is not there any more; pass --data" in one_line(err)
-    code, out, err = cli(capsys, "evaluate", "run", "--data", "data-moved", "--split", "test")
+    code, out, err = run_cli(capsys, "evaluate", "run", "--data", "data-moved", "--split", "test")
     assert code == 0, err
     assert json.loads(out)["test"] == pytest.approx(results["test"], rel=1e-3)
-    code, out, err = cli(capsys, "recommend", "run", "--data", "data-moved", "--user", "u3", "-k", "3")
+    code, out, err = run_cli(capsys, "recommend", "run", "--data", "data-moved", "--user", "u3", "-k", "3")
     assert code == 0, err
     assert len(out.strip().splitlines()) == 4  # header and 3 items
-    code, _, err = cli(capsys, "export", "run", "--data", "data-moved", "--out", "vectors")
+    code, _, err = run_cli(capsys, "export", "run", "--data", "data-moved", "--out", "vectors")
     assert code == 0, err
     assert json.loads((elsewhere / "vectors/export.json").read_text())["checkpoint"] == "best.pt"
-    code, printed, err = cli(capsys, "train", "--resume", "run", "--data", "data-moved", "--epochs", "3")
+    code, printed, err = run_cli(capsys, "train", "--resume", "run", "--data", "data-moved", "--epochs", "3")
     assert code == 0, err
     assert f"data.path: {home / 'data'} -> {elsewhere / 'data-moved'}" in printed
     assert json.loads((elsewhere / "run/dataset.json").read_text())["path"] == str(elsewhere / "data-moved")
@@ -395,7 +387,7 @@ def test_a_dataset_with_other_items_is_refused(tiny_data, tmp_path, capsys, chan
     for argv in (["evaluate", run, "--data", other], ["recommend", run, "--data", other, "--user", "u1"],
                  ["export", run, "--data", other, "--out", tmp_path / "v"],
                  ["train", "--resume", run, "--data", other, "--epochs", "3"]):
-        code, _, err = cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2, argv
         line = one_line(err)
         assert f"{other} is not the dataset {run} was trained on" in line and recorded in line, line
@@ -409,7 +401,7 @@ def test_files_follow_the_umask(tiny_data, tmp_path, capsys, umask, mode):
     try:
         run = tmp_path / "run"
         train_run(capsys, tiny_data, run)
-        assert cli(capsys, "export", run, "--out", tmp_path / "vectors")[0] == 0
+        assert run_cli(capsys, "export", run, "--out", tmp_path / "vectors")[0] == 0
     finally:
         os.umask(previous)
     written = [*run.iterdir(), *(tmp_path / "vectors").iterdir()]
@@ -428,7 +420,7 @@ def test_files_left_by_kill_9_are_removed_when_the_run_resumes(tiny_data, tmp_pa
     (out / ".results.json.k2x9q_7a").write_bytes(b"{")  # an older writer's temporary name
     (out / ".my-notes.tmp").write_text("not ours\n")
 
-    code, _, err = cli(capsys, "train", "--resume", out)  # the dead process's lock does not block
+    code, _, err = run_cli(capsys, "train", "--resume", out)  # the dead process's lock does not block
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".my-notes.tmp"]
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
