@@ -26,7 +26,7 @@ from pixelrec.config import build_config
 from pixelrec.data.prepare import prepare
 from pixelrec.data.synth import write_synthetic
 from pixelrec.items.pixels import PixelEncoder
-from pixelrec.train.trainer import Trainer
+from pixelrec.training.trainer import Trainer
 
 TUNE_LAST = {"resnet50": 3, "clip-vit-b32": 2}
 

@@ -25,7 +25,7 @@ from pixelrec.data.images import ImageStore
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.synth import write_synthetic
-from pixelrec.items.extract import FeatureTower, extract_features
+from pixelrec.jobs.extract import FeatureTower, extract_features
 
 CASES = {"test_vit": 32, "resnet50": 224}  # encoder -> input size
 

@@ -295,7 +295,7 @@ class Check:
     @contextlib.contextmanager
     def trainer(self, config: Any, into: dict[str, Any]) -> Iterator[Any]:
         """A Trainer in a fresh run directory (its construction timed), closed and freed after."""
-        from pixelrec.train.trainer import Trainer
+        from pixelrec.training.trainer import Trainer
 
         self.runs += 1
         started = time.perf_counter()
@@ -399,7 +399,7 @@ class Check:
 
     def ranking(self) -> dict[str, Any]:
         """Users/s of full-ranking evaluation (`rank_targets`) by a random ID SASRec over the ID catalogue."""
-        from pixelrec.evaluate.evaluator import rank_targets
+        from pixelrec.evaluation.evaluator import rank_targets
 
         d = self.plan.ranking_size
         config = self.config(self.id_data, {"kind": "id"}, {"embedding_size": d}, {"epochs": 1}, extra=False)
@@ -504,8 +504,8 @@ def worker(argv: list[str]) -> int:
 
     from pixelrec import distributed
     from pixelrec.config import resolve
-    from pixelrec.train.rundir import atomic_json
-    from pixelrec.train.trainer import train
+    from pixelrec.runs.directory import atomic_json
+    from pixelrec.training.trainer import train
 
     parser = argparse.ArgumentParser(prog="gpu_check.py worker")
     parser.add_argument("--out", type=Path, required=True)
@@ -543,7 +543,7 @@ def worker(argv: list[str]) -> int:
 
 # --- the command ----------------------------------------------------------------------------
 def header(device: torch.device, tiny: bool, budget: float, workers: int) -> dict[str, Any]:
-    from pixelrec.train.rundir import environment
+    from pixelrec.runs.directory import environment
 
     info = environment(device)
     info.pop("cwd", None)
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     report["total_seconds"] = time.monotonic() - started
     report["errors"] = errors(report)
-    from pixelrec.train.rundir import atomic_json
+    from pixelrec.runs.directory import atomic_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(args.out, report)

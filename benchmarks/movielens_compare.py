@@ -95,7 +95,7 @@ def settings(model: str, data: Path, budget: dict, sequences: str | None = None)
 
 def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | None = None) -> dict:
     from pixelrec.config import resolve
-    from pixelrec.train.trainer import train
+    from pixelrec.training.trainer import train
 
     raw = settings(model, data, budget, sequences)
     # packaged defaults of the backbone first (they are the paper's Pixel200K settings), then every

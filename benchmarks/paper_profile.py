@@ -38,7 +38,7 @@ from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.synth import write_synthetic
 from pixelrec.data.views import MembershipIndex, TrainingView
-from pixelrec.train.trainer import train
+from pixelrec.training.trainer import train
 
 
 def original_rule(train_lengths: np.ndarray, max_len: int, batch: int) -> dict[str, int]:
@@ -105,8 +105,8 @@ def run_training(data: Path, root: Path, items: str, seeds: list[int], epochs: i
 
 def other_masking(run: Path) -> dict[str, float]:
     """Test metrics of a run's best checkpoint with eval.mask_target flipped."""
-    from pixelrec.evaluate.evaluator import evaluate
-    from pixelrec.evaluate.run import load_run
+    from pixelrec.evaluation.evaluator import evaluate
+    from pixelrec.jobs.evaluate import load_run
 
     config, data, model = load_run(run)
     c = config.eval

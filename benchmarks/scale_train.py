@@ -131,9 +131,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from pixelrec.config import resolve
-    from pixelrec.evaluate.evaluator import rank_targets
-    from pixelrec.evaluate.metrics import metrics_from_ranks
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.evaluation.evaluator import rank_targets
+    from pixelrec.evaluation.metrics import metrics_from_ranks
+    from pixelrec.training.trainer import Trainer
 
     data_path = args.data or ensure_dataset(args.scratch)
     out = args.scratch / f"run-{int(time.time())}"

@@ -26,9 +26,9 @@ import torch
 from pixelrec.config import build_config
 from pixelrec.data.prepare import prepare
 from pixelrec.data.synth import write_synthetic
-from pixelrec.evaluate.evaluator import rank_targets
+from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.models import BACKBONES
-from pixelrec.train.trainer import Trainer
+from pixelrec.training.trainer import Trainer
 
 
 def make_dataset(root: Path, name: str, users: int, items: int, mean_len: float) -> Path:

@@ -29,8 +29,8 @@ import torch
 from pixelrec.config import resolve
 from pixelrec.data.prepare import prepare
 from pixelrec.data.synth import write_synthetic
-from pixelrec.train.rundir import MetricsLog
-from pixelrec.train.trainer import train
+from pixelrec.runs.directory import MetricsLog
+from pixelrec.training.trainer import train
 
 METRIC = "NDCG@10"
 

@@ -43,7 +43,7 @@ def applicable_losses(model: str, items: str = "id") -> list[str]:
 
 def losses_over_steps(config: Config, steps: int, tmp: Path) -> list[float]:
     """Train `steps` optimiser steps (cycling epochs) and return each step's loss."""
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     trainer = Trainer(config, tmp, resume=False)
     trainer.model.train()

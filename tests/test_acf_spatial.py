@@ -18,12 +18,12 @@ from pixelrec.data.images import ImageStore
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
-from pixelrec.items.extract import import_features
-from pixelrec.items.feature_store import dataset_order_sha256, load_features, sidecar_path
+from pixelrec.jobs.extract import import_features
+from pixelrec.storage.feature_files import dataset_order_sha256, load_features, sidecar_path
 from pixelrec.items.features import FeatureEncoder, IDFeatureEncoder
-from pixelrec.items.image_tower import create_tower
+from pixelrec.towers.image_tower import create_tower
 from pixelrec.models import BACKBONES
-from pixelrec.train.trainer import train
+from pixelrec.training.trainer import train
 from test_vinet import with_images, write_features
 
 N_ITEMS = 20
@@ -65,7 +65,7 @@ def test_pooling_none_stores_every_position_of_the_last_map(tmp_path):
     tower = create_tower("test_resnet", str(weights), image_size=64).eval()
     images = ImageStore.from_prepared(PreparedData(data)).read(np.arange(1, N_ITEMS + 1))
     with torch.no_grad():
-        from pixelrec.items.image_tower import Preprocess
+        from pixelrec.towers.image_tower import Preprocess
 
         maps = tower.forward_features(Preprocess(tower, 64)(images))  # [n, C, H, W]
     expected = maps.flatten(2).transpose(1, 2).numpy()

@@ -8,8 +8,8 @@ import torch
 
 from conftest import patterned_sequences, write_prepared
 from helpers import applicable_losses, losses_over_steps, mean, tiny_config, trainable_backbones
-from pixelrec.evaluate.evaluator import rank_targets
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.evaluation.evaluator import rank_targets
+from pixelrec.training.trainer import Trainer, train
 
 CASES = [(m, loss) for m in trainable_backbones() for loss in applicable_losses(m)]
 

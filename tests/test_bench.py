@@ -20,7 +20,7 @@ from pixelrec.cli import main
 from pixelrec.config import dump, resolve
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.training.trainer import Trainer, train
 
 TINY = ["model.embedding_size=16", "train.epochs=2", "train.batch_size=32", "train.lr=0.003",
         "train.progress=false", "eval.batch_size=256"]
@@ -298,7 +298,7 @@ def test_export_reproduces_recommend(data, tmp_path):
 
 
 def test_export_refuses_a_backbone_that_does_not_score_by_dot_product(data, tmp_path):
-    from pixelrec.items.extract import import_features
+    from pixelrec.jobs.extract import import_features
 
     tokens = PreparedData(data).item_tokens[1:]
     (tmp_path / "order.txt").write_text("".join(f"{t}\n" for t in tokens))
@@ -309,7 +309,7 @@ def test_export_refuses_a_backbone_that_does_not_score_by_dot_product(data, tmp_
               "--set", "train.progress=false"]
     assert main(["train", *common, "--out", str(tmp_path / "maximum")]) == 0
     with pytest.raises(UserError, match="does not score items by a dot product"):
-        from pixelrec.bench.export import export_vectors
+        from pixelrec.jobs.export import export_vectors
 
         export_vectors(tmp_path / "maximum", tmp_path / "nope")
     assert not (tmp_path / "nope" / "export.json").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pixelrec.config import CONFIG_DIR, resolve
-from pixelrec.items.image_tower import SHORT_NAMES
+from pixelrec.towers.image_tower import SHORT_NAMES
 from pixelrec.models import BACKBONES
 
 

@@ -28,7 +28,7 @@ from pixelrec.data.images import ImageStore, encode_cover, verify_image_store
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.items.feature_store import load_features, sidecar_path
+from pixelrec.storage.feature_files import load_features, sidecar_path
 from pixelrec.items.pixels import PixelEncoder
 from test_pixels import ColourStore
 
@@ -76,7 +76,7 @@ def copy(dataset, tmp_path) -> Path:
 FIRST_WRITER = """
     import sys, time
     from pathlib import Path
-    import pixelrec.items.extract as extract
+    import pixelrec.jobs.extract as extract
     started, go = Path(sys.argv[1]), Path(sys.argv[2])
     fill = extract.fill_item_rows
 
@@ -224,7 +224,7 @@ def test_a_second_prepare_into_the_same_folder_is_refused_with_the_pid(tmp_path,
     out = tmp_path / "data"
     holder = python("""
         import sys, time
-        from pixelrec import locks
+        from pixelrec.storage import locks
         with locks.hold(locks.lock_path(sys.argv[1]), "x"):
             print("held", flush=True)
             time.sleep(60)

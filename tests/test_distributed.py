@@ -23,7 +23,7 @@ from pixelrec.cli import main
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
-from pixelrec.train.trainer import Trainer
+from pixelrec.training.trainer import Trainer
 from test_vinet import with_images
 
 TINY = ["--model", "sasrec", "--device", "cpu", "--set", "train.progress=false", "--set", "model.embedding_size=32",

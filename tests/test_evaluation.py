@@ -9,9 +9,9 @@ import torch
 
 from conftest import write_prepared
 from helpers import tiny_config
-from pixelrec.evaluate.evaluator import evaluate, rank_targets
-from pixelrec.evaluate.metrics import metrics_from_ranks
-from pixelrec.train.trainer import Trainer
+from pixelrec.evaluation.evaluator import evaluate, rank_targets
+from pixelrec.evaluation.metrics import metrics_from_ranks
+from pixelrec.training.trainer import Trainer
 
 
 def test_metrics_from_hand_computed_ranks():

@@ -15,10 +15,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import tiny_config
 from pixelrec import cli, threads
-from pixelrec.evaluate.evaluator import rank_targets
+from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.items.base import ItemEncoder
-from pixelrec.train import logs
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.training import report as logs
+from pixelrec.training.trainer import Trainer, train
 from test_pixels import colour_store, pixel_config  # noqa: F401 - the pixel tests' stand-in image store
 
 

@@ -24,8 +24,8 @@ from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.synth import write_synthetic
 from pixelrec.errors import UserError
-from pixelrec.evaluate.run import open_run
-from pixelrec.train.trainer import build_model, train
+from pixelrec.jobs.evaluate import open_run
+from pixelrec.training.trainer import build_model, train
 
 HELD_OUT = 10  # items kept out of `prepare`: they arrive after training
 
@@ -207,8 +207,8 @@ def test_recommend_and_export_mark_new_items_and_id_runs_refuse(world, embedded,
 
     from PIL import Image
 
-    from pixelrec.evaluate.contact_sheet import NEW_BORDER, PAD, TILE, contact_sheet
-    from pixelrec.items.new_items import new_items_for_run
+    from pixelrec.jobs.contact_sheet import NEW_BORDER, PAD, TILE, contact_sheet
+    from pixelrec.jobs.new_items import new_items_for_run
 
     loaded = open_run(world["pixels"])
     new_items = new_items_for_run(embedded, world["pixels"], "pixels", loaded.model, loaded.checkpoint,
@@ -274,7 +274,7 @@ def test_bad_covers_are_one_line_each_and_nothing_is_written(world, tmp_path, ca
 def test_a_backbone_that_scores_items_by_the_catalogue_cannot_score_new_items(tmp_path):
     from types import SimpleNamespace
 
-    from pixelrec.items.new_items import check_scoring
+    from pixelrec.jobs.new_items import check_scoring
     from pixelrec.models import BACKBONES
 
     assert not BACKBONES.get("lightgcn").scores_items_alone and BACKBONES.get("sasrec").scores_items_alone

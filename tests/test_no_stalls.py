@@ -19,10 +19,10 @@ from pixelrec.data.images import ImageStore, encode_image, shared_env
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.items.image_tower import create_tower
+from pixelrec.towers.image_tower import create_tower
 from pixelrec.items.pixels import convolutional, use_channels_last
-from pixelrec.train import trainer as trainer_module
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.training import trainer as trainer_module
+from pixelrec.training.trainer import Trainer, train
 
 
 # --- the deferred non-finite check ----------------------------------------------------------

@@ -12,7 +12,7 @@ from pixelrec.config import resolve
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import evaluation_batch
-from pixelrec.evaluate.evaluator import rank_targets
+from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.lightgcn import normalized_adjacency

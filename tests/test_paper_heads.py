@@ -193,7 +193,7 @@ def test_frozen_mode_train_cannot_combine_with_the_prefix_cache():
 
 @pytest.mark.parametrize("group", ["recommender", "encoder"])
 def test_projection_group_chooses_the_projections_learning_rate_and_decay(group):
-    from pixelrec.train.trainer import parameter_groups
+    from pixelrec.training.trainer import parameter_groups
 
     class Model(nn.Module):
         def __init__(self) -> None:
@@ -212,7 +212,7 @@ def test_projection_group_chooses_the_projections_learning_rate_and_decay(group)
 
 
 def test_timm_args_reach_the_tower_and_the_cache_identity():
-    from pixelrec.items.prefix_cache import TowerSplit, cache_identity
+    from pixelrec.towers.prefix_cache import TowerSplit, cache_identity
 
     enc = encoder(timm_args={"act_layer": "quick_gelu"})
     assert type(enc.tower.blocks[0].mlp.act).__name__ == "QuickGELU"
@@ -251,7 +251,7 @@ def test_the_paper_profile_trains_as_many_tower_parameters_as_the_original(name)
 def test_a_pixel_run_takes_the_paper_head_from_the_configuration(tiny_data, tmp_path, monkeypatch):
     from helpers import losses_over_steps, tiny_config
     from pixelrec.recommender import DatasetFacts
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     class Store:
         size = 32

@@ -18,7 +18,7 @@ from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.errors import UserError
 from pixelrec.losses import LOSSES
-from pixelrec.train.trainer import Trainer
+from pixelrec.training.trainer import Trainer
 
 
 # --- loss reduction --------------------------------------------------------------------------
@@ -195,8 +195,8 @@ def tiny_swin() -> torch.nn.Module:
 
 @pytest.mark.parametrize("tune_merging, cut", [(True, "layers.1.downsample"), (False, "layers.1.blocks.0")])
 def test_tune_merging_false_freezes_only_the_merging_layer_below_the_lowest_tuned_block(tune_merging, cut):
-    from pixelrec.items.image_tower import freeze_below
-    from pixelrec.items.prefix_cache import TowerSplit
+    from pixelrec.towers.image_tower import freeze_below
+    from pixelrec.towers.prefix_cache import TowerSplit
 
     tower = tiny_swin()
     freeze_below(tower, 4, tune_merging=tune_merging)  # stages 2 and 3: 2 + 2 blocks

@@ -11,10 +11,10 @@ from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.config import CONFIG_DIR, PROFILE_DIR, packaged_defaults, resolve
 from pixelrec.errors import UserError
-from pixelrec.evaluate.evaluator import rank_targets
-from pixelrec.items.image_tower import SHORT_NAMES
+from pixelrec.evaluation.evaluator import rank_targets
+from pixelrec.towers.image_tower import SHORT_NAMES
 from pixelrec.models import BACKBONES
-from pixelrec.train.trainer import Trainer, parameter_groups, train
+from pixelrec.training.trainer import Trainer, parameter_groups, train
 
 PIXEL_BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "pixelnet").glob("*.yaml"))
 #: The PixelRec README's recommender settings for PixelNet: (lr, batch, weight decay).

@@ -18,7 +18,7 @@ from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
-from pixelrec.train.trainer import Trainer
+from pixelrec.training.trainer import Trainer
 
 MAX_LEN = 10  # windows of 11, as the original's MAX_ITEM_LIST_LENGTH 10
 # training histories of 11, 12, 13, 24, 1 and 2 items; each user's last two items (201..) are valid and test

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pixelrec.errors import UserError
-from pixelrec.items.image_tower import SHORT_NAMES, create_tower, freeze_below, timm_name
+from pixelrec.towers.image_tower import SHORT_NAMES, create_tower, freeze_below, timm_name
 from pixelrec.items.pixels import PixelEncoder
 
 
@@ -132,7 +132,7 @@ def pixel_config(data, model="sasrec", loss="softmax", **train):
 
 def test_pixel_sasrec_trains_and_encodes_each_distinct_item_once(tiny_data, tmp_path, colour_store):
     from helpers import losses_over_steps, mean
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     losses = losses_over_steps(pixel_config(tiny_data), 30, tmp_path / "run")
     assert mean(losses[-6:]) < 0.9 * mean(losses[:6])
@@ -148,7 +148,7 @@ def test_pixel_sasrec_trains_and_encodes_each_distinct_item_once(tiny_data, tmp_
 
 
 def test_pixel_run_records_images_per_step(tiny_data, tmp_path, colour_store):
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     trainer = Trainer(pixel_config(tiny_data, max_steps=2), tmp_path / "run")
     results = trainer.fit()

@@ -13,11 +13,11 @@ import torch
 
 from helpers import losses_over_steps, no_dropout, tiny_config
 from pixelrec.errors import UserError
-from pixelrec.items import prefix_cache
-from pixelrec.items.feature_store import sidecar_path
-from pixelrec.items.image_tower import create_tower, freeze_below
+from pixelrec.towers import prefix_cache
+from pixelrec.storage.feature_files import sidecar_path
+from pixelrec.towers.image_tower import create_tower, freeze_below
 from pixelrec.items.pixels import PixelEncoder
-from pixelrec.items.prefix_cache import TowerSplit
+from pixelrec.towers.prefix_cache import TowerSplit
 from test_pixels import ColourStore, colour_store  # noqa: F401  (fixture)
 
 CPU = torch.device("cpu")
@@ -79,7 +79,7 @@ def _train_top(tower: torch.nn.Module) -> None:
 def test_split_suffix_is_plain_training_with_drop_path(name, timm_args, tune_last, cut):
     """Trainable top in train mode (drop-path, BatchNorm batch statistics): the same outputs and gradients
     from the prefix's output as from the images, under the same seed."""
-    from pixelrec.items.image_tower import pool
+    from pixelrec.towers.image_tower import pool
 
     torch.manual_seed(0)
     tower = create_tower(name, image_size=32, timm_args={**timm_args, "drop_path_rate": 0.5})
@@ -228,7 +228,7 @@ def test_memory_savers_change_nothing_but_speed(tiny_data, tmp_path, colour_stor
 
 
 def test_grad_checkpointing_and_channels_last_are_switched_on(tiny_data, tmp_path, colour_store):
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     vit = Trainer(pixel_config(tiny_data, tmp_path, grad_checkpointing=True), tmp_path / "a").model.item_encoder
     assert vit.tower.grad_checkpointing

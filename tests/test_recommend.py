@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.data.prepared import PreparedData
-from pixelrec.train.trainer import train
+from pixelrec.training.trainer import train
 
 
 @pytest.fixture

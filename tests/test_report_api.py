@@ -24,7 +24,7 @@ from pixelrec.cli import main
 from pixelrec.commands import results_json
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.train.trainer import train
+from pixelrec.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def history(data: PreparedData, user: str) -> set[str]:
     """Tokens of every item `user` (a token) has had."""
-    from pixelrec.evaluate.run import user_indices
+    from pixelrec.jobs.evaluate import user_indices
 
     index = int(user_indices(data, [user])[0])
     return {data.item_tokens[i] for i in data.item_seq[data.user_ptr[index] : data.user_ptr[index + 1]]}
@@ -280,7 +280,7 @@ def covered_run(tmp_path_factory) -> Path:
 
 def test_contact_sheet_titles_its_rows_and_draws_every_user(covered_run, tmp_path, capsys):
     from pixelrec.api import item_titles
-    from pixelrec.evaluate.contact_sheet import GAP, MARGIN, TILE, contact_sheet
+    from pixelrec.jobs.contact_sheet import GAP, MARGIN, TILE, contact_sheet
 
     run = pixelrec.load_run(covered_run)
     users = [str(t) for t in run.data.user_tokens[1:4]]
@@ -310,7 +310,7 @@ def test_contact_sheet_titles_its_rows_and_draws_every_user(covered_run, tmp_pat
 
 
 def test_contact_sheet_says_when_it_draws_only_the_first_users(covered_run, tmp_path, capsys, monkeypatch):
-    from pixelrec.evaluate import contact_sheet
+    from pixelrec.jobs import contact_sheet
 
     monkeypatch.setattr(contact_sheet, "MAX_USERS", 2)
     users = [str(t) for t in pixelrec.load_run(covered_run).data.user_tokens[1:4]]
@@ -349,7 +349,7 @@ def test_api_takes_paths_and_strings_and_returns_objects(small_run, tmp_path):
     assert isinstance(measured, pixelrec.Metrics) and measured.test is None
     assert measured.valid["NDCG@10"] == pytest.approx(run.valid["NDCG@10"])
     assert pixelrec.load_run(run.path, checkpoint="last").checkpoint == "last"
-    assert pixelrec.train.trainer.train is train  # the package is still there beside the function
+    assert pixelrec.training.trainer.train is train  # the package is still there beside the function
 
 
 def test_api_errors_speak_of_arguments(small_run, tmp_path):

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import patterned_sequences, write_prepared
-from pixelrec import locks
+from pixelrec.storage import locks
 from data_fixtures import one_line, run_cli
-from pixelrec.train import rundir
-from pixelrec.train.trainer import Trainer
+from pixelrec.runs import directory as rundir
+from pixelrec.training.trainer import Trainer
 
 TINY = ["--model", "sasrec", "--device", "cpu", "--set", "train.progress=false", "--set", "model.embedding_size=16",
         "--set", "train.batch_size=32", "--set", "eval.batch_size=256"]
@@ -33,7 +33,7 @@ GATED = textwrap.dedent("""
     from pathlib import Path
     import torch
     from pixelrec.cli import main
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     torch.set_num_threads(1)
     gate, original = Path(sys.argv[1]), Trainer.train_epoch
@@ -53,7 +53,7 @@ KILLED = textwrap.dedent("""
     import os, signal, sys
     import torch
     from pixelrec.cli import main
-    from pixelrec.train import rundir
+    from pixelrec.runs import directory as rundir
 
     torch.set_num_threads(1)
     replace, seen = os.replace, []
@@ -107,7 +107,7 @@ def interrupted_at(monkeypatch, epoch: int) -> None:
 def test_a_lock_names_its_holder_and_dies_with_it(tmp_path):
     path = tmp_path / "thing.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pixelrec import locks; held = locks.acquire(sys.argv[1], 'x'); "
+        [sys.executable, "-c", "import sys; from pixelrec.storage import locks; held = locks.acquire(sys.argv[1], 'x'); "
          "print('held', flush=True); sys.stdin.read()", str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
     try:

@@ -20,7 +20,7 @@ from helpers import losses_over_steps, mean, no_dropout, tiny_config  # noqa: E4
 from pixelrec.data import text_tokens  # noqa: E402
 from pixelrec.data.text_tokens import ItemTexts  # noqa: E402
 from pixelrec.errors import UserError  # noqa: E402
-from pixelrec.evaluate.evaluator import rank_targets  # noqa: E402
+from pixelrec.evaluation.evaluator import rank_targets  # noqa: E402
 from pixelrec.items.text import TextEncoder  # noqa: E402
 from test_pixels import _pixel_backbones, colour_store  # noqa: E402,F401  (fixture)
 
@@ -84,7 +84,7 @@ def text_config(data: Path, bert: Path, model: str = "sasrec", loss: str = "soft
 # --- every backbone that takes pixels takes text -----------------------------------------------
 @pytest.mark.parametrize("model", _pixel_backbones())
 def test_every_pixel_backbone_trains_and_evaluates_on_text(model, text_data, bert, tmp_path):
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     config = text_config(text_data, bert, model, "bpr")
     losses = losses_over_steps(config, 3, tmp_path / "run")
@@ -98,7 +98,7 @@ def test_every_pixel_backbone_trains_and_evaluates_on_text(model, text_data, ber
 
 
 def test_text_sasrec_learns_and_encodes_each_distinct_item_once(text_data, bert, tmp_path):
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     losses = losses_over_steps(text_config(text_data, bert), 30, tmp_path / "run")
     assert mean(losses[-6:]) < 0.9 * mean(losses[:6]), losses
@@ -204,7 +204,7 @@ SMALL = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_h
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_other_encoder_families_freeze_and_cut_alike(name):
-    from pixelrec.items.text_tower import TextTower
+    from pixelrec.towers.text_tower import TextTower
 
     make, before, after = ARCHITECTURES[name]
     torch.manual_seed(0)
@@ -245,7 +245,7 @@ def test_multimodal_fusions_train(items, text_data, bert, tmp_path, colour_store
 
 
 def test_multimodal_towers_freeze_apart_and_evaluate_through_workers(text_data, bert, tmp_path, colour_store):
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
     trainer = Trainer(multimodal_config(text_data, bert, text_tune_last=0, fusion="concat"), tmp_path / "run")
     enc = trainer.model.item_encoder
@@ -303,7 +303,7 @@ def test_bad_models_are_one_line_errors(text_data, bert, tmp_path):
 def test_directories_that_are_no_usable_text_model_are_one_line_errors(text_data, bert, tmp_path):
     import shutil
 
-    from pixelrec.items.text_tower import TextTower
+    from pixelrec.towers.text_tower import TextTower
 
     def copy(name: str, drop: tuple[str, ...] = (), config: str | None = None) -> Path:
         shutil.copytree(bert, tmp_path / name)
@@ -353,7 +353,7 @@ def test_text_lr_and_decay_are_multimodal_keys_checked_by_the_schema(text_data, 
 
 def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, bert, tmp_path, colour_store):
     from pixelrec.data.prepared import PreparedData
-    from pixelrec.train.trainer import Trainer, build_model, parameter_groups
+    from pixelrec.training.trainer import Trainer, build_model, parameter_groups
 
     config = multimodal_config(text_data, bert, text_lr=1e-5, text_weight_decay=0.5, fusion="concat", with_id=True)
     config.train.encoder_lr, config.train.encoder_weight_decay, config.train.weight_decay = 1e-4, 0.01, 0.1
@@ -381,9 +381,9 @@ def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, ber
 
 # --- frozen text features (ViNet over text) ----------------------------------------------------
 def test_extracted_text_features_are_the_frozen_tower_output_and_train(text_data, bert, tmp_path):
-    from pixelrec.items.feature_store import load_features
-    from pixelrec.items.text_features import extract_text_features
-    from pixelrec.items.text_tower import pool_tokens
+    from pixelrec.storage.feature_files import load_features
+    from pixelrec.jobs.extract_text import extract_text_features
+    from pixelrec.towers.text_tower import pool_tokens
 
     out = tmp_path / "features" / "bert.npy"
     sidecar = extract_text_features(text_data, out, str(bert), dtype="fp32", batch_size=16,
@@ -406,7 +406,7 @@ def test_extracted_text_features_are_the_frozen_tower_output_and_train(text_data
 def test_text_extraction_resumes_to_identical_bytes_from_the_command_line(text_data, bert, tmp_path, monkeypatch,
                                                                           capsys):
     from data_fixtures import run_cli
-    from pixelrec.items import text_features
+    from pixelrec.jobs import extract_text as text_features
 
     command = ["extract", "--data", text_data, "--text-model", bert, "--batch-size", 16, "--workers", 0,
                "--device", "cpu"]
@@ -455,7 +455,7 @@ def titled(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_text_beats_popularity_overall_and_ids_on_cold_items(titled, tmp_path):
-    from pixelrec.train.trainer import train
+    from pixelrec.training.trainer import train
 
     data, bert = titled
     popularity = train(tiny_config(data, "pop"), tmp_path / "pop")

@@ -10,8 +10,8 @@ import torch
 from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.errors import UserError
-from pixelrec.train import trainer as trainer_module
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.training import trainer as trainer_module
+from pixelrec.training.trainer import Trainer, train
 
 
 def test_run_directory_is_complete(tiny_data, tmp_path):

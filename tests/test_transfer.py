@@ -15,8 +15,9 @@ from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.config import build_config
 from pixelrec.errors import UserError
-from pixelrec.train import rundir, transfer
-from pixelrec.train.trainer import Trainer, train
+from pixelrec.runs import directory as rundir
+from pixelrec.training import transfer
+from pixelrec.training.trainer import Trainer, train
 
 PIXELS = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1}
 
@@ -207,7 +208,7 @@ def test_bench_variants_put_random_init_and_a_run_start_side_by_side(datasets, p
 
 
 def test_towers_carried_from_a_run_are_not_called_randomly_initialised(capsys, monkeypatch):
-    from pixelrec.items import weight_layouts
+    from pixelrec.towers import weight_layouts
 
     monkeypatch.setattr(weight_layouts, "_noted", set())
     with weight_layouts.towers_from("runs/source"):
@@ -219,7 +220,7 @@ def test_towers_carried_from_a_run_are_not_called_randomly_initialised(capsys, m
 
 def test_the_python_api_takes_init_from(datasets, pixel_source, tmp_path, monkeypatch):
     import pixelrec
-    from pixelrec.train import trainer
+    from pixelrec.training import trainer
 
     seen = {}
 

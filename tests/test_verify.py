@@ -21,7 +21,7 @@ from pixelrec.data.images import ImageStore
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.items.pixels import PixelEncoder
-from pixelrec.train.rundir import dataset_fingerprint
+from pixelrec.runs.directory import dataset_fingerprint
 
 EXTRACT = ("--encoder", "test_vit", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--dtype", "fp32",
            "--device", "cpu")

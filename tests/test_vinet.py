@@ -19,15 +19,15 @@ from pixelrec.data.batch import Batch
 from pixelrec.data.images import ImageStore, build_image_store
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.evaluate.evaluator import rank_targets
+from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.items.base import ItemLookup
-from pixelrec.items.extract import FeatureTower, extract_features, import_features
-from pixelrec.items.feature_store import dataset_order_sha256, file_sha256, load_features, sidecar_path
+from pixelrec.jobs.extract import FeatureTower, extract_features, import_features
+from pixelrec.storage.feature_files import dataset_order_sha256, file_sha256, load_features, sidecar_path
 from pixelrec.items.features import FeatureEncoder, IDFeatureEncoder
-from pixelrec.items.image_tower import Preprocess, create_tower, pool
+from pixelrec.towers.image_tower import Preprocess, create_tower, pool
 from pixelrec.models import BACKBONES
 from pixelrec.models.visrank import VisRank
-from pixelrec.train.trainer import Trainer, parameter_groups, train
+from pixelrec.training.trainer import Trainer, parameter_groups, train
 
 N_ITEMS = 20
 

@@ -20,12 +20,12 @@ from conftest import write_prepared
 from pixelrec.cli import main
 from pixelrec.data.images import build_image_store
 from pixelrec.errors import UserError
-from pixelrec.items import weight_layouts
-from pixelrec.items.feature_store import FORMAT, VERSION, item_order_sha256, write_sidecar
+from pixelrec.towers import weight_layouts
+from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
 from pixelrec.items.features import FeatureEncoder
-from pixelrec.items.image_tower import SHORT_NAMES, load_weights
+from pixelrec.towers.image_tower import SHORT_NAMES, load_weights
 from pixelrec.items.pixels import PixelEncoder
-from pixelrec.items.weight_layouts import classifier_prefixes, convert, mismatches, note_encoder
+from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches, note_encoder
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")

@@ -30,7 +30,7 @@ from pixelrec.errors import UserError
 if TYPE_CHECKING:
     from pixelrec.config import Config
     from pixelrec.data.prepared import PreparedData
-    from pixelrec.items.new_items import NewItems
+    from pixelrec.jobs.new_items import NewItems
     from pixelrec.recommender import Recommender
 
 PathLike = str | os.PathLike
@@ -196,8 +196,8 @@ def train(
     replace the run files in a non-empty `out`. `init_from`: another run directory whose trained
     weights start this run (train.init_from; train.init_parts says which)."""
     from pixelrec.config import merge, read_yaml, resolve
-    from pixelrec.train.rundir import default_run_dir
-    from pixelrec.train.trainer import train as train_run
+    from pixelrec.runs.directory import default_run_dir
+    from pixelrec.training.trainer import train as train_run
 
     flags: dict[str, Any] = {}
     for section, key, value in [("data", "path", None if data is None else os.fspath(data)), ("items", "kind", items),
@@ -232,7 +232,7 @@ def train(
 def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None = None) -> Run:
     """A run directory with its model (the `checkpoint`: "best" or "last"), configuration, dataset
     (or `data`, a moved copy of it) and results."""
-    from pixelrec.evaluate.run import load_run as load
+    from pixelrec.jobs.evaluate import load_run as load
 
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
@@ -259,7 +259,7 @@ def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "bes
              data: PathLike | None = None) -> Metrics:
     """Evaluate a run's checkpoint with full ranking on `split` ("valid", "test" or "both"),
     optionally on `data`, another prepared dataset with the same items."""
-    from pixelrec.evaluate.run import evaluate_run
+    from pixelrec.jobs.evaluate import evaluate_run
 
     if split not in ("valid", "test", "both"):
         raise UserError(f"split={split!r}: choose 'valid', 'test' or 'both'")
@@ -294,8 +294,8 @@ def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, c
     with _arguments():
         extra = None
         if new_items is not None:
-            from pixelrec.evaluate.run import choose_checkpoint
-            from pixelrec.items.new_items import new_items_for_run
+            from pixelrec.jobs.evaluate import choose_checkpoint
+            from pixelrec.jobs.new_items import new_items_for_run
 
             weights, _ = choose_checkpoint(loaded.path, loaded.checkpoint)
             extra = new_items_for_run(new_items, loaded.path, loaded.config.items.kind, loaded.model, weights,
@@ -308,8 +308,8 @@ def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, 
     """Top-k of each user (tokens) by `model`, history masked as in evaluation, among the catalogue
     and `new_items` (indices n_items + 1, ...). k is capped at the items a user has not seen:
     padding and seen items are never returned, whatever k."""
-    from pixelrec.evaluate.run import recommend as ranked
-    from pixelrec.evaluate.run import user_indices
+    from pixelrec.jobs.evaluate import recommend as ranked
+    from pixelrec.jobs.evaluate import user_indices
 
     if k < 1:
         raise UserError(f"k must be at least 1, not {k}")

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from pixelrec import threads
 from pixelrec.errors import UserError
+from pixelrec.version import __version__
 
 COMMANDS = {
     "synth": "write a synthetic dataset in the PixelRec raw layout (interactions, item info, covers)",
@@ -71,8 +72,6 @@ def _name_config_choices(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    from pixelrec import __version__
-
     parser = argparse.ArgumentParser(prog="pixelrec", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter,
                                      epilog=f"Packaged configurations for --config: {_config_names()}. "

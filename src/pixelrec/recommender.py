@@ -166,7 +166,7 @@ class DatasetFacts:
     @property
     def item_order_sha256(self) -> str:
         """Hash of the item tokens in index order: feature files must have been written in this order."""
-        from pixelrec.items.feature_store import dataset_order_sha256
+        from pixelrec.storage.feature_files import dataset_order_sha256
 
         return dataset_order_sha256(self.data.item_tokens)
 

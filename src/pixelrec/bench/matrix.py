@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.errors import UserError
-from pixelrec.train.rundir import atomic_json
-from pixelrec.train.trainer import config_of_run, train
+from pixelrec.runs.directory import atomic_json
+from pixelrec.training.trainer import config_of_run, train
 
 IMAGE_KINDS = ("pixels", "features", "id+features", "multimodal")  # item kinds with an image encoder
 PIXEL_KINDS = ("pixels", "multimodal")  # item kinds whose image encoder loads weights (--weights)
@@ -134,7 +134,7 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
 def init_refusal(cell: Cell, config: Config) -> str | None:
     """Why a cell cannot start from its train.init_from run (another item kind or encoder, only ID
     tables to carry), or None; a source that is not a finished run stops the bench, naming the cell."""
-    from pixelrec.train.transfer import check_source, source_checkpoint
+    from pixelrec.training.transfer import check_source, source_checkpoint
 
     try:
         source_checkpoint(Path(config.train.init_from))

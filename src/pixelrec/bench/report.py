@@ -11,7 +11,7 @@ from typing import Any
 from pixelrec.bench.tables import (backbone_order, duplicates_note, load_results, newest, paper_table,
                                    summary_table)
 from pixelrec.errors import UserError
-from pixelrec.train.rundir import MetricsLog, atomic_write
+from pixelrec.runs.directory import MetricsLog, atomic_write
 
 
 @dataclass

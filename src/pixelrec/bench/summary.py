@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelrec.bench.tables import paper_table
-from pixelrec.train.rundir import atomic_write
+from pixelrec.runs.directory import atomic_write
 
 FAMILIES = ("Recall", "NDCG", "MRR", "HR")
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.items.new_items import embed_new_items
+    from pixelrec.jobs.new_items import embed_new_items
 
     run_dir = run_directory(args)
     sidecar = embed_new_items(run_dir, args.covers, args.out, item_info=args.item_info, checkpoint=args.checkpoint,

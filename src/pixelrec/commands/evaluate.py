@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pixelrec import distributed
-    from pixelrec.evaluate.run import evaluate_run
+    from pixelrec.jobs.evaluate import evaluate_run
 
     splits = ["valid", "test"] if args.split == "both" else [args.split]
     run_dir = run_directory(args)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.bench.export import export_tower, export_vectors
+    from pixelrec.jobs.export import export_tower, export_vectors
 
     if not args.out and not args.tower:
         raise UserError("what to export? --out DIR (user and item vectors) or --tower OUT.safetensors "

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pixelrec.errors import UserError
-    from pixelrec.items.extract import extract_features, import_features
+    from pixelrec.jobs.extract import extract_features, import_features
 
     if args.import_file:
         if not args.order:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _tower_encoder(weights: str | None) -> str:
     """The image encoder a tower file (`pixelrec export --tower`) was trained as, standing in for --encoder."""
     from pixelrec.errors import UserError
-    from pixelrec.items.tower_file import read_description
+    from pixelrec.towers.tower_file import read_description
 
     if not weights:
         raise UserError("give one of --encoder NAME, --text-model DIR, --import FEATURES.npy (or --encoder-weights "
@@ -103,7 +103,7 @@ def _tower_encoder(weights: str | None) -> str:
 def _text(args: argparse.Namespace, device: "torch.device") -> int:
     """--text-model: frozen text features (ViNet over text), through the same feature files."""
     from pixelrec.errors import UserError
-    from pixelrec.items.text_features import extract_text_features
+    from pixelrec.jobs.extract_text import extract_text_features
 
     given = {"--encoder-weights": args.encoder_weights, "--pretrained": args.pretrained,
              "--image-size": args.image_size}

@@ -48,8 +48,8 @@ def flags_of(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pixelrec import distributed
     from pixelrec.config import dump
-    from pixelrec.train.rundir import default_run_dir
-    from pixelrec.train.trainer import train
+    from pixelrec.runs.directory import default_run_dir
+    from pixelrec.training.trainer import train
 
     if args.resume:
         out = Path(args.resume)

@@ -1,4 +1,4 @@
-"""`pixelrec verify`: check a prepared dataset end to end before a long run (see `pixelrec.data.verify`)."""
+"""`pixelrec verify`: check a prepared dataset end to end before a long run (see `pixelrec.jobs.verify`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.data.verify import verify_dataset
+    from pixelrec.jobs.verify import verify_dataset
 
     result = verify_dataset(args.data, features=args.features, workers=args.workers or os.cpu_count() or 1)
     for line in result.problems:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pixelrec.data.files import printable
+from pixelrec.storage.files import printable
 from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.errors import UserError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelrec.data.files import open_npy, printable
+from pixelrec.storage.files import open_npy, printable
 from pixelrec.errors import UserError
 
 FORMAT_NAME = "pixelrec-prepared"

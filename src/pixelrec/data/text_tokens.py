@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixelrec.data.files import open_npy
+from pixelrec.storage.files import open_npy
 from pixelrec.errors import UserError
 
 FORMAT = "pixelrec-text-tokens"
@@ -101,7 +101,7 @@ class ItemTexts:
 
     @classmethod
     def from_prepared(cls, data: Any) -> "ItemTexts":
-        from pixelrec.items.feature_store import dataset_order_sha256
+        from pixelrec.storage.feature_files import dataset_order_sha256
 
         return cls(data.root, data.n_items, dataset_order_sha256(data.item_tokens))
 
@@ -147,7 +147,7 @@ class ItemTexts:
         if sidecar == identity and out.is_file():
             return TokenArray(out, sidecar)
         _write_atomically(out, tokenise(tokenizer, texts, max_tokens))
-        from pixelrec.train.rundir import atomic_json
+        from pixelrec.runs.directory import atomic_json
 
         atomic_json(out.with_suffix(".json"), identity)  # last: a file without it is never taken as complete
         return TokenArray(out, identity)

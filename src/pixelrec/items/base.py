@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pixelrec import distributed
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import worker_errors
-from pixelrec.train import logs
+from pixelrec.training import report as logs
 
 
 def frozen_modules(tower: nn.Module) -> list[nn.Module]:

@@ -21,10 +21,10 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
-from pixelrec.items.feature_store import CHECK_ROWS, load_features, read_sidecar
+from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import projection
-from pixelrec.items.weight_layouts import note_encoder
+from pixelrec.towers.weight_layouts import note_encoder
 
 
 @ITEM_ENCODERS.register("features")

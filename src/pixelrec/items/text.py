@@ -22,8 +22,8 @@ from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
 from pixelrec.items.pixels import projection
-from pixelrec.items.prefix_cache import PrefixCache
-from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
+from pixelrec.towers.prefix_cache import PrefixCache
+from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
 DEFAULT_FIELDS = ("title", "tag")
 
@@ -139,7 +139,7 @@ class TextEncoder(ItemEncoder):
 
     def build_cache(self, device: torch.device, workers: int = 0, progress: bool = True) -> PrefixCache:
         """Write (or reuse, or finish) every item's hidden states after the frozen layers."""
-        from pixelrec.items import prefix_cache
+        from pixelrec.towers import prefix_cache
 
         tower = self.tower
         identity = {

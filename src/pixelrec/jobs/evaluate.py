@@ -20,9 +20,9 @@ from pixelrec.config import Config
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
-from pixelrec.evaluate.evaluator import evaluate, masked_scores
+from pixelrec.evaluation.evaluator import evaluate, masked_scores
 from pixelrec.recommender import Recommender
-from pixelrec.train import rundir
+from pixelrec.runs import directory as rundir
 
 
 @dataclass
@@ -83,7 +83,7 @@ def open_run(run: str | Path, checkpoint: str = "best", data_path: str | Path | 
     """Load a run directory's model with the weights of `checkpoint` (`best`, or `last`).
     With `shared`, a process started by torchrun joins the job (and takes its local rank's GPU);
     without, such a process is refused: the work would only be repeated on every rank."""
-    from pixelrec.train.trainer import build_model, config_of_run
+    from pixelrec.training.trainer import build_model, config_of_run
 
     run = Path(run)
     if not shared and int(os.environ.get("WORLD_SIZE", "1")) > 1:

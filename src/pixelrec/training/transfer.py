@@ -64,7 +64,7 @@ def check_source(config: Any) -> None:
     """Refuse, before any model is built, a source run that cannot start this configuration: no run,
     no checkpoint, another item kind or image encoder (for the item encoder), another backbone (for
     the backbone), or only ID tables to carry."""
-    from pixelrec.items.image_tower import SHORT_NAMES
+    from pixelrec.towers.image_tower import SHORT_NAMES
 
     run = Path(config.train.init_from)
     source_checkpoint(run)
@@ -97,7 +97,7 @@ def catalogue_sizes(n_items: int, n_users: int) -> set[int]:
 
 def source_sizes(run: Path) -> set[int] | None:
     """The source dataset's catalogue sizes (from its dataset.json), or None for a run that did not record them."""
-    from pixelrec.train.rundir import read_dataset_record
+    from pixelrec.runs.directory import read_dataset_record
 
     record = read_dataset_record(run)
     if record is None or not isinstance(record.get("n_items"), int) or not isinstance(record.get("n_users"), int):
@@ -193,8 +193,8 @@ def copy_into(model: nn.Module, source: dict[str, Tensor], names: list[str]) -> 
 def initialise(model: nn.Module, config: Any, n_items: int, n_users: int) -> dict[str, Any]:
     """Load the chosen parts of `config.train.init_from`'s checkpoint into `model`; returns the record
     that results.json keeps as `init_from`."""
-    from pixelrec.items.feature_store import file_sha256
-    from pixelrec.train.rundir import load_checkpoint
+    from pixelrec.storage.feature_files import file_sha256
+    from pixelrec.runs.directory import load_checkpoint
 
     check_source(config)
     run = Path(os.path.abspath(config.train.init_from))

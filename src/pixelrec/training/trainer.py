@@ -26,11 +26,19 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.errors import UserError, worker_errors
-from pixelrec.evaluate.evaluator import evaluate
-from pixelrec.items.weight_layouts import towers_from
+from pixelrec.evaluation.evaluator import evaluate
+from pixelrec.towers.weight_layouts import towers_from
 from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
 from pixelrec.threads import use_threads
-from pixelrec.train import logs, rundir, transfer
+from pixelrec.training import report as logs
+
+
+#: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
+from pixelrec.runs import directory as rundir
+
+
+#: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
+from pixelrec.training import transfer
 
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the

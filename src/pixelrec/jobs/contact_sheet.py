@@ -20,7 +20,7 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 
 if TYPE_CHECKING:
-    from pixelrec.items.new_items import NewItems
+    from pixelrec.jobs.new_items import NewItems
 
 TILE = 128
 GAP = 6  # between covers

@@ -25,17 +25,17 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pixelrec import locks
-from pixelrec.data.files import allocate, disk_full, free_bytes, npy_info, open_npy, size_text
+from pixelrec.storage import locks
+from pixelrec.storage.files import allocate, disk_full, free_bytes, npy_info, open_npy, size_text
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError, worker_errors
-from pixelrec.items.feature_store import (
+from pixelrec.storage.feature_files import (
     CHECK_ROWS, DTYPES, FORMAT, VERSION, check_identity, dataset_order_sha256, file_sha256, first_non_finite,
     read_sidecar, sidecar_path, write_sidecar,
 )
-from pixelrec.items.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name, tokens
-from pixelrec.items.tower_file import EXTRACT_FLAGS, tower_settings
-from pixelrec.items.weight_layouts import note_encoder
+from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name, tokens
+from pixelrec.towers.tower_file import EXTRACT_FLAGS, tower_settings
+from pixelrec.towers.weight_layouts import note_encoder
 
 
 class FeatureTower(nn.Module):

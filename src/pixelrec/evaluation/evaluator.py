@@ -21,9 +21,9 @@ from pixelrec import distributed
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import evaluation_batch
 from pixelrec.distributed import SINGLE, Job
-from pixelrec.evaluate.metrics import metrics_from_ranks
+from pixelrec.evaluation.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
-from pixelrec.train import logs
+from pixelrec.training import report as logs
 
 
 def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray,

@@ -69,7 +69,7 @@ def write_tower(path: str | Path, tower: nn.Module, description: dict[str, Any])
     description as the JSON sidecar; returns the description as written."""
     from safetensors.torch import save
 
-    from pixelrec.train.rundir import atomic_json, atomic_write
+    from pixelrec.runs.directory import atomic_json, atomic_write
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -132,7 +132,7 @@ def tower_settings(weights: str | Path | None, *, encoder: str | None, image_siz
 
 def _same(field: str, mine: Any, theirs: Any) -> bool:
     if field == "encoder":
-        from pixelrec.items.image_tower import timm_name
+        from pixelrec.towers.image_tower import timm_name
 
         return timm_name(mine) == timm_name(theirs)
     return mine == theirs
@@ -155,6 +155,6 @@ def fit_tower(tower: nn.Module, weights: str | Path, resolved: str, timm_args: d
         raise UserError(f"{weights}: the tower was built with timm arguments {json.dumps(description['timm_args'])}, "
                         f"not {json.dumps(dict(timm_args or {}))}")
     if not description["final_norm"]:
-        from pixelrec.items.image_tower import remove_final_norm
+        from pixelrec.towers.image_tower import remove_final_norm
 
         remove_final_norm(tower, resolved)

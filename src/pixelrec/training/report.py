@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from tqdm import tqdm
 
+from pixelrec.version import __version__
+
 if TYPE_CHECKING:
-    from pixelrec.train.trainer import Trainer
+    from pixelrec.training.trainer import Trainer
 
 log = logging.getLogger("pixelrec")
 progress_log = logging.getLogger("pixelrec.progress")
@@ -261,7 +263,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """`rows` (metrics.jsonl) as a flat table, one row per epoch, columns in first-seen order;
     rewritten whole and atomically, so it always matches metrics.jsonl (also after a resume)."""
-    from pixelrec.train.rundir import atomic_write
+    from pixelrec.runs.directory import atomic_write
 
     flat = [flatten(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
@@ -344,8 +346,6 @@ def banner(trainer: Trainer) -> list[str]:
     """Where and what the run trains, in a few lines."""
     import torch
 
-    import pixelrec
-
     c, t, data, model, job = trainer.config, trainer.config.train, trainer.data, trainer.model, trainer.job
     s = trainer.state
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model.backbone.trainable else 0
@@ -356,7 +356,7 @@ def banner(trainer: Trainer) -> list[str]:
     start = f"resumed after epoch {s.epoch} (step {s.step:,})" if s.epoch else "new run"
     return [
         f"run {trainer.out.resolve()} ({start})",
-        f"pixelrec {pixelrec.__version__}, torch {torch.__version__}, device {trainer.device}, "
+        f"pixelrec {__version__}, torch {torch.__version__}, device {trainer.device}, "
         f"{threads} thread{'s' if threads != 1 else ''}{ranks}",
         f"dataset {data.name} ({data.root.resolve()}): {data.n_users:,} users, {data.n_items:,} items, "
         f"{len(data.item_seq):,} interactions",

@@ -327,7 +327,7 @@ _noted: set[tuple[str, str]] = set()
 
 def is_paper_encoder(name: str | None) -> bool:
     """One of the paper's nine encoders, by short name or timm name (with or without a weight tag)."""
-    from pixelrec.items.image_tower import SHORT_NAMES
+    from pixelrec.towers.image_tower import SHORT_NAMES
 
     if not name:
         return False

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from pixelrec.data.files import open_npy, read_json_object
+from pixelrec.storage.files import open_npy, read_json_object
 from pixelrec.errors import UserError
 
 FORMAT = "pixelrec-features"
@@ -66,7 +66,7 @@ def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
 
 def write_sidecar(npy: str | Path, sidecar: dict[str, Any]) -> None:
     """Write the sidecar atomically (a reader sees the old one or the new one, never half)."""
-    from pixelrec.train.rundir import atomic_json
+    from pixelrec.runs.directory import atomic_json
 
     atomic_json(sidecar_path(npy), sidecar)
 

@@ -14,14 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
-from pixelrec import locks
+from pixelrec.storage import locks
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
-from pixelrec.items.extract import _as_data, check_output, npy_path, write_item_rows
-from pixelrec.items.feature_store import DTYPES, FORMAT, VERSION, dataset_order_sha256
+from pixelrec.jobs.extract import _as_data, check_output, npy_path, write_item_rows
+from pixelrec.storage.feature_files import DTYPES, FORMAT, VERSION, dataset_order_sha256
 from pixelrec.items.text import DEFAULT_FIELDS
-from pixelrec.items.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
+from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
 
 def extract_text_features(

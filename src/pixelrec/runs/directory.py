@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pixelrec import locks
-from pixelrec.data.files import read_json_object
+from pixelrec.storage import locks
+from pixelrec.storage.files import read_json_object
 from pixelrec.errors import UserError
+from pixelrec.version import __version__
 
 if TYPE_CHECKING:
     from pixelrec.config import Config
@@ -194,7 +195,7 @@ def checkpoint_epoch(payload: dict[str, Any]) -> int:
 def dataset_fingerprint(data: PreparedData) -> str:
     """sha256 of the dataset's counts and item order: cheap, and different whenever a checkpoint's
     item indices would mean other items."""
-    from pixelrec.items.feature_store import dataset_order_sha256
+    from pixelrec.storage.feature_files import dataset_order_sha256
 
     meta = data.meta
     identity = {"n_users": data.n_users, "n_items": data.n_items, "n_interactions": meta.get("n_interactions"),
@@ -338,7 +339,7 @@ def _progress(out: Path) -> str:
 
 
 def _same_config(out: Path, config: Config) -> bool:
-    from pixelrec.train.trainer import config_of_run
+    from pixelrec.training.trainer import config_of_run
 
     try:
         saved = config_of_run(out)
@@ -400,10 +401,8 @@ def default_run_dir(model: str, items: str, root: str | Path = "runs") -> Path:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """What produced a run: versions, device, code revision."""
-    import pixelrec
-
     info: dict[str, Any] = {
-        "pixelrec": pixelrec.__version__,
+        "pixelrec": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),

@@ -19,7 +19,7 @@ import numpy as np
 
 from pixelrec.data import images as image_store
 from pixelrec.data import text_tokens
-from pixelrec.data.files import npy_info
+from pixelrec.storage.files import npy_info
 from pixelrec.data.prepared import CURE, PreparedData
 from pixelrec.errors import UserError
 
@@ -80,8 +80,8 @@ def verify_dataset(root: str | Path, *, features: Sequence[str | Path] = (), wor
         _check_cold_items(data)
     if result.problems:  # the rest reads item tokens and indices: not worth checking against a broken core
         return result
-    from pixelrec.items.feature_store import dataset_order_sha256, load_features
-    from pixelrec.train.rundir import dataset_fingerprint
+    from pixelrec.storage.feature_files import dataset_order_sha256, load_features
+    from pixelrec.runs.directory import dataset_fingerprint
 
     result.counts["fingerprint"] = dataset_fingerprint(data)
     order = dataset_order_sha256(data.item_tokens)
@@ -246,7 +246,7 @@ def _check_token_arrays(data: PreparedData, order: str, result: Verification) ->
 
 def _check_prefix_caches(data: PreparedData, order: str, result: Verification) -> None:
     """prefix_cache/: each cache with rows written is intact for its sidecar (prefix_cache._intact)."""
-    from pixelrec.items import prefix_cache
+    from pixelrec.towers import prefix_cache
 
     result.counts.update(prefix_caches=0, incomplete_caches=0)
     for npy in sorted((data.root / "prefix_cache").glob("prefix-*.npy")):

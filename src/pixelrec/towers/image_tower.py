@@ -54,7 +54,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: encoder weights file not found")
-    from pixelrec.items.weight_layouts import is_torchscript, read_torchscript
+    from pixelrec.towers.weight_layouts import is_torchscript, read_torchscript
 
     try:
         if path.suffix == ".safetensors":
@@ -109,7 +109,7 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
             ) from None
         raise
     if weights:
-        from pixelrec.items.tower_file import fit_tower
+        from pixelrec.towers.tower_file import fit_tower
 
         fit_tower(tower, weights, resolved, timm_args)  # an exported tower: its architecture, checked
         load_weights(tower, weights, resolved, keep_head=keep_head)
@@ -121,7 +121,7 @@ def load_weights(tower: nn.Module, path: str, resolved: str, keep_head: bool = F
     CLIP, open_clip, Hugging Face, torchvision, Microsoft; see weight_layouts). The classifier (timm's
     pretrained_cfg 'classifier', e.g. CLIP-RN's head.proj = OpenAI's attnpool.c_proj) is dropped
     unless `keep_head`, for a tower built with it."""
-    from pixelrec.items.weight_layouts import accepted, classifier_prefixes, convert, mismatches
+    from pixelrec.towers.weight_layouts import accepted, classifier_prefixes, convert, mismatches
 
     layout, state, origin = convert(read_state_dict(path), tower)
     if not keep_head:
