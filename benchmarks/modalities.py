@@ -32,7 +32,7 @@ from pixelrec.bench.report import collect, tables_text
 from pixelrec.config import resolve
 from pixelrec.data.prepare import prepare
 from pixelrec.data.synth import write_synthetic
-from pixelrec.runs.directory import atomic_json
+from pixelrec.storage.atomic import atomic_json
 from pixelrec.training.trainer import train
 
 MINILM = "all-MiniLM-L6-v2"

@@ -106,7 +106,7 @@ def run_training(data: Path, root: Path, items: str, seeds: list[int], epochs: i
 def other_masking(run: Path) -> dict[str, float]:
     """Test metrics of a run's best checkpoint with eval.mask_target flipped."""
     from pixelrec.evaluation.evaluator import evaluate
-    from pixelrec.jobs.evaluate import load_run
+    from pixelrec.runs.loading import load_run
 
     config, data, model = load_run(run)
     c = config.eval

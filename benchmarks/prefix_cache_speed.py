@@ -36,8 +36,8 @@ import torch
 
 from pixelrec.config import CONFIG_DIR, read_yaml
 from pixelrec.items.pixels import PixelEncoder
+from pixelrec.storage.atomic import atomic_json
 from pixelrec.towers.prefix_cache import PrefixCache
-from pixelrec.runs.directory import atomic_json
 
 ENCODERS = ("clip-vit-b32", "swin-t", "swin-b", "beit-b", "resnet50", "clip-rn50", "clip-rn50x4", "clip-rn50x16",
             "clip-rn50x64")

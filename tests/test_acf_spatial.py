@@ -18,11 +18,11 @@ from pixelrec.data.images import ImageStore
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
-from pixelrec.jobs.extract import import_features
-from pixelrec.storage.feature_files import dataset_order_sha256, load_features, sidecar_path
 from pixelrec.items.features import FeatureEncoder, IDFeatureEncoder
-from pixelrec.towers.image_tower import create_tower
+from pixelrec.jobs.extract import import_features
 from pixelrec.models import BACKBONES
+from pixelrec.storage.feature_files import dataset_order_sha256, load_features, sidecar_path
+from pixelrec.towers.image_tower import create_tower
 from pixelrec.training.trainer import train
 from test_vinet import with_images, write_features
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pixelrec.config import CONFIG_DIR, resolve
-from pixelrec.towers.image_tower import SHORT_NAMES
 from pixelrec.models import BACKBONES
+from pixelrec.towers.image_tower import SHORT_NAMES
 
 
 @pytest.mark.parametrize("model", BACKBONES.names())

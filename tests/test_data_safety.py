@@ -28,8 +28,8 @@ from pixelrec.data.images import ImageStore, encode_cover, verify_image_store
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.storage.feature_files import load_features, sidecar_path
 from pixelrec.items.pixels import PixelEncoder
+from pixelrec.storage.feature_files import load_features, sidecar_path
 from test_pixels import ColourStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +76,9 @@ def copy(dataset, tmp_path) -> Path:
 FIRST_WRITER = """
     import sys, time
     from pathlib import Path
-    import pixelrec.jobs.extract as extract
+    import pixelrec.storage.row_files as rows
     started, go = Path(sys.argv[1]), Path(sys.argv[2])
-    fill = extract.fill_item_rows
+    fill = rows.fill_item_rows
 
     def held_open(*args, **kwargs):  # the first writer is mid-extraction until the test says go
         started.touch()
@@ -86,7 +86,7 @@ FIRST_WRITER = """
             time.sleep(0.02)
         return fill(*args, **kwargs)
 
-    extract.fill_item_rows = held_open
+    rows.fill_item_rows = held_open
     from pixelrec.cli import main
     sys.exit(main(sys.argv[3:]))
 """

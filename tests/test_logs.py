@@ -14,10 +14,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import tiny_config
-from pixelrec import cli, threads
+from pixelrec import cli, progress, threads
 from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.items.base import ItemEncoder
-from pixelrec.training import report as logs
 from pixelrec.training.trainer import Trainer, train
 from test_pixels import colour_store, pixel_config  # noqa: F401 - the pixel tests' stand-in image store
 
@@ -40,7 +39,7 @@ def test_log_file_holds_the_banner_each_epoch_and_why_training_stopped(tiny_data
         return out
 
     monkeypatch.setattr(Trainer, "validate", declining)
-    monkeypatch.setattr(logs, "PLAIN_INTERVAL", 0.0)  # would print progress at every step, were progress on
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)  # would print progress at every step, were progress on
     out = tmp_path / "run"
     results = train(tiny_config(tiny_data, "sasrec", train={"epochs": 10, "patience": 2}), out)
     assert results["stopped"] == "early stopping" and results["best_epoch"] == 1
@@ -68,14 +67,14 @@ def test_log_file_holds_the_banner_each_epoch_and_why_training_stopped(tiny_data
 
 
 def test_progress_off_a_terminal_is_plain_lines(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(logs, "PLAIN_INTERVAL", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
     out = tmp_path / "run"
     train(tiny_config(tiny_data, "sasrec", train={"epochs": 2, "progress": True}), out)
     printed = capsys.readouterr()
     assert "\r" not in printed.out + printed.err
-    progress = [line for line in printed.out.splitlines() if " steps (" in line]
-    assert progress and progress[0].startswith("epoch 1/2: 1/")
-    assert any(line.startswith("epoch 2/2: ") and "ETA" in line for line in progress)
+    lines = [line for line in printed.out.splitlines() if " steps (" in line]
+    assert lines and lines[0].startswith("epoch 1/2: 1/")
+    assert any(line.startswith("epoch 2/2: ") and "ETA" in line for line in lines)
     assert any(line.startswith("score valid users: ") for line in printed.out.splitlines())
     assert not any(" steps (" in line for line in _log_lines(out))  # train.log keeps the run's story only
 
@@ -155,19 +154,19 @@ def test_catalogue_and_scoring_report_progress_only_when_asked(tiny_data, tmp_pa
         def forward(self, item_ids, inputs=None):
             return self.weight.expand(len(item_ids), 4)
 
-    monkeypatch.setattr(logs, "PLAIN_INTERVAL", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)
     caplog.set_level(logging.INFO, logger="pixelrec")
     encoder = Zeros()
     encoder.catalogue(batch_size=20)
     assert caplog.messages == []
-    with logs.progress_scope(True):
+    with progress.progress_scope(True):
         encoder.catalogue(batch_size=20)
     assert [m.split(",")[0] for m in caplog.messages] == ["encode items: 20/50 items (40%)",
                                                           "encode items: 40/50 items (80%)",
                                                           "encode items: 50/50 items (100%)"]
     caplog.clear()
     trainer = Trainer(tiny_config(tiny_data, "sasrec"), tmp_path / "run")
-    with logs.progress_scope(True):
+    with progress.progress_scope(True):
         rank_targets(trainer.model, trainer.data, "valid", 10, batch_size=50)
     scored = [m for m in caplog.messages if m.startswith("score valid users")]
     assert [m.split(",")[0] for m in scored] == ["score valid users: 50/120 users (42%)",

@@ -24,8 +24,9 @@ from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.synth import write_synthetic
 from pixelrec.errors import UserError
-from pixelrec.jobs.evaluate import open_run
-from pixelrec.training.trainer import build_model, train
+from pixelrec.factory import build_model
+from pixelrec.runs.loading import open_run
+from pixelrec.training.trainer import train
 
 HELD_OUT = 10  # items kept out of `prepare`: they arrive after training
 

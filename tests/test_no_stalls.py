@@ -19,8 +19,8 @@ from pixelrec.data.images import ImageStore, encode_image, shared_env
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
-from pixelrec.towers.image_tower import create_tower
 from pixelrec.items.pixels import convolutional, use_channels_last
+from pixelrec.towers.image_tower import create_tower
 from pixelrec.training import trainer as trainer_module
 from pixelrec.training.trainer import Trainer, train
 

@@ -13,10 +13,10 @@ from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import evaluation_batch
 from pixelrec.evaluation.evaluator import rank_targets
+from pixelrec.factory import DatasetFacts, build_recommender
 from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.lightgcn import normalized_adjacency
-from pixelrec.recommender import DatasetFacts, build_recommender
 
 D = 6
 

@@ -250,7 +250,7 @@ def test_the_paper_profile_trains_as_many_tower_parameters_as_the_original(name)
 
 def test_a_pixel_run_takes_the_paper_head_from_the_configuration(tiny_data, tmp_path, monkeypatch):
     from helpers import losses_over_steps, tiny_config
-    from pixelrec.recommender import DatasetFacts
+    from pixelrec.factory import DatasetFacts
     from pixelrec.training.trainer import Trainer
 
     class Store:

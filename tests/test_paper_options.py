@@ -124,7 +124,7 @@ PIXELS = {"encoder": "test_vit", "image_size": 32, "tune_last": 1}
 
 
 def compose(model: str, init: str | None = None, kind: str = "id", d: int = 64, **model_args):
-    from pixelrec.recommender import build_recommender
+    from pixelrec.factory import build_recommender
 
     torch.manual_seed(0)
     args = {"embedding_size": d, **({"init": init} if init else {}), **model_args}

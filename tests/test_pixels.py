@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pixelrec.errors import UserError
-from pixelrec.towers.image_tower import SHORT_NAMES, create_tower, freeze_below, timm_name
 from pixelrec.items.pixels import PixelEncoder
+from pixelrec.towers.image_tower import SHORT_NAMES, create_tower, freeze_below, timm_name
 
 
 class ColourStore:
@@ -116,7 +116,7 @@ def test_encoder_learning_rate_applies_to_the_tower_only():
 
 @pytest.fixture
 def colour_store(monkeypatch):
-    from pixelrec.recommender import DatasetFacts
+    from pixelrec.factory import DatasetFacts
 
     store = ColourStore(size=32)
     monkeypatch.setattr(DatasetFacts, "image_store", property(lambda self: store))

@@ -13,10 +13,10 @@ import torch
 
 from helpers import losses_over_steps, no_dropout, tiny_config
 from pixelrec.errors import UserError
-from pixelrec.towers import prefix_cache
-from pixelrec.storage.feature_files import sidecar_path
-from pixelrec.towers.image_tower import create_tower, freeze_below
 from pixelrec.items.pixels import PixelEncoder
+from pixelrec.storage.feature_files import sidecar_path
+from pixelrec.towers import prefix_cache
+from pixelrec.towers.image_tower import create_tower, freeze_below
 from pixelrec.towers.prefix_cache import TowerSplit
 from test_pixels import ColourStore, colour_store  # noqa: F401  (fixture)
 

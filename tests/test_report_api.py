@@ -230,7 +230,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def history(data: PreparedData, user: str) -> set[str]:
     """Tokens of every item `user` (a token) has had."""
-    from pixelrec.jobs.evaluate import user_indices
+    from pixelrec.evaluation.ranking import user_indices
 
     index = int(user_indices(data, [user])[0])
     return {data.item_tokens[i] for i in data.item_seq[data.user_ptr[index] : data.user_ptr[index + 1]]}

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import patterned_sequences, write_prepared
-from pixelrec.storage import locks
 from data_fixtures import one_line, run_cli
 from pixelrec.runs import directory as rundir
+from pixelrec.storage import locks
 from pixelrec.training.trainer import Trainer
 
 TINY = ["--model", "sasrec", "--device", "cpu", "--set", "train.progress=false", "--set", "model.embedding_size=16",

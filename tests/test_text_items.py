@@ -353,7 +353,8 @@ def test_text_lr_and_decay_are_multimodal_keys_checked_by_the_schema(text_data, 
 
 def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, bert, tmp_path, colour_store):
     from pixelrec.data.prepared import PreparedData
-    from pixelrec.training.trainer import Trainer, build_model, parameter_groups
+    from pixelrec.factory import build_model
+    from pixelrec.training.trainer import Trainer, parameter_groups
 
     config = multimodal_config(text_data, bert, text_lr=1e-5, text_weight_decay=0.5, fusion="concat", with_id=True)
     config.train.encoder_lr, config.train.encoder_weight_decay, config.train.weight_decay = 1e-4, 0.01, 0.1
@@ -381,8 +382,8 @@ def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, ber
 
 # --- frozen text features (ViNet over text) ----------------------------------------------------
 def test_extracted_text_features_are_the_frozen_tower_output_and_train(text_data, bert, tmp_path):
-    from pixelrec.storage.feature_files import load_features
     from pixelrec.jobs.extract_text import extract_text_features
+    from pixelrec.storage.feature_files import load_features
     from pixelrec.towers.text_tower import pool_tokens
 
     out = tmp_path / "features" / "bert.npy"

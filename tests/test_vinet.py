@@ -21,12 +21,12 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.items.base import ItemLookup
-from pixelrec.jobs.extract import FeatureTower, extract_features, import_features
-from pixelrec.storage.feature_files import dataset_order_sha256, file_sha256, load_features, sidecar_path
 from pixelrec.items.features import FeatureEncoder, IDFeatureEncoder
-from pixelrec.towers.image_tower import Preprocess, create_tower, pool
+from pixelrec.jobs.extract import FeatureTower, extract_features, import_features
 from pixelrec.models import BACKBONES
 from pixelrec.models.visrank import VisRank
+from pixelrec.storage.feature_files import dataset_order_sha256, file_sha256, load_features, sidecar_path
+from pixelrec.towers.image_tower import Preprocess, create_tower, pool
 from pixelrec.training.trainer import Trainer, parameter_groups, train
 
 N_ITEMS = 20

@@ -20,11 +20,11 @@ from conftest import write_prepared
 from pixelrec.cli import main
 from pixelrec.data.images import build_image_store
 from pixelrec.errors import UserError
-from pixelrec.towers import weight_layouts
-from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
 from pixelrec.items.features import FeatureEncoder
-from pixelrec.towers.image_tower import SHORT_NAMES, load_weights
 from pixelrec.items.pixels import PixelEncoder
+from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
+from pixelrec.towers import weight_layouts
+from pixelrec.towers.image_tower import SHORT_NAMES, load_weights
 from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches, note_encoder
 
 transformers = pytest.importorskip("transformers")
@@ -108,7 +108,7 @@ def test_open_clip_vit(whole, tmp_path):
 
 def tiny_clip_resnet(num_classes: int = 0) -> nn.Module:
     """timm's CLIP ResNet (ByobNet) at open_clip ModifiedResNet's width 16, one block per stage, 64 px."""
-    from timm.models.byobnet import ByobNet, ByoBlockCfg, model_cfgs
+    from timm.models.byobnet import ByoBlockCfg, ByobNet, model_cfgs
 
     stages = ((64, 1), (128, 2), (256, 2), (512, 2))
     cfg = dataclasses.replace(model_cfgs["resnet50_clip"], stem_chs=(8, 8, 16),

@@ -232,7 +232,7 @@ def train(
 def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None = None) -> Run:
     """A run directory with its model (the `checkpoint`: "best" or "last"), configuration, dataset
     (or `data`, a moved copy of it) and results."""
-    from pixelrec.jobs.evaluate import load_run as load
+    from pixelrec.runs.loading import load_run as load
 
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
@@ -294,8 +294,8 @@ def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, c
     with _arguments():
         extra = None
         if new_items is not None:
-            from pixelrec.jobs.evaluate import choose_checkpoint
             from pixelrec.jobs.new_items import new_items_for_run
+            from pixelrec.runs.loading import choose_checkpoint
 
             weights, _ = choose_checkpoint(loaded.path, loaded.checkpoint)
             extra = new_items_for_run(new_items, loaded.path, loaded.config.items.kind, loaded.model, weights,
@@ -308,8 +308,8 @@ def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, 
     """Top-k of each user (tokens) by `model`, history masked as in evaluation, among the catalogue
     and `new_items` (indices n_items + 1, ...). k is capped at the items a user has not seen:
     padding and seen items are never returned, whatever k."""
-    from pixelrec.jobs.evaluate import recommend as ranked
-    from pixelrec.jobs.evaluate import user_indices
+    from pixelrec.evaluation.ranking import recommend as ranked
+    from pixelrec.evaluation.ranking import user_indices
 
     if k < 1:
         raise UserError(f"k must be at least 1, not {k}")

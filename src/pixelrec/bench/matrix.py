@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.bench.tables import encoder_label, start_label
+from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.errors import UserError
-from pixelrec.runs.directory import atomic_json
-from pixelrec.training.trainer import config_of_run, train
+from pixelrec.runs.directory import config_of_run
+from pixelrec.storage.atomic import atomic_json
+from pixelrec.training.trainer import train
 
 IMAGE_KINDS = ("pixels", "features", "id+features", "multimodal")  # item kinds with an image encoder
 PIXEL_KINDS = ("pixels", "multimodal")  # item kinds whose image encoder loads weights (--weights)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixelrec.bench.tables import (backbone_order, duplicates_note, load_results, newest, paper_table,
-                                   summary_table)
+from pixelrec.bench.tables import backbone_order, duplicates_note, load_results, newest, paper_table, summary_table
 from pixelrec.errors import UserError
-from pixelrec.runs.directory import MetricsLog, atomic_write
+from pixelrec.runs.directory import MetricsLog
+from pixelrec.storage.atomic import atomic_write
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelrec.bench.tables import paper_table
-from pixelrec.runs.directory import atomic_write
+from pixelrec.storage.atomic import atomic_write
 
 FAMILIES = ("Recall", "NDCG", "MRR", "HR")
 

@@ -22,8 +22,9 @@ from typing import Any, Callable
 from pixelrec.bench.matrix import directory_lock, one_line
 from pixelrec.config import Config, parse_value, resolve
 from pixelrec.errors import UserError
-from pixelrec.runs.directory import MetricsLog, atomic_write
-from pixelrec.training.trainer import config_of_run, train
+from pixelrec.runs.directory import MetricsLog, config_of_run
+from pixelrec.storage.atomic import atomic_write
+from pixelrec.training.trainer import train
 
 STUDY_NAME = "pixelrec"
 # The PixelRec README's search grid (embedding sizes, batch sizes and decays as listed; its learning rates

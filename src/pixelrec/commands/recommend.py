@@ -46,15 +46,15 @@ def _file_argument(flag: str, value: str | None) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     from pixelrec.api import top_items
-    from pixelrec.jobs.evaluate import load_run
-    from pixelrec.runs.directory import atomic_write
+    from pixelrec.runs.loading import load_run
+    from pixelrec.storage.atomic import atomic_write
 
     out, image = _file_argument("--out", args.out), _file_argument("--image", args.image)
     tokens = args.user or _read_tokens(Path(args.users_file))
     run_dir = run_directory(args)
     if args.new_items:
         from pixelrec.jobs.new_items import refuse_kind
-        from pixelrec.training.trainer import config_of_run
+        from pixelrec.runs.directory import config_of_run
 
         refuse_kind(run_dir, config_of_run(run_dir).items.kind)  # before the model is loaded
     config, data, model = load_run(run_dir, args.checkpoint, run_data(args))
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--image: {data.root} was prepared without covers (no image store)")
     new = None
     if args.new_items:
-        from pixelrec.jobs.evaluate import choose_checkpoint
         from pixelrec.jobs.new_items import new_items_for_run
+        from pixelrec.runs.loading import choose_checkpoint
 
         weights, _ = choose_checkpoint(run_dir, args.checkpoint)
         new = new_items_for_run(args.new_items, run_dir, config.items.kind, model, weights, data.item_tokens)
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
               file=said)
     if image is not None:
         from pixelrec.api import item_titles
+        from pixelrec.evaluation.ranking import user_indices
         from pixelrec.jobs.contact_sheet import contact_sheet
-        from pixelrec.jobs.evaluate import user_indices
 
         titles = item_titles(data) if new is None else new.extend_titles(item_titles(data), data.n_items)
         sheet = contact_sheet(data, list(user_indices(data, tokens)), found.indices, titles, image, new_items=new)

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pixelrec.storage.files import printable
 from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.errors import UserError
+from pixelrec.storage.files import printable
 
 if TYPE_CHECKING:
     import torch

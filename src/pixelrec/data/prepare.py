@@ -33,12 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pixelrec.storage import locks
 from pixelrec.data import images as image_store
-from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
+from pixelrec.storage import locks
+from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
 
 MIN_USER_INTERACTIONS = 3  # last = test, second-last = valid, at least one to train on
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelrec.storage.files import open_npy, printable
 from pixelrec.errors import UserError
+from pixelrec.storage.files import open_npy, printable
 
 FORMAT_NAME = "pixelrec-prepared"
 FORMAT_VERSION = 1

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixelrec.storage.files import open_npy
 from pixelrec.errors import UserError
+from pixelrec.storage.files import open_npy
 
 FORMAT = "pixelrec-text-tokens"
 VERSION = 1
@@ -147,7 +147,7 @@ class ItemTexts:
         if sidecar == identity and out.is_file():
             return TokenArray(out, sidecar)
         _write_atomically(out, tokenise(tokenizer, texts, max_tokens))
-        from pixelrec.runs.directory import atomic_json
+        from pixelrec.storage.atomic import atomic_json
 
         atomic_json(out.with_suffix(".json"), identity)  # last: a file without it is never taken as complete
         return TokenArray(out, identity)

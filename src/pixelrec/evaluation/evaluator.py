@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixelrec import distributed
+from pixelrec import distributed, progress
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import evaluation_batch
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.evaluation.metrics import metrics_from_ranks
 from pixelrec.recommender import Recommender
-from pixelrec.training import report as logs
 
 
 def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.ndarray, items: np.ndarray,
@@ -66,7 +65,7 @@ def rank_targets(
     users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
     users = users[job.share(len(users))]
     ranks = []
-    bar = logs.progress(f"score {split} users", len(users), "user")
+    bar = progress.progress(f"score {split} users", len(users), "user")
     for begin in range(0, len(users), block):
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
         scores = masked_scores(model, lookup, scoring, batch, rows, items, mask_target)

@@ -8,27 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pixelrec import distributed
+from pixelrec import distributed, progress
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import worker_errors
-from pixelrec.training import report as logs
-
-
-def frozen_modules(tower: nn.Module) -> list[nn.Module]:
-    """The largest submodules whose parameters (counted through their children) are all frozen: kept in
-    eval mode (BatchNorm statistics fixed, no dropout or drop-path), while trainable blocks follow train()."""
-    out: list[nn.Module] = []
-
-    def visit(module: nn.Module) -> None:
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            out.append(module)
-            return
-        for child in module.children():
-            visit(child)
-
-    visit(tower)
-    return out
 
 
 class ItemEncoder(nn.Module):
@@ -113,7 +95,7 @@ class ItemEncoder(nn.Module):
         else:
             loaded = ((chunk, self.load_inputs(chunk.numpy())) for chunk in chunks)
         out = [torch.zeros(0, self.embedding_size, device=device)]
-        bar = logs.progress("encode items", len(items), "item")
+        bar = progress.progress("encode items", len(items), "item")
         with worker_errors(), torch.autocast(device.type, dtype=torch.bfloat16,
                                              enabled=self.amp and device.type == "cuda"):
             for chunk, inputs in loaded:

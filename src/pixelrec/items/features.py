@@ -21,9 +21,9 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
-from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import projection
+from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
 from pixelrec.towers.weight_layouts import note_encoder
 
 

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.distributed import SINGLE, Job
-
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemEncoder
 

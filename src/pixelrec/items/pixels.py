@@ -11,15 +11,23 @@ from torch import Tensor, nn
 
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder, frozen_modules
+from pixelrec.items.base import ItemEncoder
+from pixelrec.towers.freezing import frozen_modules
 from pixelrec.towers.image_tower import (
-    POOLINGS, Preprocess, check_pooling, create_tower, freeze_below, pool,
-    pooled_size, remove_final_norm, timm_name, tokens,
+    POOLINGS,
+    Preprocess,
+    check_pooling,
+    create_tower,
+    freeze_below,
+    pool,
+    pooled_size,
+    remove_final_norm,
+    timm_name,
+    tokens,
 )
 from pixelrec.towers.prefix_cache import PrefixCache, TowerSplit, build_prefix_cache, cache_identity
 from pixelrec.towers.tower_file import tower_settings
 from pixelrec.towers.weight_layouts import note_encoder
-
 
 #: pooling values of the pixels encoder: the tower's (`pool`), and `tokens`, which projects every
 #: token before averaging

@@ -1,112 +1,13 @@
-"""Load a saved run (config + checkpoint) and use it: re-evaluate, or recommend for users.
-
-A run records its dataset by absolute path and fingerprint (dataset.json): it loads from any working
-directory, `data_path` points it at its dataset after the dataset moved, and a dataset with other
-items is refused. Which checkpoint was used, and at which epoch, is always said."""
+"""Re-evaluate a saved run's checkpoint with full ranking (`pixelrec evaluate`, `pixelrec.evaluate`)."""
 
 from __future__ import annotations
 
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from pixelrec import distributed
-from pixelrec.config import Config
-from pixelrec.data.prepared import PreparedData
-from pixelrec.data.views import whole_history_batch
-from pixelrec.errors import UserError
-from pixelrec.evaluation.evaluator import evaluate, masked_scores
-from pixelrec.recommender import Recommender
-from pixelrec.runs import directory as rundir
-
-
-@dataclass
-class LoadedRun:
-    """A run directory's configuration, dataset and model (in eval mode), and which weights it holds."""
-
-    run: Path
-    config: Config
-    data: PreparedData
-    model: Recommender
-    checkpoint: Path  # the file the weights came from
-    epoch: int  # epochs trained when that checkpoint was written
-    finished: bool  # the run wrote results.json
-    fallback: str = ""  # why another checkpoint than the one asked for was used
-
-    def describe(self) -> dict[str, Any]:
-        """The checkpoint, as commands report it next to their output."""
-        out: dict[str, Any] = {"file": self.checkpoint.name, "epoch": self.epoch, "run_finished": self.finished}
-        if self.fallback:
-            out["note"] = self.fallback
-        return out
-
-    def line(self) -> str:
-        state = "finished run" if self.finished else "unfinished run"
-        text = f"weights: {self.checkpoint} (epoch {self.epoch}, {state})"
-        return f"{text}; {self.fallback}" if self.fallback else text
-
-
-def dataset_of(run: Path, config: Config, data_path: str | Path | None) -> tuple[Config, PreparedData]:
-    """The run's dataset (at `data_path` when given), checked against the fingerprint the run recorded;
-    the configuration returned points at it."""
-    record = rundir.read_dataset_record(run)
-    if data_path is None:
-        recorded = config.data.path or (record or {}).get("path")
-        if recorded is None or not (Path(recorded) / "meta.json").is_file():
-            raise UserError(f"{run}: its dataset {recorded} is not there any more; pass --data DIR where it is now")
-        data_path = recorded
-    data = PreparedData(data_path)
-    rundir.check_dataset(run, data, record)
-    return rundir.relocated(config, data_path), data
-
-
-def choose_checkpoint(run: Path, checkpoint: str) -> tuple[Path, str]:
-    """The checkpoint file for `best` or `last`, and why another one was used (empty when none was)."""
-    if checkpoint not in ("best", "last"):
-        raise UserError(f"checkpoint {checkpoint!r}: choose best or last")
-    path = run / f"{checkpoint}.pt"
-    if path.is_file():
-        return path, ""
-    if checkpoint == "best" and (run / "last.pt").is_file():
-        return run / "last.pt", "no best.pt (no validation improved before the run stopped): last.pt used instead"
-    raise UserError(f"{run}: no {path.name}" + ("" if checkpoint == "best" else " to use")
-                    + " (the run stopped before its first epoch ended); train it again")
-
-
-def open_run(run: str | Path, checkpoint: str = "best", data_path: str | Path | None = None,
-             shared: bool = False) -> LoadedRun:
-    """Load a run directory's model with the weights of `checkpoint` (`best`, or `last`).
-    With `shared`, a process started by torchrun joins the job (and takes its local rank's GPU);
-    without, such a process is refused: the work would only be repeated on every rank."""
-    from pixelrec.training.trainer import build_model, config_of_run
-
-    run = Path(run)
-    if not shared and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("only `pixelrec train` and `pixelrec evaluate` share work between ranks; run this without torchrun")
-    if not run.is_dir():
-        raise UserError(f"{run}: no such run directory")
-    config, data = dataset_of(run, config_of_run(run), data_path)
-    path, fallback = choose_checkpoint(run, checkpoint)
-    _, device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
-    payload = rundir.load_checkpoint(path, device)  # before the model: a damaged file costs no model build
-    model = build_model(config, data).to(device)
-    rundir.load_weights(model, payload["model"], path)
-    return LoadedRun(run, config, data, model.eval(), path, rundir.checkpoint_epoch(payload),
-                     (run / "results.json").is_file(), fallback)
-
-
-def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None, shared: bool = False):
-    """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory;
-    a checkpoint other than the one asked for is said on stderr."""
-    loaded = open_run(run, checkpoint, data_path, shared)
-    if loaded.fallback and distributed.current().main:
-        print(f"note: {loaded.run}: {loaded.fallback}", file=sys.stderr, flush=True)
-    return loaded.config, loaded.data, loaded.model
+from pixelrec.evaluation.evaluator import evaluate
+from pixelrec.runs.loading import open_run
 
 
 def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best",
@@ -122,35 +23,3 @@ def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best",
     return {**out, "checkpoint": loaded.describe()}
 
 
-def user_indices(data: PreparedData, tokens: list[str]) -> np.ndarray:
-    """Indices of user tokens; an unknown token is a one-line error naming it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    known = pa.array(data.user_tokens[1:].tolist(), type=pa.string())
-    found = pc.index_in(pa.array(tokens, type=pa.string()), value_set=known).to_numpy(zero_copy_only=False)
-    missing = [t for t, f in zip(tokens, found) if f is None or np.isnan(f)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"unknown user {shown} in {data.root} (tokens as in the interactions file)")
-    return np.asarray(found, dtype=np.int64) + 1
-
-
-@torch.no_grad()
-def recommend(model: Recommender, data: PreparedData, users: np.ndarray, k: int, max_len: int,
-              batch_size: int = 1024, extra: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item indices and scores for each user after their whole history, which is masked.
-    `extra`: scoring vectors of items beyond the catalogue (new items), ranked with it as indices
-    n_items + 1, n_items + 2, ..."""
-    lookup, scoring = model.catalogue_vectors()
-    if extra is not None:
-        scoring = torch.cat([scoring, extra.to(scoring.device, scoring.dtype)])
-    items_out, scores_out = [], []
-    k = min(k, len(scoring) - 1)
-    for begin in range(0, len(users), batch_size):
-        chunk = users[begin : begin + batch_size]
-        batch, rows, items = whole_history_batch(data, chunk, max_len)
-        top = torch.topk(masked_scores(model, lookup, scoring, batch, rows, items), k, dim=1)
-        items_out.append(top.indices.cpu().numpy())
-        scores_out.append(top.values.cpu().numpy())
-    return np.concatenate(items_out), np.concatenate(scores_out)

@@ -14,13 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
-from pixelrec.storage import locks
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
-from pixelrec.jobs.extract import _as_data, check_output, npy_path, write_item_rows
-from pixelrec.storage.feature_files import DTYPES, FORMAT, VERSION, dataset_order_sha256
 from pixelrec.items.text import DEFAULT_FIELDS
+from pixelrec.jobs.extract import _as_data
+from pixelrec.storage import locks
+from pixelrec.storage.feature_files import DTYPES, FORMAT, VERSION, dataset_order_sha256
+from pixelrec.storage.row_files import check_output, npy_path, write_item_rows
 from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
 

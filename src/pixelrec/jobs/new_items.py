@@ -28,16 +28,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixelrec.storage import locks
 from pixelrec.data.images import encode_cover, scan_covers
 from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.data.text_tokens import joined_texts
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemLookup
-from pixelrec.jobs.extract import npy_path, write_errors, write_item_rows
+from pixelrec.storage import locks
 from pixelrec.storage.feature_files import (
-    FORMAT, VERSION, file_sha256, first_non_finite, item_order_sha256, read_feature_array, read_sidecar,
+    FORMAT,
+    VERSION,
+    file_sha256,
+    first_non_finite,
+    item_order_sha256,
+    read_feature_array,
+    read_sidecar,
 )
+from pixelrec.storage.row_files import npy_path, write_errors, write_item_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -245,8 +251,8 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
     pixels, texts in `item_info` for text, both for multimodal; resumes a matching interrupted call
     and returns the sidecar with `rows_written` (0: it was already complete). An item of the run's
     catalogue is refused unless `allow_catalogue` (its vector then equals the run's own)."""
-    from pixelrec.jobs.evaluate import open_run
-    from pixelrec.training.trainer import config_of_run
+    from pixelrec.runs.directory import config_of_run
+    from pixelrec.runs.loading import open_run
 
     run, out = Path(run), npy_path(out)
     if batch_size < 1 or workers < 0:
@@ -313,7 +319,7 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
     with locks.hold(locks.lock_path(out), f"vectors file {out}"):
-        from pixelrec.runs.directory import atomic_write
+        from pixelrec.storage.atomic import atomic_write
 
         with write_errors(out, "the vectors file"):
             atomic_write(items_path(out), listing_bytes)

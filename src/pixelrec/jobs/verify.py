@@ -19,9 +19,9 @@ import numpy as np
 
 from pixelrec.data import images as image_store
 from pixelrec.data import text_tokens
-from pixelrec.storage.files import npy_info
 from pixelrec.data.prepared import CURE, PreparedData
 from pixelrec.errors import UserError
+from pixelrec.storage.files import npy_info
 
 CHUNK = 1 << 24  # interactions checked at a time: bounded memory at full PixelRec size
 TOKENS_CURE = "remove it; the next text run tokenises the items again"
@@ -80,8 +80,8 @@ def verify_dataset(root: str | Path, *, features: Sequence[str | Path] = (), wor
         _check_cold_items(data)
     if result.problems:  # the rest reads item tokens and indices: not worth checking against a broken core
         return result
-    from pixelrec.storage.feature_files import dataset_order_sha256, load_features
     from pixelrec.runs.directory import dataset_fingerprint
+    from pixelrec.storage.feature_files import dataset_order_sha256, load_features
 
     result.counts["fingerprint"] = dataset_fingerprint(data)
     order = dataset_order_sha256(data.item_tokens)

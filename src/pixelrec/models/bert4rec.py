@@ -12,7 +12,7 @@ from pixelrec.items.base import ItemLookup
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import Backbone, init_weights
 from pixelrec.models.layers import PositionalTransformer
-from pixelrec.schema import Dropout, PROBABILITY, PositiveInt
+from pixelrec.schema import PROBABILITY, Dropout, PositiveInt
 
 
 @BACKBONES.register("bert4rec")

@@ -10,29 +10,27 @@ be used from any working directory and pointed at its dataset after the dataset 
 from __future__ import annotations
 
 import copy
-import errno
 import hashlib
 import json
 import os
 import platform
 import re
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from pixelrec.storage import locks
-from pixelrec.storage.files import read_json_object
+from pixelrec.config import Config, build_config, read_yaml
+from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
+from pixelrec.storage import locks
+from pixelrec.storage.atomic import atomic_write, atomic_write_with, write_error
+from pixelrec.storage.feature_files import dataset_order_sha256
+from pixelrec.storage.files import read_json_object
 from pixelrec.version import __version__
-
-if TYPE_CHECKING:
-    from pixelrec.config import Config
-    from pixelrec.data.prepared import PreparedData
 
 CHECKPOINT_FORMAT = "pixelrec-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,76 +51,10 @@ RESUME_FREE = frozenset({
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tail>[0-9a-f]{16}\.tmp|[a-z0-9_]{8})$")
 
 
-# --- writing files --------------------------------------------------------------------------
-def write_error(path: Path, err: OSError) -> UserError:
-    """A failed write as one line that says what happened and what to do."""
-    cure = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-            errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
-            errno.EROFS: "choose a folder on a writable file system",
-            errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(err.errno, "check the path")
-    return UserError(f"{path}: cannot write ({err.strerror or err}); {cure}")
-
-
-def _temp_file(path: Path) -> tuple[int, Path]:
-    """A new hidden file beside `path`, created with mode 0666 so that the umask decides (mkstemp's 0600 would not)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_error(path.parent, err) from None
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise write_error(path, err) from None
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable (best effort: some file systems cannot open folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_then_rename(path: Path, write) -> None:
-    fd, tmp = _temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, err) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file, fsync, rename), with the umask's permissions."""
-    _write_then_rename(Path(path), lambda handle: handle.write(data))
-
-
-def atomic_json(path: Path, payload: Any) -> None:
-    atomic_write(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
     body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    _write_then_rename(Path(path), lambda handle: torch.save(body, handle))
+    atomic_write_with(Path(path), lambda handle: torch.save(body, handle))
 
 
 def is_temp_name(name: str) -> bool:
@@ -195,8 +127,6 @@ def checkpoint_epoch(payload: dict[str, Any]) -> int:
 def dataset_fingerprint(data: PreparedData) -> str:
     """sha256 of the dataset's counts and item order: cheap, and different whenever a checkpoint's
     item indices would mean other items."""
-    from pixelrec.storage.feature_files import dataset_order_sha256
-
     meta = data.meta
     identity = {"n_users": data.n_users, "n_items": data.n_items, "n_interactions": meta.get("n_interactions"),
                 "item_order_sha256": dataset_order_sha256(data.item_tokens)}
@@ -339,8 +269,6 @@ def _progress(out: Path) -> str:
 
 
 def _same_config(out: Path, config: Config) -> bool:
-    from pixelrec.training.trainer import config_of_run
-
     try:
         saved = config_of_run(out)
     except UserError:
@@ -446,3 +374,11 @@ class MetricsLog:
                 os.fsync(handle.fileno())
         except OSError as err:
             raise write_error(self.path, err) from None
+
+
+def config_of_run(run: str | Path) -> Config:
+    """The resolved configuration saved in a run directory."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run}: not a run directory (no config.yaml)")
+    return build_config(read_yaml(path), source=str(path))

@@ -18,8 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from pixelrec.storage.files import open_npy, read_json_object
 from pixelrec.errors import UserError
+from pixelrec.storage.files import open_npy, read_json_object
 
 FORMAT = "pixelrec-features"
 VERSION = 1
@@ -66,7 +66,7 @@ def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
 
 def write_sidecar(npy: str | Path, sidecar: dict[str, Any]) -> None:
     """Write the sidecar atomically (a reader sees the old one or the new one, never half)."""
-    from pixelrec.runs.directory import atomic_json
+    from pixelrec.storage.atomic import atomic_json
 
     atomic_json(sidecar_path(npy), sidecar)
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
-from pixelrec.items.base import frozen_modules
+from pixelrec.towers.freezing import frozen_modules
 
 TEXT_POOLINGS = ("mean", "cls")
 

@@ -69,7 +69,7 @@ def write_tower(path: str | Path, tower: nn.Module, description: dict[str, Any])
     description as the JSON sidecar; returns the description as written."""
     from safetensors.torch import save
 
-    from pixelrec.runs.directory import atomic_json, atomic_write
+    from pixelrec.storage.atomic import atomic_json, atomic_write
 
     path = Path(path)
     if path.suffix != ".safetensors":

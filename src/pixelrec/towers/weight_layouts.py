@@ -10,11 +10,11 @@ open_clip visual towers, Microsoft's Swin files, and resampling position tables 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import sys
-import contextlib
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass

@@ -19,42 +19,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from pixelrec import distributed
-from pixelrec.config import Config, build_config, dump
+from pixelrec import distributed, progress
+from pixelrec.config import Config, dump
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.errors import UserError, worker_errors
 from pixelrec.evaluation.evaluator import evaluate
-from pixelrec.towers.weight_layouts import towers_from
-from pixelrec.recommender import DatasetFacts, Recommender, build_recommender
-from pixelrec.threads import use_threads
-from pixelrec.training import report as logs
-
+from pixelrec.factory import build_model
+from pixelrec.recommender import Recommender
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.runs import directory as rundir
-
+from pixelrec.runs.directory import config_of_run
+from pixelrec.storage.atomic import atomic_json, atomic_write
+from pixelrec.threads import use_threads
+from pixelrec.towers.weight_layouts import towers_from
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
-from pixelrec.training import transfer
-
+from pixelrec.training import report, transfer
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 #: progress bar), so it is not done every step; a non-finite loss is still found at its exact step.
 LOSS_CHECK_EVERY = 20
-
-
-def build_model(config: Config, data: PreparedData) -> Recommender:
-    items_args = {k: v for k, v in vars(config.items).items() if k != "kind"}
-    loss_args = {k: v for k, v in vars(config.loss).items() if k != "name"}
-    model = build_recommender(
-        config.model_name, config.model_args, config.items.kind, items_args,
-        config.loss.name, loss_args, DatasetFacts(data, config.data.max_len),
-    )
-    model.item_encoder.amp = config.train.amp
-    return model
 
 
 def parameter_groups(model: Recommender, config: Config) -> list[dict[str, Any]]:
@@ -183,9 +171,9 @@ class Trainer:
         distributed.barrier()
         if not self.job.main:
             self._prepare_items()
-        self.report = logs.RunReport(self)  # train.log with its start banner, progress, TensorBoard, metrics.csv
+        self.report = report.RunReport(self)  # train.log with its start banner, progress, TensorBoard, metrics.csv
         if self.transfer is not None and self.job.main:
-            logs.log.info(transfer.describe(self.transfer))
+            progress.log.info(transfer.describe(self.transfer))
 
     def _prepare_items(self) -> None:
         t = self.config.train
@@ -244,9 +232,9 @@ class Trainer:
         if not self.job.main:
             return
         try:
-            rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
-            rundir.atomic_json(self.out / "environment.json", rundir.environment(self.device))
-            rundir.atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
+            atomic_write(self.out / "config.yaml", dump(self.config).encode())
+            atomic_json(self.out / "environment.json", rundir.environment(self.device))
+            atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
             self.metrics.truncate_after(0)
         except BaseException:
             self.close()
@@ -297,9 +285,9 @@ class Trainer:
         if self.job.main:
             self.metrics.truncate_after(self.state.epoch)
             if self._changes:
-                rundir.atomic_write(self.out / "config.yaml", dump(self.config).encode())
+                atomic_write(self.out / "config.yaml", dump(self.config).encode())
                 if any(key == "data.path" for key, _, _ in self._changes):
-                    rundir.atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
+                    atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
                 print(f"resumed with {rundir.describe_changes(self._changes)}", flush=True)
         distributed.barrier()
 
@@ -418,7 +406,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
         try:
-            with logs.progress_scope(self.config.train.progress and self.job.main):
+            with progress.progress_scope(self.config.train.progress and self.job.main):
                 results = self._fit()
             self.report.finished(self, results)
             return results
@@ -484,7 +472,7 @@ class Trainer:
             self._checkpoint("last.pt")
         results = results_record(self, valid | test, eval_seconds)
         if self.job.main:
-            rundir.atomic_json(self.out / "results.json", results)
+            atomic_json(self.out / "results.json", results)
         distributed.barrier()  # results.json is there when any rank returns
         self.close()
         return results
@@ -531,11 +519,3 @@ def train(config: Config, out: str | Path, resume: bool = False,
         trainer.close()  # however training ended, the run directory is free for the next writer
 
 
-def config_of_run(run: str | Path) -> Config:
-    """The resolved configuration saved in a run directory."""
-    from pixelrec.config import read_yaml
-
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run}: not a run directory (no config.yaml)")
-    return build_config(read_yaml(path), source=str(path))

@@ -193,8 +193,8 @@ def copy_into(model: nn.Module, source: dict[str, Tensor], names: list[str]) -> 
 def initialise(model: nn.Module, config: Any, n_items: int, n_users: int) -> dict[str, Any]:
     """Load the chosen parts of `config.train.init_from`'s checkpoint into `model`; returns the record
     that results.json keeps as `init_from`."""
-    from pixelrec.storage.feature_files import file_sha256
     from pixelrec.runs.directory import load_checkpoint
+    from pixelrec.storage.feature_files import file_sha256
 
     check_source(config)
     run = Path(os.path.abspath(config.train.init_from))
