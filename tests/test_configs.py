@@ -6,7 +6,7 @@ import pytest
 
 from pixelrec.config import CONFIG_DIR, resolve
 from pixelrec.models import BACKBONES
-from pixelrec.towers.image_tower import SHORT_NAMES
+from pixelrec.towers.names import SHORT_NAMES
 
 
 @pytest.mark.parametrize("model", BACKBONES.names())

@@ -13,7 +13,7 @@ from pixelrec.config import CONFIG_DIR, PROFILE_DIR, packaged_defaults, resolve
 from pixelrec.errors import UserError
 from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.models import BACKBONES
-from pixelrec.towers.image_tower import SHORT_NAMES
+from pixelrec.towers.names import SHORT_NAMES
 from pixelrec.training.trainer import Trainer, parameter_groups, train
 
 PIXEL_BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "pixelnet").glob("*.yaml"))

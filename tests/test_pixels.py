@@ -9,7 +9,8 @@ import torch
 
 from pixelrec.errors import UserError
 from pixelrec.items.pixels import PixelEncoder
-from pixelrec.towers.image_tower import SHORT_NAMES, create_tower, freeze_below, timm_name
+from pixelrec.towers.image_tower import create_tower, freeze_below
+from pixelrec.towers.names import SHORT_NAMES, timm_name
 
 
 class ColourStore:

@@ -432,7 +432,7 @@ def test_text_extraction_resumes_to_identical_bytes_from_the_command_line(text_d
     status, out, _ = run_cli(capsys, *command, "--out", tmp_path / "cut.npy")
     assert status == 0 and "already extracted, nothing to do" in out
     status, _, err = run_cli(capsys, *command, "--pooling", "cls", "--out", tmp_path / "cut.npy")
-    assert status == 2 and 'was written with pooling="mean", this request has pooling="cls"' in err
+    assert status == 2 and 'was written with pooling "mean", this request has pooling "cls"; use --overwrite' in err
     status, _, err = run_cli(capsys, *command, "--image-size", 32, "--out", tmp_path / "other.npy")
     assert (status, err.strip()) == (2, "pixelrec: error: --image-size goes with --encoder (an image encoder), "
                                         "not --text-model")

@@ -220,7 +220,7 @@ def test_towers_carried_from_a_run_are_not_called_randomly_initialised(capsys, m
 
 def test_the_python_api_takes_init_from(datasets, pixel_source, tmp_path, monkeypatch):
     import pixelrec
-    from pixelrec.training import trainer
+    from pixelrec.jobs import train as train_job
 
     seen = {}
 
@@ -228,7 +228,7 @@ def test_the_python_api_takes_init_from(datasets, pixel_source, tmp_path, monkey
         seen["init_from"] = config.train.init_from
         raise KeyboardInterrupt  # stop before any training: only the configuration is under test
 
-    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(train_job, "train_run", fake_train)
     with pytest.raises(KeyboardInterrupt):
         pixelrec.train(data=datasets[1], model="sasrec", items="pixels", encoder="test_vit", init_from=pixel_source,
                        out=tmp_path / "t")

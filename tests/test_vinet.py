@@ -121,12 +121,12 @@ def test_an_interrupted_extraction_resumes_to_identical_bytes(pictured, tmp_path
 def test_a_different_request_names_the_differing_key(pictured, tmp_path, capsys):
     out = tmp_path / "f.npy"
     extract(pictured, out)
-    with pytest.raises(UserError, match=r"was written with pooling=\"default\", this request has pooling=\"mean\""):
+    with pytest.raises(UserError, match=r"was written with pooling \"default\", this request has pooling \"mean\"; use overwrite=True"):
         extract(pictured, out, pooling="mean")
     code = main(["extract", "--data", str(pictured), "--encoder", "test_vit", "--image-size", "16",
                  "--workers", "0", "--dtype", "fp32", "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "image_size=32" in err and "--overwrite" in err and "\n" not in err
+    assert code == 2 and "image_size 32" in err and "--overwrite to start over" in err and "\n" not in err
     assert extract(pictured, out, pooling="mean", overwrite=True)["pooling"] == "mean"
 
 

@@ -24,7 +24,8 @@ from pixelrec.items.features import FeatureEncoder
 from pixelrec.items.pixels import PixelEncoder
 from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
 from pixelrec.towers import weight_layouts
-from pixelrec.towers.image_tower import SHORT_NAMES, load_weights
+from pixelrec.towers.image_tower import load_weights
+from pixelrec.towers.names import SHORT_NAMES
 from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches, note_encoder
 
 transformers = pytest.importorskip("transformers")

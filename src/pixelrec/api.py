@@ -26,6 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from pixelrec.errors import UserError
+from pixelrec.evaluation.ranking import recommend as ranked
+from pixelrec.evaluation.ranking import user_indices
+from pixelrec.jobs.evaluate import evaluate_run
+from pixelrec.jobs.new_items import new_items_for_run
+from pixelrec.jobs.train import train as train_job
+from pixelrec.runs.loading import choose_checkpoint
+from pixelrec.runs.loading import load_run as load
 
 if TYPE_CHECKING:
     from pixelrec.config import Config
@@ -143,35 +150,6 @@ def _arguments() -> Iterator[None]:
 
 
 # --- the functions ----------------------------------------------------------------------------
-def _paths(value: PathLike | Sequence[PathLike] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
-    return [os.fspath(v) for v in value]
-
-
-def _overrides(values: Mapping[str, Any] | Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
-    """`set` as a nested mapping ({"train.lr": 1e-3} or {"train": {"lr": 1e-3}}) or as
-    "section.key=value" strings (parsed as on the command line)."""
-    if values is None:
-        return {}, []
-    if isinstance(values, str):
-        return {}, [values]
-    if not isinstance(values, Mapping):
-        return {}, [str(v) for v in values]
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping) and "." not in str(key):
-            nested.setdefault(str(key), {}).update(value)
-            continue
-        section, dot, name = str(key).partition(".")
-        if not dot or not section or not name:
-            raise UserError(f"set: {key!r} is not 'section.key' (e.g. 'train.lr' or 'model.embedding_size')")
-        nested.setdefault(section, {})[name] = value
-    return nested, []
-
-
 def train(
     *,
     data: PathLike | None = None,
@@ -195,45 +173,16 @@ def train(
     `resume=True`, continue the interrupted run in `out` where it stopped; with `overwrite=True`,
     replace the run files in a non-empty `out`. `init_from`: another run directory whose trained
     weights start this run (train.init_from; train.init_parts says which)."""
-    from pixelrec.config import merge, read_yaml, resolve
-    from pixelrec.runs.directory import default_run_dir
-    from pixelrec.training.trainer import train as train_run
-
-    flags: dict[str, Any] = {}
-    for section, key, value in [("data", "path", None if data is None else os.fspath(data)), ("items", "kind", items),
-                                ("items", "encoder", encoder), ("loss", "name", loss), ("train", "epochs", epochs),
-                                ("train", "device", device), ("train", "seed", seed),
-                                ("train", "init_from", None if init_from is None else os.fspath(init_from))]:
-        if value is not None:
-            flags.setdefault(section, {})[key] = value
-    nested, sets = _overrides(set)
-    flags = merge(flags, nested)
     with _arguments():
-        if resume:
-            if out is None:
-                raise UserError("resume=True needs out=: the run directory to continue")
-            if model is not None or overwrite:
-                raise UserError("resume=True continues the run in out= as it was: leave model= and overwrite= out")
-            path = Path(out)
-            if not (path / "config.yaml").is_file():
-                raise UserError(f"out={str(path)!r}: no run to resume there (no config.yaml)")
-            resolved = resolve(files=_paths(config), flags=flags, sets=sets, base=read_yaml(path / "config.yaml"))
-        else:
-            if model is None:
-                raise UserError("model= is required: a backbone such as 'sasrec', 'gru4rec' or 'mf'")
-            if data is None:
-                raise UserError("data= is required: a dataset folder written by `pixelrec prepare`")
-            resolved = resolve(model=model, files=_paths(config), flags=flags, sets=sets)
-            path = Path(out) if out is not None else default_run_dir(resolved.model_name, resolved.items.kind)
-        train_run(resolved, path, resume=resume, overwrite=overwrite)
+        path, _ = train_job(data=data, model=model, items=items, encoder=encoder, loss=loss, epochs=epochs,
+                            device=device, seed=seed, init_from=init_from, config=config, set=set, out=out,
+                            resume=resume, overwrite=overwrite)
     return load_run(path)
 
 
 def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None = None) -> Run:
     """A run directory with its model (the `checkpoint`: "best" or "last"), configuration, dataset
     (or `data`, a moved copy of it) and results."""
-    from pixelrec.runs.loading import load_run as load
-
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
     path = Path(run)
@@ -259,8 +208,6 @@ def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "bes
              data: PathLike | None = None) -> Metrics:
     """Evaluate a run's checkpoint with full ranking on `split` ("valid", "test" or "both"),
     optionally on `data`, another prepared dataset with the same items."""
-    from pixelrec.jobs.evaluate import evaluate_run
-
     if split not in ("valid", "test", "both"):
         raise UserError(f"split={split!r}: choose 'valid', 'test' or 'both'")
     if checkpoint not in ("best", "last"):
@@ -294,9 +241,6 @@ def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, c
     with _arguments():
         extra = None
         if new_items is not None:
-            from pixelrec.jobs.new_items import new_items_for_run
-            from pixelrec.runs.loading import choose_checkpoint
-
             weights, _ = choose_checkpoint(loaded.path, loaded.checkpoint)
             extra = new_items_for_run(new_items, loaded.path, loaded.config.items.kind, loaded.model, weights,
                                       loaded.data.item_tokens)
@@ -308,9 +252,6 @@ def top_items(model: Recommender, data: PreparedData, users: list[str], k: int, 
     """Top-k of each user (tokens) by `model`, history masked as in evaluation, among the catalogue
     and `new_items` (indices n_items + 1, ...). k is capped at the items a user has not seen:
     padding and seen items are never returned, whatever k."""
-    from pixelrec.evaluation.ranking import recommend as ranked
-    from pixelrec.evaluation.ranking import user_indices
-
     if k < 1:
         raise UserError(f"k must be at least 1, not {k}")
     indices = user_indices(data, users)

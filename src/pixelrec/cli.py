@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -83,7 +84,34 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only == name:
             _command_module(name).add_arguments(command_parser)
             _name_config_choices(command_parser)
+            parser.set_defaults(flags=flag_names(command_parser))
     return parser
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Parameter name -> the command's option that sets it, read from its argparse actions (an
+    option's `dest` is the library's parameter name)."""
+    return {action.dest: max(action.option_strings, key=len) for action in parser._actions
+            if action.option_strings and action.dest not in ("help", "version")}
+
+
+#: A parameter as the library names it in a message: `name=` with a value, `name=` alone, `name=True`.
+_PARAMETER = re.compile(r"(?<![\w.\-/'\"])([a-z][a-z0-9_]*)=(True\b)?")
+
+
+def in_flags(message: str, flags: dict[str, str]) -> str:
+    """`message` with each parameter that the command has an option for written as that option:
+    `data=DIR` -> `--data DIR`, `out=` -> `--out`, `overwrite=True` -> `--overwrite`."""
+
+    def option(match: re.Match) -> str:
+        name, switch = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        following = message[match.end():match.end() + 1]
+        valued = not switch and following not in ("", " ", ":", ";", ",", ")")
+        return flags[name] + (" " if valued else "")
+
+    return _PARAMETER.sub(option, message)
 
 
 def _rank_prefix() -> str:
@@ -131,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(_command_module(args.command).run(args) or 0)
     except UserError as err:
-        print(f"pixelrec: error: {_rank_prefix()}{err}", file=sys.stderr)
+        print(f"pixelrec: error: {_rank_prefix()}{in_flags(str(err), getattr(args, 'flags', {}))}", file=sys.stderr)
         return 2
     except OSError as err:
         line = os_error_line(err, getattr(args, "out", None))

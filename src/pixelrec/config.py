@@ -19,6 +19,10 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
+from pixelrec.losses import LOSSES
+from pixelrec.models import BACKBONES, DATA_ARGUMENTS
+from pixelrec.registry import constructor_parameters
 from pixelrec.schema import AT_LEAST_ONE, NonNegative, NonNegativeInt, Positive, PositiveInt, check, hints
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -231,19 +235,12 @@ COMPONENT_SECTIONS = {"model": "name", "items": "kind", "loss": "name"}
 
 def component(section: str, name: str) -> type:
     """The class a component section's chosen name stands for (a backbone, item encoder or loss)."""
-    from pixelrec.items import ITEM_ENCODERS
-    from pixelrec.losses import LOSSES
-    from pixelrec.models import BACKBONES
-
     return {"model": BACKBONES, "items": ITEM_ENCODERS, "loss": LOSSES}[section].get(name)
 
 
 def component_keys(section: str, cls: type) -> set[str]:
     """The keys a component takes from its section: its constructor's parameters that the dataset does
     not supply, and the keys it declares besides (`config_keys`, e.g. a label)."""
-    from pixelrec.models import DATA_ARGUMENTS
-    from pixelrec.registry import constructor_parameters
-
     keys = set(constructor_parameters(cls)) - DATA_ARGUMENTS - {"embedding_size"}
     keys |= set(getattr(cls, "config_keys", ())) | {COMPONENT_SECTIONS[section]}
     if section == "model":
@@ -324,8 +321,6 @@ def _drop_inapplicable(values: dict[str, Any], section: str, chosen: Any, source
 
 def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Check model keys against the backbone constructor (its signature, ranges included, is the schema)."""
-    from pixelrec.models import BACKBONES
-
     name = values.get("name")
     if not isinstance(name, str):
         raise UserError(f"{source}: model.name is required (one of {', '.join(BACKBONES.names())})")
@@ -345,8 +340,6 @@ def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any
 def check_combination(config: Config) -> None:
     """Refuse combinations that cannot work, at configuration time; each component declares what it
     needs (item kinds, the whole catalogue each step), no name is special-cased here."""
-    from pixelrec.losses import LOSSES
-
     encoder_cls = component("items", config.items.kind)
     backbone_cls = component("model", config.model_name)
     cheap = getattr(encoder_cls, "catalogue_each_step", True)

@@ -8,12 +8,18 @@ from typing import Any
 import numpy as np
 
 from pixelrec.config import Config
+from pixelrec.data.images import ImageStore
 from pixelrec.data.prepared import PreparedData
+from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.data.views import ragged_positions
 from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
+from pixelrec.losses import LOSSES
+from pixelrec.models import BACKBONES
 from pixelrec.models.base import DATA_ARGUMENTS
 from pixelrec.recommender import Recommender
 from pixelrec.registry import constructor_parameters
+from pixelrec.storage.feature_files import dataset_order_sha256
 
 
 def build_recommender(
@@ -27,10 +33,6 @@ def build_recommender(
 ) -> Recommender:
     """Build a recommender from plain arguments; `facts` supplies dataset facts (n_users, n_items,
     max_len, item_popularity, train_users, train_items) to the components that ask for them by name."""
-    from pixelrec.items import ITEM_ENCODERS
-    from pixelrec.losses import LOSSES
-    from pixelrec.models import BACKBONES
-
     backbone_cls = BACKBONES.get(model)
     params = constructor_parameters(backbone_cls)
     dim = model_args.get("embedding_size") or getattr(params.get("embedding_size"), "default", None) or 64
@@ -77,8 +79,6 @@ class DatasetFacts:
     @property
     def image_store(self):
         """The dataset's image store (covers as encoded bytes), for pixel item encoders."""
-        from pixelrec.data.images import ImageStore
-
         if self.data.image_store_path is None:
             raise UserError(f"{self.data.root}: prepared without images; prepare it again with covers for items.kind=pixels")
         return ImageStore.from_prepared(self.data)
@@ -86,15 +86,11 @@ class DatasetFacts:
     @property
     def item_texts(self):
         """The dataset's item text columns, tokenised once per tokenizer, for text item encoders."""
-        from pixelrec.data.text_tokens import ItemTexts
-
         return ItemTexts.from_prepared(self.data)
 
     @property
     def item_order_sha256(self) -> str:
         """Hash of the item tokens in index order: feature files must have been written in this order."""
-        from pixelrec.storage.feature_files import dataset_order_sha256
-
         return dataset_order_sha256(self.data.item_tokens)
 
     @property

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import config_of_run
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.training.trainer import train
+from pixelrec.training.transfer import check_source, source_checkpoint
 
 IMAGE_KINDS = ("pixels", "features", "id+features", "multimodal")  # item kinds with an image encoder
 PIXEL_KINDS = ("pixels", "multimodal")  # item kinds whose image encoder loads weights (--weights)
@@ -135,8 +137,6 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
 def init_refusal(cell: Cell, config: Config) -> str | None:
     """Why a cell cannot start from its train.init_from run (another item kind or encoder, only ID
     tables to carry), or None; a source that is not a finished run stops the bench, naming the cell."""
-    from pixelrec.training.transfer import check_source, source_checkpoint
-
     try:
         source_checkpoint(Path(config.train.init_from))
     except UserError as err:
@@ -259,8 +259,6 @@ def plan(spec: BenchSpec) -> list[Planned]:
 
 def run_matrix(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run (or continue) every cell into OUT/runs; returns one row per cell (see `cell_row`)."""
-    from pixelrec.bench.summary import write_summary
-
     out = Path(out)
     planned = plan(spec)
     out.mkdir(parents=True, exist_ok=True)

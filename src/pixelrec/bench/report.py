@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pixelrec.bench import plots
 from pixelrec.bench.tables import backbone_order, duplicates_note, load_results, newest, paper_table, summary_table
+from pixelrec.bench.tune import STUDY_NAME, trials_table
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import MetricsLog
 from pixelrec.storage.atomic import atomic_write
@@ -76,8 +78,6 @@ def check_out(out: str | Path) -> Path:
 
 def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> list[Path]:
     """OUT/report.md and the PNGs: encoders-<model>.png (Figure 4), curves.png, study-<name>.png."""
-    from pixelrec.bench import plots
-
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -126,7 +126,6 @@ def load_study(study_dir: Path):
     """The Optuna study of a `pixelrec tune` directory."""
     import optuna
 
-    from pixelrec.bench.tune import STUDY_NAME
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -136,6 +135,4 @@ def load_study(study_dir: Path):
 
 
 def trials_text(study) -> str:
-    from pixelrec.bench.tune import trials_table
-
     return trials_table(study)

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from pixelrec.errors import UserError
+from pixelrec.storage.atomic import atomic_json
+from pixelrec.storage.feature_files import dataset_order_sha256
 from pixelrec.storage.files import open_npy
 
 FORMAT = "pixelrec-text-tokens"
@@ -101,8 +103,6 @@ class ItemTexts:
 
     @classmethod
     def from_prepared(cls, data: Any) -> "ItemTexts":
-        from pixelrec.storage.feature_files import dataset_order_sha256
-
         return cls(data.root, data.n_items, dataset_order_sha256(data.item_tokens))
 
     def texts(self, fields: Sequence[str], separator: str) -> list[str]:
@@ -147,7 +147,6 @@ class ItemTexts:
         if sidecar == identity and out.is_file():
             return TokenArray(out, sidecar)
         _write_atomically(out, tokenise(tokenizer, texts, max_tokens))
-        from pixelrec.storage.atomic import atomic_json
 
         atomic_json(out.with_suffix(".json"), identity)  # last: a file without it is never taken as complete
         return TokenArray(out, identity)

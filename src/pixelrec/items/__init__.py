@@ -1,11 +1,16 @@
-"""Item encoders, registered by name: id (and, in later modules, features and pixels)."""
+"""Item encoders: item indices -> vectors (id, features, id+features, pixels, text, multimodal).
 
-from pixelrec.registry import Registry
+The interface and the registry `ITEM_ENCODERS` live in `base`; each other module is one encoder kind
+that registers itself by name. Importing the package imports every module, so every kind is registered.
+"""
 
-ITEM_ENCODERS: Registry = Registry("item encoder")
+import importlib
+import pkgutil
 
-from pixelrec.items import features as _features  # noqa: E402,F401  (registers "features", "id+features")
-from pixelrec.items import id as _id  # noqa: E402,F401  (registers "id")
-from pixelrec.items import multimodal as _multimodal  # noqa: E402,F401  (registers "multimodal")
-from pixelrec.items import pixels as _pixels  # noqa: E402,F401  (registers "pixels")
-from pixelrec.items import text as _text  # noqa: E402,F401  (registers "text")
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder, ItemLookup
+
+__all__ = ["ITEM_ENCODERS", "ItemEncoder", "ItemLookup"]
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")

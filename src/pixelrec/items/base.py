@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from pixelrec import distributed, progress
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import worker_errors
+from pixelrec.registry import Registry
 
 
 class ItemEncoder(nn.Module):
@@ -104,6 +105,10 @@ class ItemEncoder(nn.Module):
         bar.close()
         vectors = distributed.gather_rows(torch.cat(out)) if job.world > 1 else torch.cat(out)
         return torch.cat([vectors.new_zeros(1, self.embedding_size), vectors])
+
+
+#: Item encoders by `items.kind`; each module of this package registers its own (see the package).
+ITEM_ENCODERS: Registry[ItemEncoder] = Registry("item encoder")
 
 
 class _CatalogueInputs(torch.utils.data.Dataset):

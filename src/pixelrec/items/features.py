@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
-from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import projection
 from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar

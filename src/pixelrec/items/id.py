@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.distributed import SINGLE, Job
-from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 
 
 @ITEM_ENCODERS.register("id")

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
-from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import PixelEncoder
 from pixelrec.items.text import DEFAULT_FIELDS, TextEncoder, to_device

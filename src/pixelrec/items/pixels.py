@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
-from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.towers.freezing import frozen_modules
 from pixelrec.towers.image_tower import (
     POOLINGS,
@@ -22,9 +21,9 @@ from pixelrec.towers.image_tower import (
     pool,
     pooled_size,
     remove_final_norm,
-    timm_name,
     tokens,
 )
+from pixelrec.towers.names import timm_name
 from pixelrec.towers.prefix_cache import PrefixCache, TowerSplit, build_prefix_cache, cache_identity
 from pixelrec.towers.tower_file import tower_settings
 from pixelrec.towers.weight_layouts import note_encoder

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from pixelrec.data.text_tokens import ItemTexts, TokenArray, tokenise
 from pixelrec.errors import UserError
-from pixelrec.items import ITEM_ENCODERS
-from pixelrec.items.base import ItemEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.pixels import projection
+from pixelrec.towers import prefix_cache
 from pixelrec.towers.prefix_cache import PrefixCache
 from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
@@ -139,8 +139,6 @@ class TextEncoder(ItemEncoder):
 
     def build_cache(self, device: torch.device, workers: int = 0, progress: bool = True) -> PrefixCache:
         """Write (or reuse, or finish) every item's hidden states after the frozen layers."""
-        from pixelrec.towers import prefix_cache
-
         tower = self.tower
         identity = {
             "format": prefix_cache.FORMAT, "version": prefix_cache.VERSION,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pixelrec.data.images import ImageStore, to_rgb
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 
@@ -72,8 +73,6 @@ def contact_sheet(data: PreparedData, users: list[int], recommended: list[np.nda
     """Write a PNG with, for each of the first `max_users` (default MAX_USERS) users (indices), their
     last `recent` items and their recommended items, every cover labelled; returns what was drawn.
     Indices above the catalogue are `new_items` (index n_items + 1 is its first), drawn marked."""
-    from pixelrec.data.images import ImageStore
-
     if data.image_store_path is None:
         raise UserError(f"{data.root}: prepared without covers; a contact sheet needs an image store")
     store = ImageStore.from_prepared(data)
@@ -152,8 +151,6 @@ def _cover_pixels(store: Any, items: np.ndarray, n_items: int, new_items: NewIte
 
 def _new_cover(new_items: NewItems, row: int, size: int) -> np.ndarray:
     """A new item's cover from the file it was embedded from, at the store's size."""
-    from pixelrec.data.images import to_rgb
-
     path = new_items.covers[row]
     if path is None:  # embedded by a text run from its item info alone: a blank tile, framed as new
         return np.full((size, size, 3), 235, np.uint8)

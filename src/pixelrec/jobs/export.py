@@ -22,9 +22,14 @@ import torch
 
 from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
+from pixelrec.jobs.new_items import new_items_for_run, refuse_kind
 from pixelrec.models.base import Backbone
+from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.loading import open_run
 from pixelrec.storage.atomic import atomic_json, atomic_write, write_error
+from pixelrec.storage.feature_files import file_sha256
+from pixelrec.towers.names import timm_name
+from pixelrec.towers.tower_file import tower_settings, write_tower
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -71,9 +76,6 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
     which names the checkpoint the vectors come from (and its epoch). `data_path`: the run's dataset
     where it is now, if it moved. `new_items`: vectors from `pixelrec embed` for this run, appended
     after the catalogue's rows."""
-    from pixelrec.jobs.new_items import new_items_for_run, refuse_kind
-    from pixelrec.runs.directory import config_of_run
-
     run, out = Path(run), Path(out)
     if new_items is not None and run.is_dir():
         refuse_kind(run, config_of_run(run).items.kind)  # before the model is loaded
@@ -125,11 +127,6 @@ def export_tower(run: str | Path, out: str | Path, checkpoint: str = "best",
     """Write a pixel (or multimodal) run's image tower to `out` (.safetensors) and its description
     to the .json beside it; returns the description: timm name and arguments, input size,
     pre-processing, pooling, final norm, tuned layers, and the run and checkpoint it came from."""
-    from pixelrec.runs.directory import config_of_run
-    from pixelrec.storage.feature_files import file_sha256
-    from pixelrec.towers.image_tower import timm_name
-    from pixelrec.towers.tower_file import tower_settings, write_tower
-
     run, out = Path(run), Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--tower {out}: the tower file must end in .safetensors")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pixelrec.data.images import ImageStore
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.storage import locks
@@ -38,7 +39,8 @@ from pixelrec.storage.feature_files import (
 )
 from pixelrec.storage.files import open_npy
 from pixelrec.storage.row_files import check_output, create_rows, npy_path, write_errors, write_item_rows
-from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, timm_name, tokens
+from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, tokens
+from pixelrec.towers.names import timm_name
 from pixelrec.towers.tower_file import EXTRACT_FLAGS, tower_settings
 from pixelrec.towers.weight_layouts import note_encoder
 
@@ -106,8 +108,6 @@ def extract_features(
     run (byte-identical to an uninterrupted one at the same batch size and device); returns the sidecar
     with `rows_written`, the rows this call computed (0: the file was already complete). One writer
     per file: a second one, `overwrite` or not, is refused with the first one's PID."""
-    from pixelrec.data.images import ImageStore
-
     data, out, device = _as_data(data), npy_path(out), torch.device(device)
     check_output(out, dtype, batch_size, workers)
     with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once

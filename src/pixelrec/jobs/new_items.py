@@ -29,11 +29,16 @@ import torch
 from torch import Tensor
 
 from pixelrec.data.images import encode_cover, scan_covers
-from pixelrec.data.raw import COVER_SUFFIXES
+from pixelrec.data.raw import COVER_SUFFIXES, read_item_info
 from pixelrec.data.text_tokens import joined_texts
 from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
 from pixelrec.items.base import ItemLookup
+from pixelrec.models.base import Backbone
+from pixelrec.runs.directory import config_of_run
+from pixelrec.runs.loading import open_run
 from pixelrec.storage import locks
+from pixelrec.storage.atomic import atomic_write
 from pixelrec.storage.feature_files import (
     FORMAT,
     VERSION,
@@ -64,8 +69,6 @@ def _listing(names: list[str]) -> str:
 
 def new_items_from(kind: str) -> tuple[str, ...]:
     """What the item encoder of `kind` reads of a new item ("covers", "item info"); empty: it cannot."""
-    from pixelrec.items import ITEM_ENCODERS
-
     return tuple(getattr(ITEM_ENCODERS.get(kind), "new_items_from", ()))
 
 
@@ -81,8 +84,6 @@ def refuse_kind(run: Path, kind: str) -> None:
 def check_scoring(model: Any, run: Path) -> None:
     """Refuse a backbone that does not score by user . item, or whose scoring vector of an item is not
     a function of that item's vector alone (a graph over the catalogue, a popularity table)."""
-    from pixelrec.models.base import Backbone
-
     backbone = model.backbone
     name = getattr(backbone, "registered_name", type(backbone).__name__)
     if type(backbone).score_catalogue is not Backbone.score_catalogue:
@@ -185,8 +186,6 @@ class ItemInfo:
 
 def read_item_list(path: Path) -> ItemInfo:
     """The rows of an item-info CSV, read as `prepare` reads item info; a token listed twice is an error."""
-    from pixelrec.data.raw import read_item_info
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--item-info {path}: file not found")
@@ -251,9 +250,6 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
     pixels, texts in `item_info` for text, both for multimodal; resumes a matching interrupted call
     and returns the sidecar with `rows_written` (0: it was already complete). An item of the run's
     catalogue is refused unless `allow_catalogue` (its vector then equals the run's own)."""
-    from pixelrec.runs.directory import config_of_run
-    from pixelrec.runs.loading import open_run
-
     run, out = Path(run), npy_path(out)
     if batch_size < 1 or workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
@@ -319,8 +315,6 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
     with locks.hold(locks.lock_path(out), f"vectors file {out}"):
-        from pixelrec.storage.atomic import atomic_write
-
         with write_errors(out, "the vectors file"):
             atomic_write(items_path(out), listing_bytes)
         return write_item_rows(out, wanted, overwrite, source, n, vectors, not_finite, desc="embed new items",

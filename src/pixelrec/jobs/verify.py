@@ -21,7 +21,10 @@ from pixelrec.data import images as image_store
 from pixelrec.data import text_tokens
 from pixelrec.data.prepared import CURE, PreparedData
 from pixelrec.errors import UserError
+from pixelrec.runs.directory import dataset_fingerprint
+from pixelrec.storage.feature_files import dataset_order_sha256, load_features
 from pixelrec.storage.files import npy_info
+from pixelrec.towers import prefix_cache
 
 CHUNK = 1 << 24  # interactions checked at a time: bounded memory at full PixelRec size
 TOKENS_CURE = "remove it; the next text run tokenises the items again"
@@ -80,8 +83,6 @@ def verify_dataset(root: str | Path, *, features: Sequence[str | Path] = (), wor
         _check_cold_items(data)
     if result.problems:  # the rest reads item tokens and indices: not worth checking against a broken core
         return result
-    from pixelrec.runs.directory import dataset_fingerprint
-    from pixelrec.storage.feature_files import dataset_order_sha256, load_features
 
     result.counts["fingerprint"] = dataset_fingerprint(data)
     order = dataset_order_sha256(data.item_tokens)
@@ -246,8 +247,6 @@ def _check_token_arrays(data: PreparedData, order: str, result: Verification) ->
 
 def _check_prefix_caches(data: PreparedData, order: str, result: Verification) -> None:
     """prefix_cache/: each cache with rows written is intact for its sidecar (prefix_cache._intact)."""
-    from pixelrec.towers import prefix_cache
-
     result.counts.update(prefix_caches=0, incomplete_caches=0)
     for npy in sorted((data.root / "prefix_cache").glob("prefix-*.npy")):
         sidecar = prefix_cache._read_sidecar(npy)

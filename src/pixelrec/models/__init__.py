@@ -1,12 +1,16 @@
-"""Backbones, one module each, registered by name in BACKBONES (every module here is imported)."""
+"""Backbones: a user's context (and the batch's item vectors) -> user vectors.
+
+The interface and the registry `BACKBONES` live in `base`, shared layers in `layers`; each other
+module is one backbone that registers itself by name. Importing the package imports every module,
+so every backbone is registered.
+"""
 
 import importlib
 import pkgutil
 
-from pixelrec.models.base import DATA_ARGUMENTS, Backbone  # noqa: F401
-from pixelrec.registry import Registry
+from pixelrec.models.base import BACKBONES, DATA_ARGUMENTS, Backbone
 
-BACKBONES: Registry = Registry("model")
+__all__ = ["BACKBONES", "DATA_ARGUMENTS", "Backbone"]
 
 _SHARED = {"base", "layers"}
 for _info in pkgutil.iter_modules(__path__):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
+from pixelrec.registry import Registry
 
 #: Constructor arguments a backbone may take that come from the dataset, not from the config.
 DATA_ARGUMENTS = frozenset(
@@ -61,6 +62,10 @@ class Backbone(nn.Module):
         """[B, n_items + 1] scores of every item (evaluation). A dot product of user and item vectors
         unless the backbone scores otherwise (e.g. a maximum over the user's history)."""
         return self.user_vectors(batch, items).float() @ scoring.float().T
+
+
+#: Backbones by `model.name`; each module of this package registers its own (see the package).
+BACKBONES: Registry[Backbone] = Registry("model")
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
-from pixelrec.models import BACKBONES
-from pixelrec.models.base import Backbone, init_weights
+from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import NonNegativeInt, PositiveInt
 
 

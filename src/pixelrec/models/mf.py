@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemEncoder, ItemLookup
-from pixelrec.models import BACKBONES
-from pixelrec.models.base import Backbone, init_weights
+from pixelrec.items.id import IDEncoder
+from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import PositiveInt
 
 
@@ -36,8 +36,6 @@ class MF(Backbone):
     def initialise_items(self, encoder: ItemEncoder) -> None:
         """Called once the recommender is composed: with init=xavier an ID table is Xavier-normal, as
         the original's item embedding; image and feature encoders keep their own initialisation."""
-        from pixelrec.items.id import IDEncoder
-
         if self.init == "xavier" and isinstance(encoder, IDEncoder):
             nn.init.xavier_normal_(encoder.embedding.weight)
 

@@ -8,8 +8,7 @@ from torch import Tensor
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
-from pixelrec.models import BACKBONES
-from pixelrec.models.base import Backbone
+from pixelrec.models.base import BACKBONES, Backbone
 
 
 @BACKBONES.register("pop")

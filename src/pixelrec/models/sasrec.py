@@ -6,8 +6,7 @@ from torch import Tensor
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
-from pixelrec.models import BACKBONES
-from pixelrec.models.base import Backbone, init_weights
+from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.models.layers import PositionalTransformer
 from pixelrec.schema import Dropout, PositiveInt
 

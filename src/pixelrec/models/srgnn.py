@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemEncoder, ItemLookup
-from pixelrec.models import BACKBONES
-from pixelrec.models.base import Backbone
+from pixelrec.items.id import IDEncoder
+from pixelrec.items.pixels import PixelEncoder
+from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import PositiveInt
 
 
@@ -109,9 +110,6 @@ class SRGNN(Backbone):
         an image projection's weights and biases (PixelNet/mosrgnn.py) are drawn from U(+-1/sqrt(d)).
         The PixelNet code redraws only the weights of its own linear layers, so the output transform's
         bias keeps PyTorch's default U(+-1/sqrt(2d))."""
-        from pixelrec.items.id import IDEncoder
-        from pixelrec.items.pixels import PixelEncoder
-
         if self.init != "uniform":
             return
         if isinstance(encoder, IDEncoder):

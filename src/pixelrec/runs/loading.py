@@ -19,6 +19,7 @@ from pixelrec.errors import UserError
 from pixelrec.factory import build_model
 from pixelrec.recommender import Recommender
 from pixelrec.runs import directory as rundir
+from pixelrec.runs.directory import config_of_run
 
 
 @dataclass
@@ -79,8 +80,6 @@ def open_run(run: str | Path, checkpoint: str = "best", data_path: str | Path | 
     """Load a run directory's model with the weights of `checkpoint` (`best`, or `last`).
     With `shared`, a process started by torchrun joins the job (and takes its local rank's GPU);
     without, such a process is refused: the work would only be repeated on every rank."""
-    from pixelrec.runs.directory import config_of_run
-
     run = Path(run)
     if not shared and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("only `pixelrec train` and `pixelrec evaluate` share work between ranks; run this without torchrun")

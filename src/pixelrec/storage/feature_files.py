@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pixelrec.errors import UserError
+from pixelrec.storage.atomic import atomic_json
 from pixelrec.storage.files import open_npy, read_json_object
 
 FORMAT = "pixelrec-features"
@@ -66,8 +67,6 @@ def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
 
 def write_sidecar(npy: str | Path, sidecar: dict[str, Any]) -> None:
     """Write the sidecar atomically (a reader sees the old one or the new one, never half)."""
-    from pixelrec.storage.atomic import atomic_json
-
     atomic_json(sidecar_path(npy), sidecar)
 
 
@@ -76,8 +75,8 @@ def check_identity(existing: dict[str, Any], wanted: dict[str, Any], npy: str | 
     for key in sorted((set(existing) | set(wanted)) - PROGRESS_KEYS):
         if existing.get(key) != wanted.get(key):
             raise UserError(
-                f"{sidecar_path(npy)}: was written with {key}={_short(existing.get(key))}, this request has "
-                f"{key}={_short(wanted.get(key))}; use --overwrite to start over, or another --out"
+                f"{sidecar_path(npy)}: was written with {key} {_short(existing.get(key))}, this request has "
+                f"{key} {_short(wanted.get(key))}; use overwrite=True to start over, or another out="
             )
 
 

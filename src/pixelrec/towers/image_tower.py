@@ -6,6 +6,7 @@ tiny `test_*` models that the tests and the demo use at low resolution.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,37 +16,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
+from pixelrec.towers.names import timm_name
+from pixelrec.towers.tower_file import read_description
+from pixelrec.towers.weight_layouts import (
+    accepted,
+    classifier_prefixes,
+    convert,
+    is_torchscript,
+    mismatches,
+    read_torchscript,
+)
 
-#: The image encoders of the PixelRec paper by short name -> timm model name.
-SHORT_NAMES = {
-    "clip-vit-b32": "vit_base_patch32_clip_quickgelu_224",  # OpenAI's CLIP (the paper's) uses QuickGELU
-    "swin-t": "swin_tiny_patch4_window7_224",
-    "swin-b": "swin_base_patch4_window7_224",
-    "beit-b": "beit_base_patch16_224",
-    "resnet50": "resnet50",
-    "clip-rn50": "resnet50_clip",
-    "clip-rn50x4": "resnet50x4_clip",
-    "clip-rn50x16": "resnet50x16_clip",
-    "clip-rn50x64": "resnet50x64_clip",
-}
 #: How `pool` makes one vector of forward_features' output; `head` needs a tower created with keep_head.
 POOLINGS = ("default", "cls", "mean", "head")
 MAX_LAYER = 99999  # timm's group id for layers above the last block
 #: The paper's own pre-processing: resize to 224, mean = std = 0.5.
 PAPER_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-
-def timm_name(name: str) -> str:
-    import timm
-
-    resolved = SHORT_NAMES.get(name, name)
-    if not timm.is_model(resolved.split(".")[0]):
-        import difflib
-
-        close = difflib.get_close_matches(name, list(SHORT_NAMES) + timm.list_models(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown image encoder {name!r}{hint} (short names: {', '.join(SHORT_NAMES)})")
-    return resolved
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -54,7 +40,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: encoder weights file not found")
-    from pixelrec.towers.weight_layouts import is_torchscript, read_torchscript
 
     try:
         if path.suffix == ".safetensors":
@@ -109,8 +94,6 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
             ) from None
         raise
     if weights:
-        from pixelrec.towers.tower_file import fit_tower
-
         fit_tower(tower, weights, resolved, timm_args)  # an exported tower: its architecture, checked
         load_weights(tower, weights, resolved, keep_head=keep_head)
     return tower
@@ -121,8 +104,6 @@ def load_weights(tower: nn.Module, path: str, resolved: str, keep_head: bool = F
     CLIP, open_clip, Hugging Face, torchvision, Microsoft; see weight_layouts). The classifier (timm's
     pretrained_cfg 'classifier', e.g. CLIP-RN's head.proj = OpenAI's attnpool.c_proj) is dropped
     unless `keep_head`, for a tower built with it."""
-    from pixelrec.towers.weight_layouts import accepted, classifier_prefixes, convert, mismatches
-
     layout, state, origin = convert(read_state_dict(path), tower)
     if not keep_head:
         heads = tuple(c + "." for c in classifier_prefixes(tower))
@@ -270,3 +251,19 @@ class Preprocess(nn.Module):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False)
         return (x - self.mean) / self.std
+
+
+def fit_tower(tower: nn.Module, weights: str | Path, resolved: str, timm_args: dict[str, Any] | None) -> None:
+    """Before an exported tower's weights load into a new timm model: the same architecture (timm name
+    and arguments), and the final norm removed where the exported tower had none."""
+    description = read_description(weights)
+    if description is None:
+        return
+    if description["timm_name"] != resolved:
+        raise UserError(f"{weights}: an exported {description['timm_name']} tower, not {resolved}; leave the encoder "
+                        "unset to use the tower's")
+    if dict(timm_args or {}) != description["timm_args"]:
+        raise UserError(f"{weights}: the tower was built with timm arguments {json.dumps(description['timm_args'])}, "
+                        f"not {json.dumps(dict(timm_args or {}))}")
+    if not description["final_norm"]:
+        remove_final_norm(tower, resolved)

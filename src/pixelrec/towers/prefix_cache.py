@@ -32,6 +32,7 @@ from pixelrec.errors import UserError
 from pixelrec.storage import locks
 from pixelrec.storage.feature_files import file_sha256, sidecar_path, write_sidecar
 from pixelrec.storage.files import allocate, npy_info, open_npy
+from pixelrec.storage.row_files import create_rows, fill_item_rows, write_errors
 
 FORMAT = "pixelrec-prefix-cache"
 VERSION = 1
@@ -298,8 +299,6 @@ def _intact(out: Path, n_items: int, shape: tuple[int, ...]) -> str | None:
 def _build(split: TowerSplit, preprocess: nn.Module, image_store: Any, n_items: int, identity: dict[str, Any],
            out: Path, device: torch.device, batch_size: int, workers: int, progress: bool) -> PrefixCache:
     """`build_prefix_cache` holding the cache's lock: continue, reuse or (damaged) start over."""
-    from pixelrec.storage.row_files import create_rows, fill_item_rows, write_errors
-
     sidecar = _read_sidecar(out)
     if sidecar is None or {k: v for k, v in sidecar.items() if k not in PROGRESS_KEYS} != identity:
         sidecar = {**identity, "rows_done": 0, "complete": False}

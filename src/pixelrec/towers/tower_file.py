@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from pixelrec.errors import UserError
+from pixelrec.storage.atomic import atomic_json, atomic_write
+from pixelrec.towers.names import timm_name
 
 FORMAT = "pixelrec-tower"
 VERSION = 1
@@ -69,7 +71,6 @@ def write_tower(path: str | Path, tower: nn.Module, description: dict[str, Any])
     description as the JSON sidecar; returns the description as written."""
     from safetensors.torch import save
 
-    from pixelrec.storage.atomic import atomic_json, atomic_write
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -132,8 +133,6 @@ def tower_settings(weights: str | Path | None, *, encoder: str | None, image_siz
 
 def _same(field: str, mine: Any, theirs: Any) -> bool:
     if field == "encoder":
-        from pixelrec.towers.image_tower import timm_name
-
         return timm_name(mine) == timm_name(theirs)
     return mine == theirs
 
@@ -142,19 +141,3 @@ def _text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def fit_tower(tower: nn.Module, weights: str | Path, resolved: str, timm_args: dict[str, Any] | None) -> None:
-    """Before an exported tower's weights load into a new timm model: the same architecture (timm name
-    and arguments), and the final norm removed where the exported tower had none."""
-    description = read_description(weights)
-    if description is None:
-        return
-    if description["timm_name"] != resolved:
-        raise UserError(f"{weights}: an exported {description['timm_name']} tower, not {resolved}; leave the encoder "
-                        "unset to use the tower's")
-    if dict(timm_args or {}) != description["timm_args"]:
-        raise UserError(f"{weights}: the tower was built with timm arguments {json.dumps(description['timm_args'])}, "
-                        f"not {json.dumps(dict(timm_args or {}))}")
-    if not description["final_norm"]:
-        from pixelrec.towers.image_tower import remove_final_norm
-
-        remove_final_norm(tower, resolved)

@@ -24,6 +24,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from pixelrec import distributed
+from pixelrec.towers.names import is_paper_encoder
+
 Rename = tuple[str, str | Callable[[re.Match], str]]
 
 
@@ -319,24 +322,10 @@ def _rebuild_tensor(storage: Tensor, offset: int, size: tuple, stride: tuple, *_
     return storage.as_strided(size, stride, offset).clone()
 
 
-# --- notes on stderr ----------------------------------------------------------------------------------
-#: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT-B/32 with GELU, as open_clip's).
-PAPER_ALIASES = frozenset({"vit_base_patch32_clip_224"})
 _noted: set[tuple[str, str]] = set()
 
 
-def is_paper_encoder(name: str | None) -> bool:
-    """One of the paper's nine encoders, by short name or timm name (with or without a weight tag)."""
-    from pixelrec.towers.image_tower import SHORT_NAMES
-
-    if not name:
-        return False
-    return name in SHORT_NAMES or name.split(".")[0] in set(SHORT_NAMES.values()) | PAPER_ALIASES
-
-
 def _main_process() -> bool:
-    from pixelrec import distributed
-
     job = distributed.current()
     return job.main if job.active else os.environ.get("RANK", "0") in ("", "0")
 

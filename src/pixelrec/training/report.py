@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from pixelrec.progress import PlainProgress, Silent, log, progress_log, reporter
+from pixelrec.storage.atomic import atomic_write
 from pixelrec.version import __version__
 
 if TYPE_CHECKING:
@@ -153,8 +154,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """`rows` (metrics.jsonl) as a flat table, one row per epoch, columns in first-seen order;
     rewritten whole and atomically, so it always matches metrics.jsonl (also after a resume)."""
-    from pixelrec.storage.atomic import atomic_write
-
     flat = [flatten(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     text = io.StringIO()

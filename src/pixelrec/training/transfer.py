@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixelrec.config import read_yaml
 from pixelrec.errors import UserError
+from pixelrec.items.base import ItemEncoder
+from pixelrec.items.id import IDEncoder
+from pixelrec.runs.directory import load_checkpoint, read_dataset_record
+from pixelrec.storage.feature_files import file_sha256
+from pixelrec.towers.names import SHORT_NAMES
 
 #: init_parts -> the recommender's submodule it names
 PARTS = {"items": "item_encoder", "backbone": "backbone"}
@@ -55,8 +61,6 @@ def source_checkpoint(run: Path) -> Path:
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
-    from pixelrec.config import read_yaml
-
     return read_yaml(run / "config.yaml")
 
 
@@ -64,8 +68,6 @@ def check_source(config: Any) -> None:
     """Refuse, before any model is built, a source run that cannot start this configuration: no run,
     no checkpoint, another item kind or image encoder (for the item encoder), another backbone (for
     the backbone), or only ID tables to carry."""
-    from pixelrec.towers.image_tower import SHORT_NAMES
-
     run = Path(config.train.init_from)
     source_checkpoint(run)
     saved = _saved_config(run)
@@ -97,8 +99,6 @@ def catalogue_sizes(n_items: int, n_users: int) -> set[int]:
 
 def source_sizes(run: Path) -> set[int] | None:
     """The source dataset's catalogue sizes (from its dataset.json), or None for a run that did not record them."""
-    from pixelrec.runs.directory import read_dataset_record
-
     record = read_dataset_record(run)
     if record is None or not isinstance(record.get("n_items"), int) or not isinstance(record.get("n_users"), int):
         return None
@@ -121,8 +121,6 @@ def catalogue_tied(model: nn.Module, source: dict[str, Tensor], here: set[int], 
     ID encoder, and each embedding table or tensor held directly by a pixelrec module whose leading
     dimension is a catalogue size here and, in the source, there (a layer width that happens to equal
     one catalogue's size is not taken for a table: it would have to equal both)."""
-    from pixelrec.items.id import IDEncoder
-
     id_prefixes = tuple(f"{p}." for p, m in model.named_modules() if isinstance(m, IDEncoder))
     tied = set()
     for name, tensor in model.state_dict().items():
@@ -141,8 +139,6 @@ def catalogue_tied(model: nn.Module, source: dict[str, Tensor], here: set[int], 
 
 def group_of(model: nn.Module, name: str) -> str:
     """The group a tensor is reported under: `item_encoder.tower`, `item_encoder.image.projection`, `backbone.blocks`."""
-    from pixelrec.items.base import ItemEncoder
-
     parts = name.split(".")
     depth = 2
     while depth < len(parts) - 1 and isinstance(model.get_submodule(".".join(parts[:depth])), ItemEncoder):
@@ -193,9 +189,6 @@ def copy_into(model: nn.Module, source: dict[str, Tensor], names: list[str]) -> 
 def initialise(model: nn.Module, config: Any, n_items: int, n_users: int) -> dict[str, Any]:
     """Load the chosen parts of `config.train.init_from`'s checkpoint into `model`; returns the record
     that results.json keeps as `init_from`."""
-    from pixelrec.runs.directory import load_checkpoint
-    from pixelrec.storage.feature_files import file_sha256
-
     check_source(config)
     run = Path(os.path.abspath(config.train.init_from))
     checkpoint = source_checkpoint(run)

@@ -1,0 +1,44 @@
+"""Image encoder names: the paper's nine by short name, any timm model by its own name."""
+
+from __future__ import annotations
+
+import timm
+
+from pixelrec.errors import UserError
+
+#: The image encoders of the PixelRec paper by short name -> timm model name.
+SHORT_NAMES = {
+    "clip-vit-b32": "vit_base_patch32_clip_quickgelu_224",  # OpenAI's CLIP (the paper's) uses QuickGELU
+    "swin-t": "swin_tiny_patch4_window7_224",
+    "swin-b": "swin_base_patch4_window7_224",
+    "beit-b": "beit_base_patch16_224",
+    "resnet50": "resnet50",
+    "clip-rn50": "resnet50_clip",
+    "clip-rn50x4": "resnet50x4_clip",
+    "clip-rn50x16": "resnet50x16_clip",
+    "clip-rn50x64": "resnet50x64_clip",
+}
+
+
+def timm_name(name: str) -> str:
+
+    resolved = SHORT_NAMES.get(name, name)
+    if not timm.is_model(resolved.split(".")[0]):
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SHORT_NAMES) + timm.list_models(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown image encoder {name!r}{hint} (short names: {', '.join(SHORT_NAMES)})")
+    return resolved
+
+
+# --- notes on stderr ----------------------------------------------------------------------------------
+#: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT-B/32 with GELU, as open_clip's).
+PAPER_ALIASES = frozenset({"vit_base_patch32_clip_224"})
+
+
+def is_paper_encoder(name: str | None) -> bool:
+    """One of the paper's nine encoders, by short name or timm name (with or without a weight tag)."""
+    if not name:
+        return False
+    return name in SHORT_NAMES or name.split(".")[0] in set(SHORT_NAMES.values()) | PAPER_ALIASES
