@@ -16,7 +16,6 @@ does; their errors are `pixelrec.errors.UserError` that speak of these arguments
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pixelrec.jobs.new_items import new_items_for_run
 from pixelrec.jobs.train import train as train_job
 from pixelrec.runs.loading import choose_checkpoint
 from pixelrec.runs.loading import load_run as load
+from pixelrec.runs.results import read_results
 
 if TYPE_CHECKING:
     from pixelrec.config import Config
@@ -188,20 +188,7 @@ def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None =
     path = Path(run)
     with _arguments():
         config, prepared, model = load(path, checkpoint, None if data is None else os.fspath(data))
-    return Run(path=path, config=config, model=model, data=prepared, results=_results(path), checkpoint=checkpoint)
-
-
-def _results(run: Path) -> dict[str, Any]:
-    path = run / "results.json"
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path}: malformed results.json: not valid JSON") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{path}: malformed results.json: expected an object, found {type(record).__name__}")
-    return record
+    return Run(path=path, config=config, model=model, data=prepared, results=read_results(path, required=False) or {}, checkpoint=checkpoint)
 
 
 def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "best",

@@ -31,6 +31,7 @@ from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import config_of_run
+from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.training.trainer import train
 from pixelrec.training.transfer import check_source, source_checkpoint
@@ -281,7 +282,7 @@ def run_matrix(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = pr
 def run_cell(entry: Planned, run_dir: Path, status: Status, log: Callable[[str], None]) -> str:
     """Train one cell unless finished; record the outcome in `status`; returns a one-line summary."""
     name, fields = entry.name, {**_fields(entry.cell), "run": str(run_dir)}
-    if (run_dir / "results.json").is_file():
+    if results_path(run_dir).is_file():
         status.set(name, status="done", error=None, **fields)
         return "finished earlier"
     config, resume = entry.config, (run_dir / "last.pt").is_file()
@@ -319,8 +320,7 @@ def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
     """One row of the results: the cell, its status and, when finished, its results.json."""
     record = status.cells.get(entry.name, {})
     run_dir = out / "runs" / entry.name
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if entry.config is not None and results_path.is_file() else None
+    results = read_results(run_dir, required=False) if entry.config is not None else None
     if results:
         results["start"] = start_label(results, run_dir)  # tells apart rows that differ only in their start
         results["encoder"] = encoder_label(results, run_dir)  # text and multimodal rows name their text model

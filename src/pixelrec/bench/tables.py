@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pixelrec.errors import UserError
+from pixelrec.runs.results import read_results, results_path
 
 FEATURE_KINDS = ("features", "id+features")  # item kinds read from a feature file
 TEXT_KINDS = ("text", "multimodal")  # item kinds with a text model, named in the run's config.yaml
-SPLITS = ("valid", "test", "valid_cold", "test_cold")
 
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -24,56 +23,14 @@ def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
     gains "run" (its directory), "results_file" and an "encoder" label fit for tables (see `encoder_label`)."""
     out = []
     for run in runs:
-        path = Path(run)
-        path = path / "results.json" if path.is_dir() else path
-        if not path.is_file():
-            raise UserError(f"{path}: no results.json (is the run finished?)")
-        try:
-            record = json.loads(path.read_bytes())
-        except OSError as err:
-            raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
-            raise UserError(f"{path}: malformed results.json: not valid JSON{where}") from None
-        check_record(record, path)
+        path = results_path(run)
+        record = read_results(path)
         record["run"] = str(path.parent)
         record["results_file"] = str(path)
         record["encoder"] = encoder_label(record, path.parent)
         record["start"] = start_label(record, path.parent)
         out.append(record)
     return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_record(record: Any, path: Path) -> None:
-    """A one-line UserError unless `record` has the shape `pixelrec train` writes: model and items
-    names, metrics as {name: number} per split, numbers where tables expect numbers."""
-    def bad(what: str) -> UserError:
-        return UserError(f"{path}: malformed results.json: {what}")
-
-    if not isinstance(record, dict):
-        raise bad(f"expected an object, found {type(record).__name__}")
-    for key in ("model", "items"):
-        if not isinstance(record.get(key), str):
-            raise bad(f"{key!r} must be a name, found {record.get(key)!r}"[:200])
-    for key in ("encoder", "dataset", "profile"):
-        if record.get(key) is not None and not isinstance(record[key], str):
-            raise bad(f"{key!r} must be a name or null, found {type(record[key]).__name__}")
-    for split in SPLITS:
-        metrics = record.get(split)
-        if metrics is None:
-            continue
-        if not isinstance(metrics, dict):
-            raise bad(f"{split!r} must map metric names to numbers, found {type(metrics).__name__}")
-        wrong = [name for name, value in metrics.items() if not _number(value)]
-        if wrong:
-            raise bad(f"{split}.{wrong[0]} must be a number, found {type(metrics[wrong[0]]).__name__}")
-    for key in ("trainable_parameters", "train_seconds_per_epoch"):
-        if key in record and not _number(record[key]):
-            raise bad(f"{key!r} must be a number, found {type(record[key]).__name__}")
 
 
 def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | None:

@@ -23,6 +23,7 @@ from pixelrec.bench.matrix import directory_lock, one_line
 from pixelrec.config import Config, parse_value, resolve
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import MetricsLog, config_of_run
+from pixelrec.runs.results import read_results
 from pixelrec.storage.atomic import atomic_write
 from pixelrec.training.trainer import train
 
@@ -234,8 +235,9 @@ def train_trial(trial, config: Config, run_dir: Path, reported: set[int]) -> dic
     """Train (or continue, or read back) a trial's run, reporting the validation metric per epoch."""
     import optuna
 
-    if (run_dir / "results.json").is_file():  # finished, but the study was not told before the interruption
-        return json.loads((run_dir / "results.json").read_text())
+    finished = read_results(run_dir, required=False)
+    if finished is not None:  # finished, but the study was not told before the interruption
+        return finished
     resume = (run_dir / "last.pt").is_file()
     metric = config.eval.valid_metric
 

@@ -33,6 +33,7 @@ from pixelrec.recommender import Recommender
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.runs import directory as rundir
 from pixelrec.runs.directory import config_of_run
+from pixelrec.runs.results import write_results
 from pixelrec.storage.atomic import atomic_json, atomic_write
 from pixelrec.threads import use_threads
 from pixelrec.towers.weight_layouts import towers_from
@@ -472,7 +473,7 @@ class Trainer:
             self._checkpoint("last.pt")
         results = results_record(self, valid | test, eval_seconds)
         if self.job.main:
-            atomic_json(self.out / "results.json", results)
+            write_results(self.out, results)
         distributed.barrier()  # results.json is there when any rank returns
         self.close()
         return results
