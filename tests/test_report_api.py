@@ -279,8 +279,8 @@ def covered_run(tmp_path_factory) -> Path:
 
 
 def test_contact_sheet_titles_its_rows_and_draws_every_user(covered_run, tmp_path, capsys):
-    from pixelrec.api import item_titles
     from pixelrec.jobs.contact_sheet import GAP, MARGIN, TILE, contact_sheet
+    from pixelrec.jobs.recommend import item_titles
 
     run = pixelrec.load_run(covered_run)
     users = [str(t) for t in run.data.user_tokens[1:4]]

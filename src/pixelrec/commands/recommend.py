@@ -45,29 +45,16 @@ def _file_argument(flag: str, value: str | None) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pixelrec.api import top_items
-    from pixelrec.runs.loading import load_run
+    from pixelrec.jobs import recommend
     from pixelrec.storage.atomic import atomic_write
 
     out, image = _file_argument("--out", args.out), _file_argument("--image", args.image)
     tokens = args.user or _read_tokens(Path(args.users_file))
-    run_dir = run_directory(args)
-    if args.new_items:
-        from pixelrec.jobs.new_items import refuse_kind
-        from pixelrec.runs.directory import config_of_run
-
-        refuse_kind(run_dir, config_of_run(run_dir).items.kind)  # before the model is loaded
-    config, data, model = load_run(run_dir, args.checkpoint, run_data(args))
+    found, loaded, new = recommend.recommend(run_directory(args), tokens, k=args.k, checkpoint=args.checkpoint,
+                                             data=run_data(args), new_items=args.new_items)
+    data = loaded.data
     if image is not None and data.image_store_path is None:
         raise UserError(f"--image: {data.root} was prepared without covers (no image store)")
-    new = None
-    if args.new_items:
-        from pixelrec.jobs.new_items import new_items_for_run
-        from pixelrec.runs.loading import choose_checkpoint
-
-        weights, _ = choose_checkpoint(run_dir, args.checkpoint)
-        new = new_items_for_run(args.new_items, run_dir, config.items.kind, model, weights, data.item_tokens)
-    found = top_items(model, data, tokens, args.k, config.data.max_len, new)
     if found.note:
         print(f"note: {found.note}", file=sys.stderr)
     buffer = io.StringIO()
@@ -83,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {_count(sum(map(len, found.items)), 'recommendation')} for {_count(len(tokens), 'user')}",
               file=said)
     if image is not None:
-        from pixelrec.api import item_titles
         from pixelrec.evaluation.ranking import user_indices
         from pixelrec.jobs.contact_sheet import contact_sheet
 
-        titles = item_titles(data) if new is None else new.extend_titles(item_titles(data), data.n_items)
+        titles = recommend.item_titles(data)
+        titles = titles if new is None else new.extend_titles(titles, data.n_items)
         sheet = contact_sheet(data, list(user_indices(data, tokens)), found.indices, titles, image, new_items=new)
         drawn = (_count(len(tokens), "user") if len(sheet.users) == len(tokens)
                  else f"the first {len(sheet.users)} of {len(tokens)} users")
