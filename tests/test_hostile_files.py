@@ -50,3 +50,58 @@ def test_a_plain_lock_names_its_holder(tmp_path):
     finally:
         lock.release()
     assert not (tmp_path / "z.lock").exists()
+
+
+# --- text model folders ---------------------------------------------------------------------
+def _model_folder(tmp_path, safe: bool = True):
+    from test_text_items import save_bert
+
+    folder = save_bert(tmp_path / "model")
+    if not safe:  # the same weights as a pickle only, as older save_pretrained wrote them
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_a_text_model_folder_that_asks_to_run_its_code_is_refused_even_when_the_prompt_says_yes(
+        tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.text_tower import load_text_model
+
+    folder = _model_folder(tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import BertConfig\n"
+                                    "class EvilConfig(BertConfig):\n    model_type = 'evil'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *_: "y")  # whoever asks, the answer would be yes
+    with pytest.raises(UserError, match="asks to run its own Python code"):
+        load_text_model(str(folder), "items.encoder_weights")
+    assert not marker.exists()
+
+
+def test_pickled_text_model_weights_are_refused_in_one_line(tmp_path, capsys):
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.text_tower import load_text_model
+
+    folder = _model_folder(tmp_path, safe=False)
+    assert (folder / "pytorch_model.bin").is_file()
+    with pytest.raises(UserError, match=r"pytorch_model\.bin: weights stored as a Python pickle"):
+        load_text_model(str(folder), "items.encoder_weights")
+
+
+def test_a_safetensors_text_model_still_loads(tmp_path):
+    from pixelrec.towers.text_tower import load_text_model
+
+    model, tokenizer = load_text_model(str(_model_folder(tmp_path)), "items.encoder_weights")
+    assert type(model).__name__ == "BertModel" and len(tokenizer.get_vocab()) > 10
