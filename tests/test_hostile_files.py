@@ -105,3 +105,52 @@ def test_a_safetensors_text_model_still_loads(tmp_path):
 
     model, tokenizer = load_text_model(str(_model_folder(tmp_path)), "items.encoder_weights")
     assert type(model).__name__ == "BertModel" and len(tokenizer.get_vocab()) > 10
+
+
+# --- tower files ----------------------------------------------------------------------------
+def _tower_file(tmp_path, timm_args):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from pixelrec.towers.tower_file import FORMAT, METADATA_KEY, VERSION
+
+    description = {"format": FORMAT, "version": VERSION, "encoder": "test_vit", "timm_name": "test_vit",
+                   "timm_args": timm_args, "image_size": 32, "pooling": "default", "preprocess": "encoder",
+                   "final_norm": True}
+    path = tmp_path / "tower.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={METADATA_KEY: json.dumps(description)})
+    return path
+
+
+def test_a_tower_file_cannot_make_timm_open_or_fetch_anything(tmp_path):
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.tower_file import read_description
+
+    for args, culprit in [({"checkpoint_path": "/etc/passwd"}, "'checkpoint_path' is not an architecture argument"),
+                          ({"pretrained": True, "pretrained_cfg_overlay": {"url": "https://example.org/w.pth"}},
+                           "'pretrained' is not an architecture argument"),
+                          ({"act_layer": "../../x"}, "is not a plain value"),
+                          ({"global_pool": {"nested": 1}}, "is not a plain value")]:
+        with pytest.raises(UserError, match=culprit):
+            read_description(_tower_file(tmp_path, args))
+    assert read_description(_tower_file(tmp_path, {"act_layer": "quick_gelu"}))["timm_args"] == {
+        "act_layer": "quick_gelu"}
+
+
+def test_items_timm_args_take_architecture_arguments_only(monkeypatch):
+    import pytest
+    import timm
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.image_tower import create_tower
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError(f"timm.create_model was called with {kwargs}")
+
+    monkeypatch.setattr(timm, "create_model", no_fetch)
+    with pytest.raises(UserError, match="items.timm_args: 'checkpoint_path' is not an architecture argument"):
+        create_tower("test_vit", timm_args={"checkpoint_path": "/etc/passwd"})

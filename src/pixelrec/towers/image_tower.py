@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
-from pixelrec.towers.names import timm_name
+from pixelrec.towers.names import check_timm_args, timm_name
 from pixelrec.towers.tower_file import read_description
 from pixelrec.towers.weight_layouts import (
     accepted,
@@ -71,7 +71,7 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
     kwargs: dict[str, Any] = {"pretrained": pretrained and not weights}
     if not keep_head:
         kwargs["num_classes"] = 0
-    kwargs |= timm_args or {}
+    kwargs |= check_timm_args(timm_args, "items.timm_args")
     if image_size:
         kwargs["img_size"] = image_size
     try:
