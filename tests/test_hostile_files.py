@@ -154,3 +154,39 @@ def test_items_timm_args_take_architecture_arguments_only(monkeypatch):
     monkeypatch.setattr(timm, "create_model", no_fetch)
     with pytest.raises(UserError, match="items.timm_args: 'checkpoint_path' is not an architecture argument"):
         create_tower("test_vit", timm_args={"checkpoint_path": "/etc/passwd"})
+
+
+# --- runs -----------------------------------------------------------------------------------
+def test_a_run_with_non_finite_weights_is_never_evaluated_ranked_or_exported(tiny_data, tmp_path, capsys):
+    import torch
+
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(run / name, weights_only=True)
+        key = next(k for k, v in payload["model"].items() if v.is_floating_point())
+        payload["model"][key] = torch.full_like(payload["model"][key], float("nan"))
+        torch.save(payload, run / name)
+    user = "u1"
+    for argv in (["evaluate", run], ["recommend", run, "--user", user], ["export", run, "--out", tmp_path / "v"]):
+        status, out, err = run_cli(capsys, *argv)
+        assert status == 2 and "holds NaN or infinite values" in one_line(err), (argv, err)
+    assert not (tmp_path / "v").exists()
+
+
+def test_overwriting_the_run_that_init_from_names_is_refused_before_anything_is_deleted(tiny_data, tmp_path,
+                                                                                         capsys):
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    before = sorted(p.name for p in run.iterdir())
+    status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", "sasrec", "--config", "cpu-small",
+                             "--init-from", run, "--out", run, "--overwrite", "--set", "train.epochs=1",
+                             "--set", "train.init_parts=[backbone]")
+    assert status == 2 and "overwrite" in one_line(err) and "init_from" in one_line(err), err
+    assert sorted(p.name for p in run.iterdir()) == before

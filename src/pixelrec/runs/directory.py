@@ -95,6 +95,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     if missing:
         raise UserError(f"{path}: incomplete pixelrec checkpoint (no {', '.join(missing)}); "
                         "use another copy or train again")
+    if isinstance(payload.get("model"), dict):
+        bad = next((name for name, value in payload["model"].items() if isinstance(value, torch.Tensor)
+                    and value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+        if bad is not None:
+            raise UserError(f"{path}: weight {bad} holds NaN or infinite values: a model that diverged gives no "
+                            "real metrics, rankings or vectors; use an earlier checkpoint or train again")
     return payload
 
 

@@ -200,6 +200,10 @@ class Trainer:
                 if resume:
                     self._changes = self._resume_check()
                 elif overwrite:
+                    source = self.config.train.init_from
+                    if source is not None and Path(source).resolve() == self.out.resolve():
+                        raise UserError(f"{self.out}: is the run train.init_from starts from; overwrite=True would "
+                                        "delete it first: write the new run to another out=")
                     rundir.clear(self.out)
                 elif (reason := rundir.start_refusal(self.out, self.config)) is not None:
                     raise UserError(reason)
