@@ -190,3 +190,24 @@ def test_overwriting_the_run_that_init_from_names_is_refused_before_anything_is_
                              "--set", "train.init_parts=[backbone]")
     assert status == 2 and "overwrite" in one_line(err) and "init_from" in one_line(err), err
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_dataset_prepared_from_other_covers_is_not_the_runs_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    from helpers import tiny_config
+    from pixelrec.data.prepare import prepare
+    from pixelrec.training.trainer import train
+
+    raw = hand_raw(tmp_path / "raw")
+    prepare(raw, tmp_path / "a", image_size=16, workers=1, progress=False)
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path / "a", "sasrec", train={"epochs": 1}), run)
+    prepare(raw, tmp_path / "c", image_size=16, workers=1, progress=False)  # the same covers again: accepted
+    status, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "c")
+    assert status == 0, err
+    cover = sorted((raw / "covers").iterdir())[0]
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(cover)  # one item's cover replaced, nothing else
+    prepare(raw, tmp_path / "b", image_size=16, workers=1, progress=False)
+    status, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "b")
+    assert status == 2 and "holds other covers than the dataset" in one_line(err) and "--data DIR" in err, err
