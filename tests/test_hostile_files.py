@@ -211,3 +211,19 @@ def test_a_dataset_prepared_from_other_covers_is_not_the_runs_dataset(tmp_path, 
     prepare(raw, tmp_path / "b", image_size=16, workers=1, progress=False)
     status, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "b")
     assert status == 2 and "holds other covers than the dataset" in one_line(err) and "--data DIR" in err, err
+
+
+# --- sizes ----------------------------------------------------------------------------------
+def test_sizes_that_would_exhaust_memory_are_refused_before_any_work(tiny_data, tmp_path, capsys):
+    raw = hand_raw(tmp_path / "raw")
+    status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds", "--image-size", "100000")
+    assert status == 2 and "--image-size 100000: allowed 8 <= x <= 1024" in one_line(err), err
+    assert not (tmp_path / "ds").exists()
+    for model, key in (("sasrec", "data.max_len=100000"), ("nextitnet", "model.dilations=[1,100000]")):
+        status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", model, "--set", key,
+                                 "--out", tmp_path / model)
+        assert status == 2 and "100000 is out of range (allowed: 1 <= x <= 1024)" in one_line(err), err
+    assert run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ok", "--image-size", "16")[0] == 0
+    status, _, err = run_cli(capsys, "extract", "--data", tmp_path / "ok", "--encoder", "test_vit", "--image-size", "0",
+                             "--out", tmp_path / "f.npy")
+    assert status == 2 and "--image-size 0: allowed 8 <= x <= 1024" in one_line(err), err
