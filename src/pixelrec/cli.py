@@ -152,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(_command_module(args.command).run(args) or 0)
+        from pixelrec import progress
+
+        with progress.console():  # the library's log lines on stderr; a command's stdout stays its own
+            return int(_command_module(args.command).run(args) or 0)
     except UserError as err:
         print(f"pixelrec: error: {_rank_prefix()}{in_flags(str(err), getattr(args, 'flags', {}))}", file=sys.stderr)
         return 2

@@ -37,7 +37,11 @@ from pixelrec.data import images as image_store
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
+<<<<<<< HEAD
 from pixelrec.schema import IMAGE_SIDE
+=======
+from pixelrec.progress import log
+>>>>>>> h-silent
 from pixelrec.storage import locks
 from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
 
@@ -451,7 +455,7 @@ def claimed_output(out: Path, what: str) -> Iterator[None]:
         raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
     with locks.hold(locks.lock_path(out), f"{what} {out}"):
         for line in recover(out):
-            print(line, file=sys.stderr)
+            log.info(line)
         yield
 
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from pixelrec.errors import UserError
+
+log = logging.getLogger(__name__)  # the `pixelrec` logger's child (progress, which holds that one, is a sibling)
 
 
 class Busy(UserError):
@@ -147,12 +149,12 @@ def _who(pid: int | None) -> str:
 
 def acquire(path: str | Path, what: str, *, wait: bool = False) -> Lock:
     """Lock `path` for writing `what` (e.g. "feature file data/f.npy"). Held elsewhere: `Busy`, or with
-    `wait` a line on stderr and a wait until it is free."""
+    `wait` a log line and a wait until it is free."""
     path = Path(path)
     try:
         fd = _open_locked(path, blocking=False)
         if fd is None and wait:
-            print(f"waiting for {what}: {_who(_holder_pid(path))} is writing it", file=sys.stderr, flush=True)
+            log.info(f"waiting for {what}: {_who(_holder_pid(path))} is writing it")
             fd = _open_locked(path, blocking=True)
     except OSError as err:
         raise UserError(f"{path}: cannot create the lock file for {what} ({err.strerror or err})") from None

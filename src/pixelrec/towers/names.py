@@ -34,7 +34,7 @@ def timm_name(name: str) -> str:
     return resolved
 
 
-# --- notes on stderr ----------------------------------------------------------------------------------
+# --- the paper's encoders -----------------------------------------------------------------------------
 #: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT-B/32 with GELU, as open_clip's).
 PAPER_ALIASES = frozenset({"vit_base_patch32_clip_224"})
 
