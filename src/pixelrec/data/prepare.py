@@ -37,11 +37,8 @@ from pixelrec.data import images as image_store
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
-<<<<<<< HEAD
-from pixelrec.schema import IMAGE_SIDE
-=======
 from pixelrec.progress import log
->>>>>>> h-silent
+from pixelrec.schema import IMAGE_SIDE
 from pixelrec.storage import locks
 from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
 

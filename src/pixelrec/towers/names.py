@@ -63,10 +63,11 @@ def check_timm_args(args: object, where: str) -> dict:
         if not isinstance(key, str) or any(word in key.lower() for word in _LOADING_WORDS):
             raise UserError(f"{where}: {key!r} is not an architecture argument; weights come only from "
                             "items.encoder_weights or items.pretrained")
-        for item in value if isinstance(value, list) else [value]:
-            plain = item is None or isinstance(item, (bool, int, float)) or (
-                isinstance(item, str) and not any(mark in item for mark in ("/", "\\", ":")))
-            if not plain:
-                raise UserError(f"{where}: {key}={json.dumps(item)[:80]} is not a plain value (a number, a "
-                                "boolean or a name); paths, addresses and nested settings are refused")
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            # what a file can hold is JSON; Python callers may pass timm's own config objects, which no file can
+            nested = isinstance(item, (dict, list, tuple))
+            located = isinstance(item, str) and any(mark in item for mark in ("/", "\\", ":"))
+            if nested or located:
+                raise UserError(f"{where}: {key}={json.dumps(item, default=str)[:80]} is not a plain value (a "
+                                "number, a boolean or a name); paths, addresses and nested settings are refused")
     return dict(args)
