@@ -137,8 +137,8 @@ def test_a_tower_file_cannot_make_timm_open_or_fetch_anything(tmp_path):
                           ({"global_pool": {"nested": 1}}, "is not a plain value")]:
         with pytest.raises(UserError, match=culprit):
             read_description(_tower_file(tmp_path, args))
-    assert read_description(_tower_file(tmp_path, {"act_layer": "quick_gelu"}))["timm_args"] == {
-        "act_layer": "quick_gelu"}
+    shaping = {"act_layer": "quick_gelu", "drop_path_rate": 0.1}
+    assert read_description(_tower_file(tmp_path, shaping))["timm_args"] == shaping
 
 
 def test_items_timm_args_take_architecture_arguments_only(monkeypatch):

@@ -47,7 +47,8 @@ def is_paper_encoder(name: str | None) -> bool:
 
 
 #: Words in a timm.create_model argument that mean "load or fetch something" rather than "shape the network".
-_LOADING_WORDS = ("pretrained", "checkpoint", "cfg", "url", "hub", "path", "file", "cache", "weights", "download")
+_LOADING_WORDS = frozenset({"pretrained", "checkpoint", "cfg", "url", "hub", "file", "cache", "weights", "download",
+                            "overlay", "dir"})
 
 
 def check_timm_args(args: object, where: str) -> dict:
@@ -60,7 +61,7 @@ def check_timm_args(args: object, where: str) -> dict:
     if not isinstance(args, dict):
         raise UserError(f"{where}: expected a mapping of timm.create_model arguments, got {type(args).__name__}")
     for key, value in args.items():
-        if not isinstance(key, str) or any(word in key.lower() for word in _LOADING_WORDS):
+        if not isinstance(key, str) or _LOADING_WORDS & set(key.lower().split("_")):  # drop_path_rate is fine
             raise UserError(f"{where}: {key!r} is not an architecture argument; weights come only from "
                             "items.encoder_weights or items.pretrained")
         for item in value if isinstance(value, (list, tuple)) else [value]:
