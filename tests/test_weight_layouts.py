@@ -379,7 +379,7 @@ def test_pixels_encoder_announces_random_weights_and_upscaling(capsys):
         "warning: image encoder vit_base_patch32_clip_224 is randomly initialised: its numbers are not comparable "
         "with the paper's (give items.encoder_weights=FILE)",
         "warning: the image store holds 16 px images; vit_base_patch32_clip_224 upscales them to 32 px (prepare "
-        "the data with --image-size 32 for real detail)",
+        "the data at 32 px for real detail)",
     ]
 
 
@@ -393,7 +393,7 @@ def test_features_made_by_a_random_paper_encoder_are_announced(tmp_path, capsys)
     FeatureEncoder(3, 8, order, features=str(tmp_path / "f.npy"))
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {tmp_path / 'f.npy'} was extracted by a randomly initialised clip-rn50: its numbers are not "
-        "comparable with the paper's (extract them again with --encoder-weights FILE)"]
+        "comparable with the paper's (extract them again with the encoder's weights)"]
     weight_layouts._noted.clear()
     write_sidecar(tmp_path / "f.npy", sidecar | {"weights_sha256": "ab" * 32})
     FeatureEncoder(3, 8, order, features=str(tmp_path / "f.npy"))
@@ -426,7 +426,7 @@ def test_extract_announces_a_random_paper_encoder_and_upscaling(tmp_path, capsys
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warned == [
         "warning: image encoder resnet50 is randomly initialised: its numbers are not comparable with the paper's "
-        "(give --encoder-weights FILE)",
-        "warning: the image store holds 16 px images; resnet50 upscales them to 32 px (prepare the data with "
-        "--image-size 32 for real detail)",
+        "(give encoder_weights=FILE)",  # a warning, not an error: the command line prints it as it is
+        "warning: the image store holds 16 px images; resnet50 upscales them to 32 px (prepare the data at 32 px "
+        "for real detail)",
     ]

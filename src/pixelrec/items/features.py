@@ -46,12 +46,12 @@ class FeatureEncoder(ItemEncoder):
         final_activation: bool = False,
     ) -> None:
         if features is None:
-            raise UserError("items.kind=features needs a feature file: --set items.features=FILE.npy "
-                            "(write one with `pixelrec extract`)")
+            raise UserError("items.kind=features needs a feature file in items.features (write one with "
+                            "`pixelrec extract`)")
         table = load_features(features, n_items, item_order_sha256, spatial=True)
         made = read_sidecar(features) or {}
         note_encoder(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
-                     source=str(features), hint="extract them again with --encoder-weights FILE")
+                     source=str(features), hint="extract them again with the encoder's weights")
         super().__init__(n_items, embedding_size if project else table.shape[-1])
         self.component_count = table.shape[1] if table.dim() == 3 else 1
         self.component_table: Tensor | None

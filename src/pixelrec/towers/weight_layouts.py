@@ -366,4 +366,4 @@ def note_encoder(encoder: str | None, *, weights: str | None, pretrained: bool |
         _note("random", encoder, f"{what}: its numbers are not comparable with the paper's ({hint})")
     if stored_size and input_size and stored_size < input_size:
         _note("upscale", encoder, f"the image store holds {stored_size} px images; {encoder} upscales them to "
-                                  f"{input_size} px (prepare the data with --image-size {input_size} for real detail)")
+                                  f"{input_size} px (prepare the data at {input_size} px for real detail)")
