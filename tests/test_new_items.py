@@ -138,10 +138,10 @@ def test_a_tower_file_refuses_settings_it_was_not_trained_with(world, tmp_path, 
     assert run_cli(capsys, "export", "--run", world["pixels"], "--tower", tower)[0] == 0
     code, _, err = run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_vit", "--image-size", "64",
                        "--encoder-weights", tower, "--out", tmp_path / "f.npy")
-    assert code == 2 and "trained with --image-size=32, not 64" in one_line(err)
+    assert code == 2 and "trained with --image-size 32, not 64; leave --image-size unset" in one_line(err)
     code, _, err = run_cli(capsys, "extract", "--data", world["data"], "--encoder", "test_resnet",
                        "--encoder-weights", tower, "--out", tmp_path / "f.npy")
-    assert code == 2 and "--encoder=test_vit, not test_resnet" in one_line(err)
+    assert code == 2 and "--encoder test_vit, not test_resnet; leave --encoder unset" in one_line(err)
     assert not (tmp_path / "f.npy").exists()
     code, _, err = run_cli(capsys, "export", "--run", world["ids"], "--tower", tmp_path / "id.safetensors")
     assert code == 2 and "items.kind=id has no image tower" in one_line(err)

@@ -70,7 +70,7 @@ def test_two_profiles_or_a_changed_profile_on_resume_are_refused(tmp_path):
     with pytest.raises(UserError, match="one profile"):
         resolve(model="sasrec", files=["paper", "default"])
     base = resolve(model="sasrec").to_dict()
-    with pytest.raises(UserError, match="cannot change on --resume"):
+    with pytest.raises(UserError, match="cannot change on resume=True"):
         resolve(files=["paper"], base=base)
 
 

@@ -165,7 +165,7 @@ def test_the_run_records_its_start_and_resume_does_not_start_again(datasets, pix
     assert resumed["epochs_run"] == 2 and resumed["init_from"] == results["init_from"]
     other = rundir.with_absolute_paths(c)
     other.train.init_from = str(pixel_source)
-    with pytest.raises(UserError, match="cannot change on --resume: train.init_from"):
+    with pytest.raises(UserError, match="cannot change on resume=True: train.init_from"):
         Trainer(other, out, resume=True)
 
 

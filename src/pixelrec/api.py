@@ -15,12 +15,10 @@ does; their errors are `pixelrec.errors.UserError` that speak of these arguments
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pixelrec.errors import UserError
 from pixelrec.jobs import recommend as recommend_job
@@ -90,36 +88,6 @@ class Metrics:
         return out | ({"checkpoint": self.used} if self.used else {})
 
 
-# --- errors in the words of this API --------------------------------------------------------
-#: Flags whose argument here has another name; switches become `name=True`.
-FLAG_ARGUMENTS = {"--user": "users", "--users-file": "users", "--run": "run", "-k": "k"}
-SWITCHES = {"--resume", "--overwrite", "--latest", "--pretrained", "--no-images", "--prune", "--print-config"}
-_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-k\b)(?: (?=[^\s;,()]*[/.\d])([^\s;,()]+))?")
-
-
-def _as_argument(match: re.Match) -> str:
-    """`--out runs/a` -> `out='runs/a'`, `--set` -> `set=`, `--resume runs/a` -> `resume=True with out='runs/a'`."""
-    flag, value, tail = match.group(1), match.group(2), ""
-    if value and value.endswith(":"):
-        value, tail = value[:-1], ":"
-    name = FLAG_ARGUMENTS.get(flag) or flag.lstrip("-").replace("-", "_")
-    if flag in SWITCHES:
-        return f"{name}=True" + (f" with out={value!r}" if value else "") + tail
-    return (f"{name}={value!r}" if value else f"{name}=") + tail
-
-
-@contextlib.contextmanager
-def _arguments() -> Iterator[None]:
-    """Re-raise a UserError written for the command line with its flags named as arguments."""
-    try:
-        yield
-    except UserError as err:
-        text = _FLAG.sub(_as_argument, str(err))
-        if text == str(err):
-            raise
-        raise UserError(text) from None
-
-
 # --- the functions ----------------------------------------------------------------------------
 def train(
     *,
@@ -144,10 +112,9 @@ def train(
     `resume=True`, continue the interrupted run in `out` where it stopped; with `overwrite=True`,
     replace the run files in a non-empty `out`. `init_from`: another run directory whose trained
     weights start this run (train.init_from; train.init_parts says which)."""
-    with _arguments():
-        path, _ = train_job(data=data, model=model, items=items, encoder=encoder, loss=loss, epochs=epochs,
-                            device=device, seed=seed, init_from=init_from, config=config, set=set, out=out,
-                            resume=resume, overwrite=overwrite)
+    path, _ = train_job(data=data, model=model, items=items, encoder=encoder, loss=loss, epochs=epochs,
+                        device=device, seed=seed, init_from=init_from, config=config, set=set, out=out,
+                        resume=resume, overwrite=overwrite)
     return load_run(path)
 
 
@@ -157,8 +124,7 @@ def load_run(run: PathLike, *, checkpoint: str = "best", data: PathLike | None =
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
     path = Path(run)
-    with _arguments():
-        config, prepared, model = load(path, checkpoint, None if data is None else os.fspath(data))
+    config, prepared, model = load(path, checkpoint, None if data is None else os.fspath(data))
     return Run(path=path, config=config, model=model, data=prepared, results=read_results(path, required=False) or {}, checkpoint=checkpoint)
 
 
@@ -174,8 +140,7 @@ def evaluate(run: PathLike | Run, *, split: str = "both", checkpoint: str = "bes
     if isinstance(run, Run) and data is None:
         data = run.data.root  # where the Run found its dataset (it may have been given a moved copy)
     splits = ["valid", "test"] if split == "both" else [split]
-    with _arguments():
-        measured = evaluate_run(path, splits, checkpoint, None if data is None else os.fspath(data))
+    measured = evaluate_run(path, splits, checkpoint, None if data is None else os.fspath(data))
     return Metrics(run=path, checkpoint=checkpoint, valid=measured.get("valid"), test=measured.get("test"),
                    cold={s: measured[f"{s}_cold"] for s in splits if f"{s}_cold" in measured},
                    used=dict(measured.get("checkpoint") or {}))
@@ -188,13 +153,12 @@ def recommend(run: PathLike | Run, users: str | Sequence[str], *, k: int = 10, c
     or `data` is asked for). `new_items`: vectors of items not in the catalogue, written for this
     run by `pixelrec embed`, ranked with the catalogue."""
     users = [users] if isinstance(users, str) else list(users)
-    with _arguments():
-        if isinstance(run, Run) and checkpoint == run.checkpoint and data is None:
-            weights, _ = choose_checkpoint(run.path, run.checkpoint)
-            found, _ = recommend_job.rank(run.path, run.model, run.data, run.config, weights, users, k, new_items)
-        else:
-            found, _, _ = recommend_job.recommend(run.path if isinstance(run, Run) else run, users, k=k,
-                                                  checkpoint=checkpoint, data=data, new_items=new_items)
+    if isinstance(run, Run) and checkpoint == run.checkpoint and data is None:
+        weights, _ = choose_checkpoint(run.path, run.checkpoint)
+        found, _ = recommend_job.rank(run.path, run.model, run.data, run.config, weights, users, k, new_items)
+    else:
+        found, _, _ = recommend_job.recommend(run.path if isinstance(run, Run) else run, users, k=k,
+                                              checkpoint=checkpoint, data=data, new_items=new_items)
     return found
 
 

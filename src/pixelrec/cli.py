@@ -43,7 +43,9 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        # a switch's default is its absence (prepare's --no-images stores images=False, default True)
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == [] \
+            or action.nargs == 0
         shown = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
         if unset or not shown or "default" in text.lower():
             return action.help
@@ -90,13 +92,21 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
             if action.option_strings and action.dest not in ("help", "version")}
 
 
-#: A parameter as the library names it in a message: `name=` with a value, `name=` alone, `name=True`.
-_PARAMETER = re.compile(r"(?<![\w.\-/'\"])([a-z][a-z0-9_]*)=(True\b)?")
+#: Where one option of a command stands for several library parameters: the library's words for them ->
+#: the words `in_flags` then writes as that option (`pixelrec train --resume RUN` is resume=True, out=RUN).
+ALIASES: dict[str, dict[str, str]] = {"train": {"resume=True with out=": "resume="}}
+
+#: A parameter as the library names it in a message: `name=` with a value, `name=` alone, or a switch,
+#: `name=True` (`name=False` for an option that turns something off, such as prepare's --no-images).
+_PARAMETER = re.compile(r"(?<![\w.\-/'\"])([a-z][a-z0-9_]*)=(True\b|False\b)?")
 
 
-def in_flags(message: str, flags: dict[str, str]) -> str:
+def in_flags(message: str, flags: dict[str, str], aliases: dict[str, str] | None = None) -> str:
     """`message` with each parameter that the command has an option for written as that option:
-    `data=DIR` -> `--data DIR`, `out=` -> `--out`, `overwrite=True` -> `--overwrite`."""
+    `data=DIR` -> `--data DIR`, `out=` -> `--out`, `overwrite=True` -> `--overwrite`; `aliases` (the
+    command's entry of ALIASES) first."""
+    for words, parameter in (aliases or {}).items():
+        message = message.replace(words, parameter)
 
     def option(match: re.Match) -> str:
         name, switch = match.group(1), match.group(2)
@@ -157,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with progress.console():  # the library's log lines on stderr; a command's stdout stays its own
             return int(_command_module(args.command).run(args) or 0)
     except UserError as err:
-        print(f"pixelrec: error: {_rank_prefix()}{in_flags(str(err), getattr(args, 'flags', {}))}", file=sys.stderr)
+        aliases = ALIASES.get(getattr(args, "command", None) or "", {})
+        print(f"pixelrec: error: {_rank_prefix()}{in_flags(str(err), getattr(args, 'flags', {}), aliases)}",
+              file=sys.stderr)
         return 2
     except OSError as err:
         line = os_error_line(err, getattr(args, "out", None))

@@ -221,7 +221,7 @@ def overrides_to_dict(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair or "." not in pair.split("=", 1)[0]:
-            raise UserError(f"--set {pair!r}: expected section.key=value, e.g. train.lr=1e-4")
+            raise UserError(f"set={pair!r}: expected section.key=value, e.g. train.lr=1e-4")
         key, value = pair.split("=", 1)
         section, name = key.split(".", 1)
         out.setdefault(section, {})[name] = parse_value(value)
@@ -427,11 +427,11 @@ def resolve(
     profiles = sorted({str(f) for f in files or [] if is_profile(f)}
                       | {str(layer.pop("profile")) for _, layer in user_layers if "profile" in layer})
     if len(profiles) > 1:
-        raise UserError(f"--config: choose one profile, not {' and '.join(profiles)}")
+        raise UserError(f"config=: choose one profile, not {' and '.join(profiles)}")
     user_layers.append(("command line", flags or {}))
-    user_layers.append(("--set", overrides_to_dict(sets or [])))
+    user_layers.append(("set=", overrides_to_dict(sets or [])))
     if model:
-        user_layers.append(("--model", {"model": {"name": model}}))
+        user_layers.append(("model=", {"model": {"name": model}}))
     for source, layer in user_layers:
         for section in layer:
             if section not in SECTIONS:
@@ -442,8 +442,8 @@ def resolve(
     layers: list[tuple[str, dict[str, Any]]] = []
     chosen = probe.get("model", {}).get("name")
     if base is not None and profiles and profiles[0] != base.get("profile", "default"):
-        raise UserError(f"--config {profiles[0]}: the run was resolved with profile {base.get('profile', 'default')!r}; "
-                        "a profile cannot change on --resume")
+        raise UserError(f"config={profiles[0]}: the run was resolved with profile {base.get('profile', 'default')!r}; "
+                        "a profile cannot change on resume=True")
     if base is None and chosen:
         items = probe.get("items", {})
         profile = profiles[0] if profiles else "default"

@@ -44,7 +44,8 @@ def build_recommender(
     encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
     if encoder.component_count > 1 and not backbone.uses_components:
         raise UserError(f"{items_args.get('features')}: spatial features ({encoder.component_count} components per "
-                        f"item), which model {model} cannot use; give it pooled features (extract without --pooling none)")
+                        f"item), which model {model} cannot use; give it pooled features (extracted with a pooling other "
+                        "than none)")
     backbone.initialise_items(encoder)
     loss_fn = LOSSES.create(loss, **facts.for_class(LOSSES.get(loss)), **loss_args)
     return Recommender(encoder, backbone, loss_fn)

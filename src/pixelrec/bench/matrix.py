@@ -67,8 +67,8 @@ def parse_variant(text: str) -> Variant:
     name, _, settings = text.partition(":")
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise UserError(f"--variant {text!r}: the name before ':' must be letters, digits, '_', '.', '+' or '-' "
-                        "(it names the cells' run directories), e.g. --variant 'pre:train.init_from=runs/a'")
+        raise UserError(f"variants={text!r}: the name before ':' must be letters, digits, '_', '.', '+' or '-' "
+                        "(it names the cells' run directories), e.g. 'pre:train.init_from=runs/a'")
     sets = tuple(part.strip() for part in settings.split(";") if part.strip())
     overrides_to_dict(list(sets))  # each is section.key=value
     return Variant(name, sets)
@@ -151,7 +151,7 @@ def init_refusal(cell: Cell, config: Config) -> str | None:
 
 def carries_items(config: Config) -> bool:
     """True when the cell's item encoder starts from another run (train.init_from, init_parts items):
-    that run's tower replaces any image-model weights, so the cell takes none from --weights."""
+    that run's tower replaces any image-model weights, so the cell takes none from `weights`."""
     return config.train.init_from is not None and "items" in config.train.init_parts
 
 
@@ -162,12 +162,12 @@ def check_weights(planned: list["Planned"], pattern: str) -> None:
               and not carries_items(entry.config)]
     encoders = sorted({str(entry.cell.encoder) for entry in pixels})
     if "{encoder}" not in pattern and len(encoders) > 1:
-        raise UserError(f"--weights {pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "
+        raise UserError(f"weights={pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "
                         "put {encoder} in the pattern")
     for entry in pixels:
         weights = entry.config.items.encoder_weights
         if weights and not Path(weights).is_file():
-            raise UserError(f"--weights: cell {entry.name}: {weights} not found")
+            raise UserError(f"weights=: cell {entry.name}: {weights} not found")
 
 
 def one_line(err: BaseException) -> str:
@@ -228,7 +228,7 @@ def plan(spec: BenchSpec) -> list[Planned]:
     """Resolve every cell; a refused combination becomes a skipped cell with the refusal as reason.
     If every cell is refused for the same reason, the reason is the user's error, not the matrix's."""
     if not spec.cells:
-        raise UserError("the matrix is empty: give --models and --items")
+        raise UserError("the matrix is empty: give models= and items=")
     planned = []
     first: dict[str, str] = {}  # a resolved configuration -> the first cell that has it
     for cell in spec.cells:

@@ -150,7 +150,7 @@ def duplicates_note(results: list[dict[str, Any]]) -> str:
     lines = [f"- {cell_name(group[0])}: {len(group)} runs: " + ", ".join(r.get("run", "?") for r in group)
              for group in groups]
     return ("Several runs of one cell, all shown (paper layout: values in the order of the runs; "
-            "`--latest` keeps the newest):\n\n" + "\n".join(lines))
+            "`pixelrec report --latest` keeps the newest):\n\n" + "\n".join(lines))
 
 
 def mixed(results: list[dict[str, Any]], key: str) -> bool:

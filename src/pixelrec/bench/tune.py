@@ -57,12 +57,12 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
         key, sep, values = part.partition("=")
         key = key.strip()
         if not sep or "." not in key or not values.strip():
-            raise UserError(f"--grid {part!r}: expected section.key=v1,v2,... (e.g. train.lr=1e-4,1e-3)")
+            raise UserError(f"grid={part!r}: expected section.key=v1,v2,... (e.g. train.lr=1e-4,1e-3)")
         if key in grid:
-            raise UserError(f"--grid: {key} is given twice")
+            raise UserError(f"grid=: {key} is given twice")
         grid[key] = [grid_value(v) for v in values.split(",") if v.strip()]
     if not grid:
-        raise UserError("--grid is empty: give section.key=v1,v2;...")
+        raise UserError("grid= is empty: give section.key=v1,v2;...")
     return grid
 
 
@@ -114,15 +114,15 @@ def trial_config(spec: TuneSpec, params: dict[str, Any]) -> Config:
 def check_spec(spec: TuneSpec) -> str:
     """Refuse a search that cannot work before the study is touched; returns the objective's metric."""
     if spec.sampler not in ("grid", "tpe"):
-        raise UserError(f"--sampler {spec.sampler!r}: choose grid or tpe")
+        raise UserError(f"sampler={spec.sampler!r}: choose grid or tpe")
     if spec.trials is not None and spec.trials < 1:
-        raise UserError(f"--trials must be at least 1, not {spec.trials}")
+        raise UserError(f"trials={spec.trials}: must be at least 1")
     overridden = {pair.split("=", 1)[0].strip() for pair in spec.sets} & set(spec.grid)
     if overridden:
-        raise UserError(f"{', '.join(sorted(overridden))} is both searched (--grid) and fixed (--set); drop one")
+        raise UserError(f"{', '.join(sorted(overridden))} is both searched (grid=) and fixed (set=); drop one")
     for key, values in spec.grid.items():
         if not values or any(v is not None and not isinstance(v, (bool, int, float, str)) for v in values):
-            raise UserError(f"--grid {key}: values must be numbers, booleans or words")
+            raise UserError(f"grid={key}: values must be numbers, booleans or words")
     first = {key: values[0] for key, values in spec.grid.items()}
     for key, values in spec.grid.items():  # a bad key or value is an error now, not in every trial
         for value in values:
@@ -163,7 +163,7 @@ def open_study(spec: TuneSpec, study_dir: Path):
         study.set_user_attr("spec", wanted)
     elif saved != wanted:
         changed = ", ".join(k for k in wanted if saved.get(k) != wanted[k])
-        raise UserError(f"{study_dir}: this study was started with other settings ({changed}); use another --study")
+        raise UserError(f"{study_dir}: this study was started with other settings ({changed}); use another study_dir=")
     return study
 
 

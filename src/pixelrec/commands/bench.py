@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "model directory")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML file(s) or presets layered over every cell's defaults, later ones win")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="set",
                         help="override a key in every cell, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[:SECTION.KEY=VALUE;...]",
                         dest="variants", help="run every cell once per variant, with its settings over --set, e.g. "
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--variant: each name once, not {', '.join(sorted({n for n in names if names.count(n) > 1}))} twice")
     spec = BenchSpec(data=args.data, cells=cells_of(split_list(args.models), split_list(args.items),
                                                     split_list(args.encoders), names or None),
-                     files=args.config, sets=args.sets, features=args.features, weights=args.weights,
+                     files=args.config, sets=args.set, features=args.features, weights=args.weights,
                      text_model=args.text_model, variants=variants)
     try:
         rows = run_matrix(spec, Path(args.out))

@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()  # one of them, or --encoder-weights with a tower file
     source.add_argument("--encoder", help="image encoder: short name (clip-vit-b32, resnet50, ...) or timm name; "
                         "with --encoder-weights TOWER.safetensors (from `pixelrec export --tower`) the file names it")
-    source.add_argument("--text-model", metavar="DIR", help="text model over the items' texts: a Hugging Face model "
-                        "directory (or a hub name in the local cache)")
-    source.add_argument("--import", dest="import_file", metavar="FEATURES.npy",
+    source.add_argument("--text-model", metavar="DIR", dest="model", help="text model over the items' texts: a Hugging "
+                        "Face model directory (or a hub name in the local cache)")
+    source.add_argument("--import", dest="source", metavar="FEATURES.npy",
                         help="an existing feature array, rows in the order of --order: [items, dim], or spatial "
                         "[items, components, dim] or square maps [items, H, W, dim] / [items, dim, H, W] (ACF)")
     parser.add_argument("--order", metavar="ORDER", help="with --import: item tokens of the rows, one per line, "
@@ -58,20 +58,20 @@ def run(args: argparse.Namespace) -> int:
     from pixelrec.errors import UserError
     from pixelrec.jobs.extract import extract_features, import_features
 
-    if args.import_file:
+    if args.source:
         if not args.order:
             raise UserError("--import needs --order FILE: the item token of each row of the array")
-        sidecar = import_features(args.data, args.import_file, args.order, args.out, dtype=args.dtype,
+        sidecar = import_features(args.data, args.source, args.order, args.out, dtype=args.dtype,
                                   overwrite=args.overwrite)
         parts = f" x {sidecar['components']} components" if sidecar["components"] > 1 else ""
         print(f"wrote {args.out}: {sidecar['n_items']:,} items{parts} x {sidecar['dim']} {sidecar['dtype']} "
-              f"(imported from {args.import_file})")
+              f"(imported from {args.source})")
         return 0
     if args.order:
         raise UserError("--order goes with --import only")
     from pixelrec.distributed import resolve_device
 
-    if args.text_model:
+    if args.model:
         return _text(args, resolve_device(args.device))
 
     args.encoder = args.encoder or _tower_encoder(args.encoder_weights)
@@ -117,7 +117,7 @@ def _text(args: argparse.Namespace, device: "torch.device") -> int:
         raise UserError(f"{image_only[0]} goes with --encoder (an image encoder), not --text-model")
     fields = [f.strip() for f in args.text_fields.split(",") if f.strip()]
     sidecar = extract_text_features(
-        args.data, args.out, args.text_model, text_fields=fields, max_tokens=args.max_tokens, pooling=args.pooling,
+        args.data, args.out, args.model, text_fields=fields, max_tokens=args.max_tokens, pooling=args.pooling,
         batch_size=args.batch_size, workers=args.workers, dtype=args.dtype or "fp16", device=device,
         overwrite=args.overwrite,
     )

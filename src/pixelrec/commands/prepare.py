@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample-users and --cold-items")
     parser.add_argument("--missing-images", choices=("fail", "placeholder"), default="fail",
                         help="missing/corrupt covers: fail (default) or use a grey placeholder and record it")
-    parser.add_argument("--no-images", action="store_true", help="skip the image store (ID-only use)")
+    parser.add_argument("--no-images", action="store_false", dest="images",
+                        help="skip the image store (ID-only use)")
     parser.add_argument("--cold-items", type=_fraction, default=0.0, metavar="FRACTION",
                         help="fraction of items held out of training (kept only as valid/test targets)")
     parser.add_argument("--overwrite", action="store_true",
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     meta = prepare(args.raw, args.out, image_size=args.image_size, workers=args.workers, kcore=args.kcore,
                    sample_users=args.sample_users, seed=args.seed, missing_images=args.missing_images,
-                   images=not args.no_images, cold_items=args.cold_items, name=args.name, overwrite=args.overwrite)
+                   images=args.images, cold_items=args.cold_items, name=args.name, overwrite=args.overwrite)
     files = meta["source"]["files"]
     print(f"read {files['interactions']} ({meta['source']['kind']}): {meta['n_rows_read']:,} rows, "
           f"{_plural(meta['n_users_read'], 'user')}, {_plural(meta['n_items_read'], 'item')}")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                  if info["items_without_info"] else ""]
         print(f"item info {files['item_info']}: {_plural(info['rows'], 'row')}" + "".join(f"; {n}" for n in notes if n))
     if meta["image_store"] is None:
-        reason = "--no-images" if args.no_images else "no covers/ or images/ folder next to the interactions"
+        reason = "--no-images" if not args.images else "no covers/ or images/ folder next to the interactions"
         print(f"no image store ({reason}): the dataset is for ID and feature models only")
     else:
         store = meta["image_store"]

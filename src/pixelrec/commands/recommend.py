@@ -20,7 +20,8 @@ ORDER = 8
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", action="append", help="user token as in the interactions file (repeatable)")
+    who.add_argument("--user", action="append", dest="users", metavar="USER",
+                     help="user token as in the interactions file (repeatable)")
     who.add_argument("--users-file", metavar="FILE", help="text file with one user token per line (batch mode)")
     parser.add_argument("-k", type=at_least(1), default=10, help="items per user; a user who has not had that "
                         "many items gets all those they have not had")
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from pixelrec.storage.atomic import atomic_write
 
     out, image = _file_argument("--out", args.out), _file_argument("--image", args.image)
-    tokens = args.user or _read_tokens(Path(args.users_file))
+    tokens = args.users or _read_tokens(Path(args.users_file))
     found, loaded, new = recommend.recommend(run_directory(args), tokens, k=args.k, checkpoint=args.checkpoint,
                                              data=run_data(args), new_items=args.new_items)
     data = loaded.data

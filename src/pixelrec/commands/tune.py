@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="backbone: sasrec, gru4rec, mf, ...")
     parser.add_argument("--items", help="item encoder kind: id, pixels, features, id+features")
     parser.add_argument("--encoder", help="image encoder for pixels/features")
-    parser.add_argument("--study", required=True, metavar="DIR", help="study directory (study.db, trials/, best.yaml); "
-                        "rerun to continue it")
+    parser.add_argument("--study", required=True, metavar="DIR", dest="study_dir", help="study directory (study.db, "
+                        "trials/, best.yaml); rerun to continue it")
     parser.add_argument("--sampler", choices=["grid", "tpe"], default="grid")
     parser.add_argument("--trials", type=int, metavar="N", help="finished trials wanted in the study "
                         "(default: the whole grid; 20 for tpe)")
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune", action="store_true", help="median pruning on the validation metric per epoch")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (grid order, TPE)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file(s) or presets")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="set",
                         help="fixed override for every trial (repeatable)")
 
 
@@ -35,12 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from pixelrec.bench.tune import PAPER_GRID, TuneSpec, best_trial, parse_grid, run_study, trials_table
 
     spec = TuneSpec(data=args.data, model=args.model, items=args.items, encoder=args.encoder, files=args.config,
-                    sets=args.sets, grid=parse_grid(args.grid) if args.grid else dict(PAPER_GRID),
+                    sets=args.set, grid=parse_grid(args.grid) if args.grid else dict(PAPER_GRID),
                     sampler=args.sampler, trials=args.trials, prune=args.prune, seed=args.seed)
     try:
-        study = run_study(spec, Path(args.study))
+        study = run_study(spec, Path(args.study_dir))
     except KeyboardInterrupt:
-        print(f"interrupted: the running trial is kept; rerun the same command to continue {args.study}",
+        print(f"interrupted: the running trial is kept; rerun the same command to continue {args.study_dir}",
               file=sys.stderr)
         raise
     print(trials_table(study))
@@ -48,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial completed")
         return 1
-    print(f"best: trial {best.number}, objective {best.value:.5f}; configuration in {Path(args.study) / 'best.yaml'}")
+    print(f"best: trial {best.number}, objective {best.value:.5f}; "
+          f"configuration in {Path(args.study_dir) / 'best.yaml'}")
     return 0

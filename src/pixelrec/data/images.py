@@ -109,7 +109,7 @@ def encode_cover(task: tuple[str, int, int]) -> bytes | None:
 
 
 def placeholder_jpeg(size: int, quality: int = 90) -> bytes:
-    """The neutral grey image used for items without a usable cover under --missing-images placeholder."""
+    """The neutral grey image used for items without a usable cover when `missing` is "placeholder"."""
     return encode_image(Image.new("RGB", (size, size), PLACEHOLDER_GREY), size, quality)
 
 
@@ -146,7 +146,7 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
     absent = [t for t, f in zip(tokens, files) if f is None]
     if absent and missing == "fail":
         raise UserError(f"{covers}: {len(absent)} of {len(tokens)} items have no cover file (<item_id>.jpg): "
-                        f"{_listing(absent, len(absent))}; use --missing-images placeholder or --no-images")
+                        f"{_listing(absent, len(absent))}; use missing_images=placeholder or images=False")
     grey = placeholder_jpeg(size, quality)
     placeholders: list[str] = []
     digest = hashlib.sha256()  # of every (token, image) in order: the covers' part of the dataset's identity
@@ -176,7 +176,7 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
     corrupt = [t for t in placeholders if t not in absent_set]
     if corrupt and missing == "fail":
         raise UserError(f"{covers}: {len(corrupt)} cover files are corrupt or truncated: "
-                        f"{_listing(corrupt, len(corrupt))}; use --missing-images placeholder to substitute grey")
+                        f"{_listing(corrupt, len(corrupt))}; use missing_images=placeholder to substitute grey")
     bad = verify_image_store(path, size, workers=workers, progress=progress)
     if bad:
         raise UserError(f"{path}: {len(bad)} stored images do not decode: {_listing(bad, len(bad))}")
@@ -359,8 +359,8 @@ class ImageStore:
         """The store of a prepared dataset, with item index -> token taken from its item table."""
         store = data.meta.get("image_store")
         if not store:
-            raise UserError(f"{data.root}: prepared without an image store (no covers or --no-images); "
-                            "pixel item encoders need one")
+            raise UserError(f"{data.root}: prepared without an image store (no covers, or prepared without "
+                            "images); pixel item encoders need one")
         return cls(data.root / store["path"], data.item_tokens, store["size"])
 
     def __len__(self) -> int:

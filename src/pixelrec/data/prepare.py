@@ -272,7 +272,7 @@ def _info_summary(info: pa.Table, read: pa.Array, kept: pa.Array) -> dict:
 
 def _refuse_raw(out: Path, raw: Path) -> None:
     if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
-        raise UserError(f"{out}: would replace the raw data; choose another --out")
+        raise UserError(f"{out}: would replace the raw data; choose another out=")
 
 
 def _is_prepared_meta(path: Path) -> bool:
@@ -283,27 +283,27 @@ def _is_prepared_meta(path: Path) -> bool:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """--out must be absent, empty or a prepared dataset and nothing else; --overwrite replaces any folder."""
+    """`out` must be absent, empty or a prepared dataset and nothing else; `overwrite` replaces any folder."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+        raise UserError(f"{out}: exists and is not a folder; choose another out=")
     if not out.is_dir():
         return
     try:
         names = sorted(os.listdir(out))
     except OSError as err:
-        raise UserError(f"{out}: cannot read ({err.strerror or err}); choose another --out") from None
+        raise UserError(f"{out}: cannot read ({err.strerror or err}); choose another out=") from None
     if not names or overwrite:
         return
     foreign = [n for n in names if n not in PREPARED_ENTRIES]
     shown = foreign or names
     listing = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
-    replace = "pass --overwrite to replace the folder and everything in it"
+    replace = "pass overwrite=True to replace the folder and everything in it"
     if not _is_prepared_meta(out / "meta.json"):
-        raise UserError(f"{out}: not empty and not a prepared dataset (holds {listing}); choose another --out, "
+        raise UserError(f"{out}: not empty and not a prepared dataset (holds {listing}); choose another out=, "
                         f"or {replace}")
     if foreign:
         raise UserError(f"{out}: holds files that are not part of the prepared dataset ({listing}); move them "
-                        f"away, choose another --out, or {replace}")
+                        f"away, choose another out=, or {replace}")
 
 
 def _leftovers(out: Path) -> list[Path]:
@@ -396,9 +396,9 @@ def _write_failure(err: BaseException, out: Path, written: int) -> UserError:
     if disk_full(err) or short_write:
         return UserError(f"{out.parent}: disk full while writing the dataset {out.name} (it needs more than the "
                          f"{size_text(written)} that fitted; {size_text(free)} free now, nothing was kept); free some "
-                         "space or choose another --out")
+                         "space or choose another out=")
     text = getattr(err, "strerror", None) or printable(str(err), 100)
-    return UserError(f"{out.parent}: cannot write the dataset {out.name} ({text}); choose another --out")
+    return UserError(f"{out.parent}: cannot write the dataset {out.name} ({text}); choose another out=")
 
 
 def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers: int | None = None,
@@ -416,9 +416,9 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
     if missing_images not in ("fail", "placeholder"):
         raise UserError(f"missing_images must be 'fail' or 'placeholder', not {missing_images!r}")
     if not 0.0 <= cold_items < 1.0:
-        raise UserError(f"--cold-items must be a fraction in [0, 1), not {cold_items}")
+        raise UserError(f"cold_items={cold_items}: must be a fraction in [0, 1)")
     if sample_users is not None and sample_users < 1:
-        raise UserError(f"--sample-users must be at least 1, not {sample_users}")
+        raise UserError(f"sample_users={sample_users}: must be at least 1")
     if not IMAGE_SIDE.allows(image_size):
         raise UserError(f"image_size={image_size}: allowed {IMAGE_SIDE} pixels per side")
     source = find_raw(raw)
@@ -449,7 +449,7 @@ def claimed_output(out: Path, what: str) -> Iterator[None]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+        raise UserError(f"{out.parent}: cannot create the folder for out= ({err.strerror or err})") from None
     with locks.hold(locks.lock_path(out), f"{what} {out}"):
         for line in recover(out):
             log.info(line)

@@ -188,7 +188,7 @@ def find_raw(path: str | Path) -> RawSource:
                 found.append(p)
         if len(found) > 1:
             raise UserError(f"{root}: several interaction files ({', '.join(p.name for p in found)}); "
-                            "pass one of them with --raw")
+                            "pass one of them with raw=")
         if not found:
             if len(candidates) == 1:  # the one file there is the intended one: say what is wrong with it
                 raise UserError(problems[0] if problems else _expected(candidates[0], _header(candidates[0])))

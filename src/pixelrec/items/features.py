@@ -46,8 +46,8 @@ class FeatureEncoder(ItemEncoder):
         final_activation: bool = False,
     ) -> None:
         if features is None:
-            raise UserError("items.kind=features needs a feature file: --set items.features=FILE.npy "
-                            "(write one with `pixelrec extract`)")
+            raise UserError("items.kind=features needs a feature file in items.features (write one with "
+                            "`pixelrec extract`)")
         table = load_features(features, n_items, item_order_sha256, spatial=True)
         made = read_sidecar(features) or {}
         super().__init__(n_items, embedding_size if project else table.shape[-1])

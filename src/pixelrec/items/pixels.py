@@ -124,7 +124,7 @@ class PixelEncoder(ItemEncoder):
             encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
             final_norm=final_norm, timm_args=timm_args)
         if encoder is None:
-            raise UserError("items.kind=pixels needs an image encoder: --encoder NAME (e.g. clip-vit-b32, test_vit)")
+            raise UserError("items.kind=pixels needs an image encoder: encoder=NAME (e.g. clip-vit-b32, test_vit)")
         _check_choice("items.pooling", pooling, PIXEL_POOLINGS)
         _check_choice("items.projection_group", projection_group, ("recommender", "encoder"))
         _check_choice("items.frozen_mode", frozen_mode, ("eval", "train"))

@@ -158,5 +158,5 @@ def _new_cover(new_items: NewItems, row: int, size: int) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BICUBIC))
     except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"--image: cannot read {path}, the cover of new item {new_items.tokens[row]} "
+        raise UserError(f"contact sheet: cannot read {path}, the cover of new item {new_items.tokens[row]} "
                         f"({type(err).__name__}); it was there when `pixelrec embed` read it") from None

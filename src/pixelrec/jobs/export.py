@@ -122,19 +122,19 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
     return manifest
 
 
-def export_tower(run: str | Path, out: str | Path, checkpoint: str = "best",
+def export_tower(run: str | Path, tower: str | Path, checkpoint: str = "best",
                  data_path: str | Path | None = None) -> dict[str, Any]:
-    """Write a pixel (or multimodal) run's image tower to `out` (.safetensors) and its description
+    """Write a pixel (or multimodal) run's image tower to `tower` (.safetensors) and its description
     to the .json beside it; returns the description: timm name and arguments, input size,
     pre-processing, pooling, final norm, tuned layers, and the run and checkpoint it came from."""
-    run, out = Path(run), Path(out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"--tower {out}: the tower file must end in .safetensors")
+    run, tower = Path(run), Path(tower)
+    if tower.suffix != ".safetensors":
+        raise UserError(f"tower={tower}: the tower file must end in .safetensors")
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     kind = config_of_run(run).items.kind
     if kind not in ("pixels", "multimodal"):
-        raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with --items "
+        raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with items.kind "
                         "pixels or multimodal have)")
     loaded = open_run(run, checkpoint, data_path)
     items = loaded.config.items
@@ -156,4 +156,4 @@ def export_tower(run: str | Path, out: str | Path, checkpoint: str = "best",
         "note": "the run's image tower only; its projection to the recommender's vectors stays with the run "
                 "(`pixelrec embed` uses the run)",
     }
-    return write_tower(out, image.tower, description)
+    return write_tower(tower, image.tower, description)

@@ -43,7 +43,7 @@ from pixelrec.storage.row_files import check_output, create_rows, npy_path, writ
 from pixelrec.towers.caveats import tower_caveats
 from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, tokens
 from pixelrec.towers.names import timm_name
-from pixelrec.towers.tower_file import EXTRACT_FLAGS, tower_settings
+from pixelrec.towers.tower_file import EXTRACT_NAMES, tower_settings
 
 
 class FeatureTower(nn.Module):
@@ -58,7 +58,7 @@ class FeatureTower(nn.Module):
         # a tower exported from a run (`pixelrec export --tower`) brings its own size, pooling, ...
         encoder, image_size, pooling, preprocess, _, timm_args = tower_settings(
             encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
-            names=EXTRACT_FLAGS, poolings=EXTRACT_POOLINGS)
+            names=EXTRACT_NAMES, poolings=EXTRACT_POOLINGS)
         with torch.random.fork_rng(devices=[]):  # the same tower every run, without touching the caller's RNG
             torch.manual_seed(seed)
             self.tower = create_tower(encoder, encoder_weights, pretrained, image_size, timm_args=timm_args)
@@ -79,7 +79,7 @@ class FeatureTower(nn.Module):
         return {"style": self.style, **self.preprocess.describe()}
 
 
-#: --pooling choices of image extraction: `none` writes spatial features (see feature_store).
+#: The poolings of image extraction: `none` writes spatial features (see feature_store).
 EXTRACT_POOLINGS = ("default", "cls", "mean", "none")
 
 
@@ -134,7 +134,7 @@ def extract_features(
 
         def not_finite(row: int) -> str:
             return (f"{out}: the encoder's output for item {data.item_tokens[row + 1]} (row {row}) is not finite "
-                    f"in {DTYPES[dtype]}; try --dtype fp32")
+                    f"in {DTYPES[dtype]}; try dtype=fp32")
 
         return write_item_rows(out, wanted, overwrite, store, data.n_items, tower, not_finite, desc=f"extract {encoder}",
                                batch_size=batch_size, workers=workers, device=device, progress=progress,
@@ -209,7 +209,7 @@ def import_features(
     every kept row must be finite. dtype: fp16 | fp32 | None (keep float16/float32; float64 -> float32)."""
     data, out, source, order = _as_data(data), npy_path(out), Path(source), Path(order)
     if not overwrite and (out.exists() or sidecar_path(out).exists()):
-        raise UserError(f"{out}: already exists; use --overwrite to replace it")
+        raise UserError(f"{out}: already exists; use overwrite=True to replace it")
     if not source.is_file():
         raise UserError(f"{source}: feature file not found")
     array, as_rows = _import_layout(source)
@@ -218,7 +218,7 @@ def import_features(
         raise UserError(f"{source}: {array.shape[0]} rows, but {order} lists {len(tokens)} items")
     rows = _rows_of_items(tokens, data.item_tokens, order)
     if dtype is not None and dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"dtype={dtype}: choose one of {', '.join(DTYPES)}")
     target = np.dtype(DTYPES[dtype] if dtype else ("float16" if array.dtype == np.float16 else "float32"))
     shape = as_rows(array[:1]).shape[1:]  # (dim,) or (components, dim)
     sidecar = {
@@ -231,7 +231,7 @@ def import_features(
     }
     with locks.hold(locks.lock_path(out), f"feature file {out}"), write_errors(out, "the feature file"):
         if not overwrite and (out.exists() or sidecar_path(out).exists()):  # written while this one read
-            raise UserError(f"{out}: already exists; use --overwrite to replace it")
+            raise UserError(f"{out}: already exists; use overwrite=True to replace it")
         sidecar_path(out).unlink(missing_ok=True)
         partial = out.with_name(f".{out.name}.partial")
         try:

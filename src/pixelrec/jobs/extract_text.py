@@ -48,11 +48,11 @@ def extract_text_features(
     data, out, device = _as_data(data), npy_path(out), torch.device(device)
     pooling = "mean" if pooling == "default" else pooling
     if pooling not in TEXT_POOLINGS:
-        raise UserError(f"--pooling {pooling}: a text model pools by {' or '.join(TEXT_POOLINGS)}")
+        raise UserError(f"pooling={pooling}: a text model pools by {' or '.join(TEXT_POOLINGS)}")
     check_output(out, dtype, batch_size, workers)
     with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
-        tower, tokenizer = text_tower(model, "--text-model")
-        tower.check_length(max_tokens, "--max-tokens")
+        tower, tokenizer = text_tower(model, "model")
+        tower.check_length(max_tokens, "max_tokens")
         tower.freeze(0)
         tower.eval().to(device)
         tokens = ItemTexts.from_prepared(data).tokens(tokenizer, list(text_fields), max_tokens, tokens_dir)
@@ -67,7 +67,7 @@ def extract_text_features(
 
         def not_finite(row: int) -> str:
             return (f"{out}: the text model's output for item {data.item_tokens[row + 1]} (row {row}) is not "
-                    f"finite in {DTYPES[dtype]}; try --dtype fp32")
+                    f"finite in {DTYPES[dtype]}; try dtype=fp32")
 
         return write_item_rows(out, wanted, overwrite, tokens, data.n_items,
                                lambda ids: pool_tokens(tower(ids), ids, pooling), not_finite,

@@ -121,15 +121,15 @@ def find_covers(folder: Path, tokens: list[str] | None) -> Covers:
     cover is one line naming them."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"--covers {folder}: covers folder not found")
+        raise UserError(f"covers={folder}: covers folder not found")
     found = scan_covers(folder)
     if tokens is None:
         tokens = sorted(found)
         if not tokens:
-            raise UserError(f"--covers {folder}: no covers here (<item_id> with {', '.join(COVER_SUFFIXES)})")
+            raise UserError(f"covers={folder}: no covers here (<item_id> with {', '.join(COVER_SUFFIXES)})")
     missing = [t for t in tokens if t not in found]
     if missing:
-        raise UserError(f"--covers {folder}: no cover file for new item {_listing(missing)} (expected "
+        raise UserError(f"covers={folder}: no cover file for new item {_listing(missing)} (expected "
                         f"{folder / (missing[0] + '.jpg')} or .jpeg, .png, .webp)")
     return Covers(folder, list(tokens), [found[t] for t in tokens])
 
@@ -147,7 +147,7 @@ def read_covers(folder: Path, tokens: list[str] | None, size: int, quality: int,
         jpegs = [encode_cover(task) for task in tasks]
     bad = [str(covers.folder / name) for name, data in zip(covers.files, jpegs) if data is None]
     if bad:
-        raise UserError(f"--covers: {len(bad)} cover file{'s are' if len(bad) > 1 else ' is'} corrupt, truncated or "
+        raise UserError(f"covers=: {len(bad)} cover file{'s are' if len(bad) > 1 else ' is'} corrupt, truncated or "
                         f"not an image: {_listing(bad)}")
     covers.jpegs = jpegs
     return covers
@@ -188,7 +188,7 @@ def read_item_list(path: Path) -> ItemInfo:
     """The rows of an item-info CSV, read as `prepare` reads item info; a token listed twice is an error."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--item-info {path}: file not found")
+        raise UserError(f"item_info={path}: file not found")
     table = read_item_info(path)
     tokens = [str(t or "").strip() for t in table.column("item_id").to_pylist()]
     seen: dict[str, int] = {}
@@ -214,23 +214,23 @@ class NewItemData:
     def images(self) -> _CoverImages:
         """The covers as an image store reads them (uint8 [B, 3, S, S] by 1-based row)."""
         if self.covers is None or self.covers.jpegs is None:
-            raise UserError("--covers DIR is needed: this run encodes new items from their covers")
+            raise UserError("covers=DIR is needed: this run encodes new items from their covers")
         return _CoverImages(self.covers.jpegs)
 
     def texts(self, fields: list[str], separator: str) -> list[str]:
         """Each item's text as the catalogue's were made (`ItemTexts.texts`): its non-empty `fields`,
         trimmed, joined by `separator`; a missing column or an item with no text is one line."""
         if self.info is None:
-            raise UserError(f"--item-info CSV is needed: this run encodes new items from their {', '.join(fields)}")
+            raise UserError(f"item_info=CSV is needed: this run encodes new items from their {', '.join(fields)}")
         path, table = self.info.path, self.info.table
         missing = [f for f in fields if f not in table.column_names]
         if missing:
-            raise UserError(f"--item-info {path}: no text column {missing[0]!r}, which the run's items are made of "
+            raise UserError(f"item_info={path}: no text column {missing[0]!r}, which the run's items are made of "
                             f"(items.text_fields: {', '.join(fields)}; the file has: {', '.join(table.column_names)})")
         texts = joined_texts(table, fields, separator)
         empty = [token for token, text in zip(self.tokens, texts) if not text]
         if empty:
-            raise UserError(f"--item-info {path}: new item {_listing(empty)} has no text in {', '.join(fields)}; "
+            raise UserError(f"item_info={path}: new item {_listing(empty)} has no text in {', '.join(fields)}; "
                             "give every new item some text there")
         return texts
 
@@ -252,16 +252,16 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
     catalogue is refused unless `allow_catalogue` (its vector then equals the run's own)."""
     run, out = Path(run), npy_path(out)
     if batch_size < 1 or workers < 0:
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
+        raise UserError(f"batch_size= must be >= 1 and workers= >= 0 (got {batch_size}, {workers})")
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     kind = config_of_run(run).items.kind
     refuse_kind(run, kind)  # before anything is loaded
     needs = new_items_from(kind)
     if "covers" in needs and covers is None:
-        raise UserError(f"--covers DIR is needed: a run with items.kind={kind} encodes new items from their covers")
+        raise UserError(f"covers=DIR is needed: a run with items.kind={kind} encodes new items from their covers")
     if "item info" in needs and item_info is None:
-        raise UserError(f"--item-info CSV is needed: a run with items.kind={kind} encodes new items from their texts "
+        raise UserError(f"item_info=CSV is needed: a run with items.kind={kind} encodes new items from their texts "
                         "(its items.text_fields)")
     info = read_item_list(Path(item_info)) if item_info else None
     loaded = open_run(run, checkpoint, data_path)
@@ -278,7 +278,7 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
     known = sorted(set(tokens) & {str(t) for t in data.item_tokens[1:]})
     if known and not allow_catalogue:
         raise UserError(f"item {_listing(known)} already in the catalogue of {run} (dataset {data.name}); embed "
-                        f"only new items (their vectors are the run's own; --allow-catalogue embeds them anyway)")
+                        f"only new items (their vectors are the run's own; allow_catalogue=True embeds them anyway)")
     n = len(tokens)
     device, encoder, backbone = model.device, model.item_encoder, model.backbone
     source = encoder.new_item_inputs(NewItemData(tokens, found, info))  # every input checked before a row is written
@@ -310,7 +310,7 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+        raise UserError(f"{out.parent}: cannot create the folder for out= ({err.strerror or err})") from None
     def not_finite(row: int) -> str:
         return f"{out}: the vector of new item {tokens[row]} (row {row}) is not finite"
 
@@ -349,32 +349,32 @@ def load_new_items(path: str | Path, run: Path, checkpoint: Path, catalogue: np.
     hold no item of `catalogue` (the dataset's item tokens, index 0 padding)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--new-items {path}: file not found; write it with `pixelrec embed`")
+        raise UserError(f"new_items={path}: file not found; write it with `pixelrec embed`")
     sidecar = read_sidecar(path)
     if sidecar is None or sidecar.get("kind") != KIND:
-        raise UserError(f"--new-items {path}: not new items' vectors from `pixelrec embed` "
+        raise UserError(f"new_items={path}: not new items' vectors from `pixelrec embed` "
                         f"({'no sidecar ' + path.with_suffix('.json').name if sidecar is None else 'a feature file'})")
     if not sidecar.get("complete"):
-        raise UserError(f"--new-items {path}: incomplete ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
+        raise UserError(f"new_items={path}: incomplete ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
                         "rows); run the same `pixelrec embed` command again to finish it")
     if sidecar.get("checkpoint_sha256") != file_sha256(checkpoint):
-        raise UserError(f"--new-items {path}: made with other weights ({sidecar.get('checkpoint')} of run "
-                        f"{sidecar.get('run')}) than {checkpoint}; embed the covers again with this run "
-                        f"(pixelrec embed --run {run} ...)")
+        raise UserError(f"new_items={path}: made with other weights ({sidecar.get('checkpoint')} of run "
+                        f"{sidecar.get('run')}) than {checkpoint}; embed the covers again with this run, "
+                        f"{run}")
     listing = read_listing(path, sidecar)
     tokens = [str(t) for t in listing["tokens"]]
     array = read_feature_array(path, cure="embed the covers again with `pixelrec embed --overwrite`")
     if array.shape != (len(tokens), sidecar["dim"]):
-        raise UserError(f"--new-items {path}: holds {tuple(array.shape)}, its sidecar says "
+        raise UserError(f"new_items={path}: holds {tuple(array.shape)}, its sidecar says "
                         f"({len(tokens)}, {sidecar['dim']}); embed the covers again")
     values = np.array(array, dtype=np.float32)
     bad = first_non_finite(values)
     if bad is not None:
-        raise UserError(f"--new-items {path}: the vector of {tokens[bad]} (row {bad}) is not finite")
+        raise UserError(f"new_items={path}: the vector of {tokens[bad]} (row {bad}) is not finite")
     known = sorted(set(tokens) & {str(t) for t in catalogue[1:]})
     if known:
-        raise UserError(f"--new-items {path}: item {_listing(known)} already in the run's catalogue (embedded with "
-                        "--allow-catalogue); embed only new items to rank them with the catalogue")
+        raise UserError(f"new_items={path}: item {_listing(known)} already in the run's catalogue (embedded "
+                        "allowing catalogue items); embed only new items to rank them with the catalogue")
     folder, files = sidecar.get("covers"), listing.get("files")
     covers = confined(Path(folder), files, path) if folder and files else [None] * len(tokens)
     return NewItems(path, tokens, listing.get("titles"), covers, torch.from_numpy(values))
@@ -390,7 +390,7 @@ def confined(folder: Path, names: list[Any], source: Path) -> list[Path]:
             and "\0" not in name
         path = root / name if plain else None
         if path is None or not path.resolve().is_relative_to(root):
-            raise UserError(f"--new-items {source}: its item list names a cover {str(name)[:80]!r} outside the "
+            raise UserError(f"new_items={source}: its item list names a cover {str(name)[:80]!r} outside the "
                             f"covers folder {folder}; only plain file names inside that folder are read")
         paths.append(path)
     return paths
@@ -407,10 +407,10 @@ def read_listing(path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
     try:
         data = listing.read_bytes()
     except OSError:
-        raise UserError(f"--new-items {path}: its item list {listing.name} is missing; embed the covers again") from None
+        raise UserError(f"new_items={path}: its item list {listing.name} is missing; embed the covers again") from None
     if hashlib.sha256(data).hexdigest() != sidecar.get("items_sha256"):
-        raise UserError(f"--new-items {path}: its item list {listing.name} is not the one its vectors were made "
-                        "for; embed the covers again with --overwrite")
+        raise UserError(f"new_items={path}: its item list {listing.name} is not the one its vectors were made "
+                        "for; embed the covers again with `pixelrec embed --overwrite`")
     try:
         found = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -420,8 +420,8 @@ def read_listing(path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
         found.get(key) is None or (isinstance(found[key], list) and len(found[key]) == len(tokens))
         for key in ("files", "titles"))
     if not shaped:
-        raise UserError(f"--new-items {path}: its item list {listing.name} is not a list of tokens, files and titles "
-                        "row by row; embed the covers again with --overwrite")
+        raise UserError(f"new_items={path}: its item list {listing.name} is not a list of tokens, files and titles "
+                        "row by row; embed the covers again with `pixelrec embed --overwrite`")
     return found
 
 

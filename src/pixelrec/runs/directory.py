@@ -35,7 +35,7 @@ from pixelrec.version import __version__
 CHECKPOINT_FORMAT = "pixelrec-checkpoint"
 CHECKPOINT_VERSION = 1
 LOCK_NAME = ".lock"
-#: What a run writes; `train --overwrite` removes these and nothing else.
+#: What a run writes; `train(overwrite=True)` removes these and nothing else.
 RUN_FILES = ("config.yaml", "environment.json", "dataset.json", "metrics.jsonl", "metrics.csv", "results.json",
              "best.pt", "last.pt", "train.log", "error.log")
 RUN_PATTERNS = ("events.out.tfevents.*",)
@@ -171,7 +171,7 @@ def check_dataset(run: Path, data: PreparedData, record: dict[str, Any] | None) 
         raise UserError(
             f"{data.root} is not the dataset {run} was trained on: fingerprint {found[:12]} ({data.n_items:,} items, "
             f"{data.n_users:,} users) vs {record['fingerprint'][:12]} ({record.get('n_items', '?'):,} items, "
-            f"{record.get('n_users', '?'):,} users) at {record.get('path')}; pass --data with that dataset")
+            f"{record.get('n_users', '?'):,} users) at {record.get('path')}; pass data= with that dataset")
     covers, recorded = images_sha256(data), record.get("images_sha256")
     if covers is not None and recorded is not None and covers != recorded:
         raise UserError(f"{data.root} holds other covers than the dataset {run} was trained on (image store "
@@ -267,16 +267,16 @@ def start_refusal(out: Path, config: Config) -> str | None:
         return None
     what = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     if "last.pt" in names:
-        return (f"{out}: already holds a run ({_progress(out)}); use --resume {out} to continue it, another --out, "
-                "or --overwrite to replace it")
+        return (f"{out}: already holds a run ({_progress(out)}); use resume=True with out={out} to continue it, "
+                "another out=, or overwrite=True to replace it")
     if "results.json" in names:
-        return (f"{out}: already holds a finished run (results.json; {what}); use another --out, or --overwrite "
+        return (f"{out}: already holds a finished run (results.json; {what}); use another out=, or overwrite=True "
                 "to replace it")
     if all(_is_run_file(n) for n in names) and not set(names) & set(CHECKPOINTS) \
             and ("config.yaml" not in names or _same_config(out, config)):
         return None
-    return (f"{out}: not empty ({what}) and not a run of this configuration to restart; use another --out, or "
-            "--overwrite to replace the run files there")
+    return (f"{out}: not empty ({what}) and not a run of this configuration to restart; use another out=, or "
+            "overwrite=True to replace the run files there")
 
 
 def _progress(out: Path) -> str:
@@ -296,7 +296,7 @@ def _same_config(out: Path, config: Config) -> bool:
 
 
 def clear(out: Path) -> list[str]:
-    """Remove what a run writes from `out` (`--overwrite`); other files stay."""
+    """Remove what a run writes from `out` (`overwrite=True`); other files stay."""
     removed = [n for n in contents(out) if _is_run_file(n) and (out / n).is_file()]
     for name in removed:
         (out / name).unlink()
@@ -324,9 +324,9 @@ def resume_changes(out: Path, saved: Config, config: Config) -> list[tuple[str, 
                if before.get(k) != after.get(k)]
     fixed = [f"{k} ({was} -> {now})" for k, was, now in changed if k not in RESUME_FREE]
     if fixed:
-        raise UserError(f"{out}: cannot change on --resume: {', '.join(fixed[:3])}"
+        raise UserError(f"{out}: cannot change on resume=True: {', '.join(fixed[:3])}"
                         + (f" and {len(fixed) - 3} more" if len(fixed) > 3 else "")
-                        + "; the checkpoint continues the run as it was trained: start a new run with --out "
+                        + "; the checkpoint continues the run as it was trained: start a new run in another out= "
                         "(what may change: epochs, max_steps, patience, eval_every, device, workers, evaluation batch)")
     return changed
 

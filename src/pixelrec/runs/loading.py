@@ -54,7 +54,7 @@ def dataset_of(run: Path, config: Config, data_path: str | Path | None) -> tuple
     if data_path is None:
         recorded = config.data.path or (record or {}).get("path")
         if recorded is None or not (Path(recorded) / "meta.json").is_file():
-            raise UserError(f"{run}: its dataset {recorded} is not there any more; pass --data DIR where it is now")
+            raise UserError(f"{run}: its dataset {recorded} is not there any more; pass data=DIR where it is now")
         data_path = recorded
     data = PreparedData(data_path)
     rundir.check_dataset(run, data, record)

@@ -56,10 +56,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_sidecar(npy: str | Path) -> dict[str, Any] | None:
-    """The sidecar of `npy`, or None when there is none."""
+def read_sidecar(npy: str | Path, cure: str = "write the file again") -> dict[str, Any] | None:
+    """The sidecar of `npy`, or None when there is none; a damaged one is an error ending with `cure`."""
     path = sidecar_path(npy)
-    sidecar = read_json_object(path, "use --overwrite to start over")
+    sidecar = read_json_object(path, cure)
     if sidecar is not None and sidecar.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} sidecar")
     return sidecar
@@ -107,17 +107,17 @@ def load_features(path: str | Path, n_items: int, item_order: str, spatial: bool
     sidecar = read_sidecar(path)
     if sidecar is None:
         raise UserError(f"{path}: no sidecar {sidecar_path(path).name}; write features with `pixelrec extract` "
-                        "(or bring your own with `pixelrec extract --import`)")
+                        "(or import your own with `pixelrec extract`)")
     if not sidecar.get("complete"):
         raise UserError(f"{path}: incomplete extraction ({sidecar.get('rows_done', 0)} of {sidecar.get('n_items')} "
                         "rows); run the same `pixelrec extract` command again to finish it")
     array = read_feature_array(path, spatial=True)
     if array.ndim == 3 and not spatial:
-        raise UserError(f"{path}: spatial features ({array.shape[1]} components per item, from `extract --pooling "
-                        "none`), which only model acf uses; extract pooled features for this one")
+        raise UserError(f"{path}: spatial features ({array.shape[1]} components per item, extracted with "
+                        "pooling none), which only model acf uses; extract pooled features for this one")
     if array.ndim == 3 and components_of(sidecar) != array.shape[1]:
         raise UserError(f"{path}: {array.shape[1]} components per item, its sidecar says {components_of(sidecar)}; "
-                        "extract it again with --overwrite")
+                        "extract it again with `pixelrec extract --overwrite`")
     if array.shape[0] != n_items:
         raise UserError(f"{path}: {array.shape[0]} rows, but the dataset has {n_items} items")
     if sidecar.get("item_order_sha256") != item_order:

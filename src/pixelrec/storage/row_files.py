@@ -49,20 +49,20 @@ class _ItemRows(torch.utils.data.Dataset):
 def npy_path(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix != ".npy":
-        raise UserError(f"--out {out}: the feature file must end in .npy (its sidecar is the .json beside it)")
+        raise UserError(f"out={out}: the feature file must end in .npy (its sidecar is the .json beside it)")
     return out
 
 
 def check_output(out: Path, dtype: str, batch_size: int, workers: int) -> None:
-    """One line for a bad --dtype, --batch-size or --workers; the feature file's folder made."""
+    """One line for a bad `dtype`, `batch_size` or `workers`; the feature file's folder made."""
     if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"dtype={dtype}: choose one of {', '.join(DTYPES)}")
     if batch_size < 1 or workers < 0:
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
+        raise UserError(f"batch_size= must be >= 1 and workers= >= 0 (got {batch_size}, {workers})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
+        raise UserError(f"{out.parent}: cannot create the folder for out= ({err.strerror or err})") from None
 
 
 def write_item_rows(out: Path, wanted: dict[str, Any], overwrite: bool, source: Any, n_items: int,
@@ -98,7 +98,7 @@ def write_errors(out: Path, what: str) -> Iterator[None]:
                             f"({size_text(free_bytes(out.parent))} free); free some space and run the same "
                             "command again to continue") from None
         raise UserError(f"{err.filename or out}: cannot write {what} ({err.strerror or err}); "
-                        "choose another --out") from None
+                        "choose another out=") from None
 
 
 def create_rows(out: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
@@ -146,13 +146,14 @@ def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_
 def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], np.memmap | None]:
     """(sidecar, writable array) to continue from; the array is None when the file is already complete
     and intact. A complete sidecar whose .npy was deleted starts the extraction again."""
+    cure = "use overwrite=True to start over"
     if overwrite:
         sidecar_path(out).unlink(missing_ok=True)
         out.unlink(missing_ok=True)
-    sidecar = read_sidecar(out)
+    sidecar = read_sidecar(out, cure)
     if sidecar is None:
         if out.exists():
-            raise UserError(f"{out}: exists without a sidecar {sidecar_path(out).name}; use --overwrite to replace it")
+            raise UserError(f"{out}: exists without a sidecar {sidecar_path(out).name}; use overwrite=True to replace it")
     else:
         check_identity({"components": 1, **sidecar} if "components" in wanted else sidecar, wanted, out)
         if sidecar.get("rows_done") and not out.exists():
@@ -169,7 +170,6 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
         except BaseException:
             sidecar_path(out).unlink(missing_ok=True)  # nothing written: leave nothing behind
             raise
-    cure = "use --overwrite to start over"
     info = npy_info(out, cure)
     if info.shape != shape or info.dtype != dtype:
         raise UserError(f"{out}: holds {info.dtype} {info.shape}, its sidecar says {dtype} {shape}; {cure}")

@@ -32,7 +32,7 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face transformers model directory (no config.json); "
-                        f"{key} takes a directory saved with save_pretrained")
+                        f"give {key}=DIR, a directory saved with save_pretrained")
     if path.exists():
         refuse_code_and_pickles(path)
     where = str(path) if path.exists() else source

@@ -27,11 +27,11 @@ from pixelrec.towers.names import check_timm_args, timm_name
 FORMAT = "pixelrec-tower"
 VERSION = 1
 METADATA_KEY = "pixelrec_tower"
-#: The settings' names in errors: `items.*` keys (train), or the flags of `pixelrec extract`.
+#: The settings' names in errors: `items.*` keys (train), or the parameters of `extract_features`.
 ITEM_KEYS = {"encoder": "items.encoder", "image_size": "items.image_size", "pooling": "items.pooling",
              "preprocess": "items.preprocess", "final_norm": "items.final_norm", "timm_args": "items.timm_args"}
-EXTRACT_FLAGS = {"encoder": "--encoder", "image_size": "--image-size", "pooling": "--pooling",
-                 "preprocess": "--preprocess", "final_norm": "items.final_norm", "timm_args": "items.timm_args"}
+EXTRACT_NAMES = {"encoder": "encoder", "image_size": "image_size", "pooling": "pooling",
+                 "preprocess": "preprocess", "final_norm": "items.final_norm", "timm_args": "items.timm_args"}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -74,10 +74,10 @@ def write_tower(path: str | Path, tower: nn.Module, description: dict[str, Any])
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise UserError(f"--tower {path}: the tower file must end in .safetensors (its description goes to "
+        raise UserError(f"tower={path}: the tower file must end in .safetensors (its description goes to "
                         f"{path.with_suffix('.json').name} beside it)")
     if path.is_dir():
-        raise UserError(f"--tower {path}: is a folder; give the path of a file, e.g. {path / 'tower.safetensors'}")
+        raise UserError(f"tower={path}: is a folder; give the path of a file, e.g. {path / 'tower.safetensors'}")
     description = {"format": FORMAT, "version": VERSION, **description}
     state = {key: value.detach().cpu().contiguous() for key, value in tower.state_dict().items()}
     sidecar_path(path).unlink(missing_ok=True)  # an old description must not stand beside new weights
@@ -120,13 +120,13 @@ def tower_settings(weights: str | Path | None, *, encoder: str | None, image_siz
                 continue
             others = " or ".join(p for p in poolings if p != default)
             raise UserError(f"{weights}: this exported tower was trained with pooling {theirs}, which is not one "
-                            f"here; choose {names[field]} {others}")
+                            f"here; choose {names[field]}={others}")
         if mine == default or _same(field, mine, theirs):
             chosen.append(theirs)
             continue
         shown = f"{field}={json.dumps(mine)}" if field == "timm_args" else f"{mine}"
         raise UserError(f"{weights}: this exported tower was trained with {names[field]}={_text(theirs)}, not "
-                        f"{shown}; leave {names[field]} unset to use the tower's (the file fixes the encoder, "
+                        f"{shown}; leave {names[field]}= unset to use the tower's (the file fixes the encoder, "
                         "input size, pooling and pre-processing)")
     return TowerSettings(*chosen)
 

@@ -127,7 +127,7 @@ class Trainer:
         self.threads = use_threads(config.train.threads)
         self.on_epoch = on_epoch  # called with each epoch's metrics row once it is checkpointed (tuning, pruning)
         if config.data.path is None:
-            raise UserError("no dataset: pass --data DIR (a directory written by `pixelrec prepare`)")
+            raise UserError("no dataset: pass data=DIR (a directory written by `pixelrec prepare`)")
         self.data = PreparedData(config.data.path)
         self.job, self.device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
         self._claim(resume, overwrite)
@@ -196,7 +196,7 @@ class Trainer:
         self._resume_notes: list[tuple[str, str]] = []  # ("info" | "note", line), said once the run's log is open
         self.config = rundir.with_absolute_paths(self.config)
         if resume and overwrite:
-            raise UserError(f"{self.out}: --overwrite starts a run anew, --resume continues it; choose one")
+            raise UserError(f"{self.out}: overwrite=True starts a run anew, resume=True continues it; choose one")
         failure: UserError | None = None
         if self.job.main:
             try:
@@ -228,7 +228,7 @@ class Trainer:
             raise UserError(f"{self.out}: not a run directory (no config.yaml); nothing to resume")
         if not (self.out / "last.pt").is_file():
             raise UserError(f"{self.out}: nothing to resume (no last.pt: the run stopped before its first epoch "
-                            f"ended); start it again with --out {self.out}")
+                            f"ended); start it again with out={self.out}")
         changes = rundir.resume_changes(self.out, config_of_run(self.out), self.config)
         rundir.check_dataset(self.out, self.data, rundir.read_dataset_record(self.out))
         return changes
