@@ -383,7 +383,8 @@ def packaged_defaults(model: str, items_kind: str | None, encoder: str | None, p
     A profile adds its own files: `base.yaml` under everything, and `X/name.yaml` right after each
     default layer `X/name.yaml`, except that its family settings (the paper README's per-backbone
     PixelNet exceptions) come after the encoder's, and its encoder file comes last."""
-    family = ITEM_ENCODERS.get(items_kind).family if items_kind in ITEM_ENCODERS.names() else None
+    declared = ITEM_ENCODERS.find(items_kind)
+    family = declared.family if declared is not None else None
     layers = [("models", model), ("items", items_kind), (family, model), ("encoders", encoder if family == "pixelnet" else None)]
     layers = [(folder, name) for folder, name in layers if folder and name]
     candidates = [CONFIG_DIR / folder / f"{name}.yaml" for folder, name in layers]

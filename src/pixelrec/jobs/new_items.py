@@ -73,7 +73,7 @@ def refuse_kind(run: Path, kind: str) -> None:
         return
     why = ITEM_ENCODERS.get(kind).new_items_refusal
     able = ITEM_ENCODERS.names_where(lambda cls: bool(cls.new_items_from))
-    listed = " or ".join([", ".join(able[:-1]), able[-1]] if len(able) > 1 else able)
+    listed = f"{', '.join(able[:-1])} or {able[-1]}" if len(able) > 1 else able[0]
     raise UserError(f"{run}: a run with items.kind={kind} cannot score new items from their covers or texts: {why} "
                     f"(runs with items.kind={listed} can)")
 
