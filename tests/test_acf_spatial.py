@@ -126,8 +126,7 @@ def test_score_items_id_scores_by_the_id_table(clustered, tmp_path):
     acf = BACKBONES.create("acf", n_users=10, embedding_size=8, score_items="id")
     acf.initialise_items(encoder)
     batch = Batch(users=torch.tensor([3, 4]), context=torch.tensor([[5, 9, 0], [0, 0, 0]]), targets=torch.tensor([7, 8]))
-    items = ItemLookup.catalogue(torch.cat([torch.zeros(1, 8), encoder(torch.arange(1, 61))]))
-    items.encoder = encoder
+    items = ItemLookup.catalogue(torch.cat([torch.zeros(1, 8), encoder(torch.arange(1, 61))]), encoder.parts())
     with torch.no_grad():
         user = acf(batch, items)
         scoring = acf.score_vectors(items, torch.arange(61))

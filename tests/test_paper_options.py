@@ -176,6 +176,37 @@ def test_srgnn_uniform_draws_every_parameter_and_the_item_vectors_within_one_ove
     assert all((p == 0).all() for p in default.backbone.parameters() if p.dim() == 1)  # zero biases
 
 
+@pytest.mark.parametrize("model, init, kind", [("mf", "xavier", "id"), ("mf", "xavier", "pixels"),
+                                              ("srgnn", "uniform", "id"), ("srgnn", "uniform", "pixels")])
+def test_the_originals_initialisation_is_redrawn_bit_for_bit_in_its_order(model, init, kind):
+    """The composed model equals one built by hand with the same seed, the original's redraws applied
+    to exactly its tensors in its order: the ID table (IDNet), or the projection's weights and biases
+    then the output transform's bias (PixelNet SR-GNN); an image projection keeps its init under MF."""
+    from torch import nn
+
+    from pixelrec.items import ITEM_ENCODERS
+    from pixelrec.models import BACKBONES
+
+    composed = compose(model, init, kind)
+    torch.manual_seed(0)
+    backbone = BACKBONES.create(model, **Facts().for_class(BACKBONES.get(model)), embedding_size=64, init=init)
+    encoder = ITEM_ENCODERS.create(kind, **Facts().for_class(ITEM_ENCODERS.get(kind)),
+                                   **(PIXELS if kind == "pixels" else {}), embedding_size=64)
+    if (model, kind) == ("mf", "id"):
+        nn.init.xavier_normal_(encoder.embedding.weight)
+    elif (model, kind) == ("srgnn", "id"):
+        nn.init.uniform_(encoder.embedding.weight, -1 / 8, 1 / 8)
+    elif (model, kind) == ("srgnn", "pixels"):
+        for weight in encoder.projection.parameters():
+            nn.init.uniform_(weight, -1 / 8, 1 / 8)
+        nn.init.uniform_(backbone.transform.bias, -1 / math.sqrt(128), 1 / math.sqrt(128))
+    expected = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+                **{f"item_encoder.{k}": v for k, v in encoder.state_dict().items()}}
+    got = composed.state_dict()
+    assert set(got) == set(expected)
+    assert [k for k in got if not torch.equal(got[k], expected[k])] == []
+
+
 @pytest.mark.parametrize("model, init", [("mf", "xavier"), ("srgnn", "uniform")])
 def test_the_paper_profile_selects_the_originals_initialisation(model, init):
     for kind in ("id", "pixels"):

@@ -256,6 +256,26 @@ def test_multimodal_towers_freeze_apart_and_evaluate_through_workers(text_data, 
     assert torch.equal(ranks[0], ranks[1])
 
 
+def test_multimodal_runs_report_images_per_step(text_data, bert, tmp_path, colour_store):
+    """One cover per item encoded, as pixel runs report (results.json and TensorBoard)."""
+    import importlib.util
+
+    from pixelrec.training.trainer import train
+
+    out = tmp_path / "run"
+    config = multimodal_config(text_data, bert)
+    config.train.max_steps = 3
+    results = train(config, out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert results["images_per_step"] == pytest.approx(rows[0]["items_encoded_per_step"]) and results["images_per_step"] > 0
+    if importlib.util.find_spec("tensorboard") is not None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out))
+        events.Reload()
+        assert [e.value for e in events.Scalars("train/images_per_step")] == pytest.approx([results["images_per_step"]])
+
+
 # --- bad input, one line each ------------------------------------------------------------------
 def test_missing_and_empty_text_columns_are_named(text_data, bert):
     with pytest.raises(UserError, match=r"items.parquet: no text column 'summary' .*it has: title, tag, description"):

@@ -352,7 +352,7 @@ def check_combination(config: Config) -> None:
     encoder_cls = component("items", config.items.kind)
     backbone_cls = component("model", config.model_name)
     cheap = getattr(encoder_cls, "catalogue_each_step", True)
-    if not cheap and LOSSES.get(config.loss.name).full_catalogue:
+    if not cheap and LOSSES.get(config.loss.name).sampling.full_catalogue:
         raise UserError(
             f"loss {config.loss.name} needs every item's vector at each step, which items.kind={config.items.kind} "
             "cannot afford; use softmax (in-batch) or bpr"
@@ -383,19 +383,17 @@ def check_init_parts(train: TrainConfig) -> None:
         raise UserError(f"train.init_parts={train.init_parts} applies only with train.init_from=RUN_DIR")
 
 
-#: The folder of per-backbone settings for each item kind's family (PixelNet, ViNet).
-FAMILY_DIRS = {"pixels": "pixelnet", "features": "vinet", "id+features": "vinet"}
-
-
 def packaged_defaults(model: str, items_kind: str | None, encoder: str | None, profile: str = "default") -> list[Path]:
     """The packaged YAML layers for a combination, first to last: the backbone's IDNet settings, the
     item kind's own defaults (pixels: in-batch softmax), the backbone's settings for that family
-    (PixelNet) and the image encoder's settings (the paper's tables).
+    (PixelNet; the folder is the item encoder's declared `family`) and, for PixelNet, the image
+    encoder's settings (the paper's tables).
 
     A profile adds its own files: `base.yaml` under everything, and `X/name.yaml` right after each
     default layer `X/name.yaml`, except that its family settings (the paper README's per-backbone
     PixelNet exceptions) come after the encoder's, and its encoder file comes last."""
-    family = FAMILY_DIRS.get(items_kind or "")
+    declared = ITEM_ENCODERS.find(items_kind)
+    family = declared.family if declared is not None else None
     layers = [("models", model), ("items", items_kind), (family, model), ("encoders", encoder if family == "pixelnet" else None)]
     layers = [(folder, name) for folder, name in layers if folder and name]
     candidates = [CONFIG_DIR / folder / f"{name}.yaml" for folder, name in layers]

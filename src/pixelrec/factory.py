@@ -42,7 +42,7 @@ def build_recommender(
         raise UserError(f"model {model}: {err}") from None
     encoder_cls = ITEM_ENCODERS.get(items_kind)
     encoder = ITEM_ENCODERS.create(items_kind, **facts.for_class(encoder_cls), **items_args, embedding_size=dim)
-    if encoder.component_count > 1 and not backbone.uses_components:
+    if encoder.component_count > 1 and "components" not in backbone.item_parts:
         raise UserError(f"{items_args.get('features')}: spatial features ({encoder.component_count} components per "
                         f"item), which model {model} cannot use; give it pooled features (extracted with a pooling other "
                         "than none)")

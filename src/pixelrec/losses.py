@@ -1,4 +1,5 @@
-"""Training losses over user vectors and item vectors; each declares what the batches must carry.
+"""Training losses over user vectors and item vectors; each declares what the batches must carry
+(its `sampling`, a `SamplingSpec`).
 
 bpr           one sampled negative per target (never one of the user's own items): the paper's setting
 softmax       cross-entropy against the distinct target items of the batch, the user's other
@@ -14,7 +15,7 @@ models, whose long windows weigh more).
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from pixelrec import distributed
 from pixelrec.data.batch import Batch
+from pixelrec.data.specs import SamplingSpec
 from pixelrec.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -32,10 +34,9 @@ Reduction = Literal["targets", "windows"]
 
 
 class Loss:
-    negatives: ClassVar[int] = 0  # sampled negatives per target the batches must carry
-    in_batch: ClassVar[bool] = False  # batches carry distinct candidates and own-positive masks
-    full_catalogue: ClassVar[bool] = False  # every item's vector is needed at each step
-    shares_candidates: bool = False  # in-batch candidates come from every rank's rows
+    #: what the batches must carry (negatives, in-batch candidates) and each step must encode (the
+    #: catalogue); an instance may refine its class's (in-batch candidates from every rank)
+    sampling: SamplingSpec = SamplingSpec()
 
     def __init__(self, reduction: Reduction = "targets") -> None:
         self.reduction = reduction
@@ -53,7 +54,7 @@ class Loss:
 
 @LOSSES.register("bpr")
 class BPRLoss(Loss):
-    negatives = 1
+    sampling = SamplingSpec(negatives=1)
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         negatives = batch.negatives[batch.targets > 0]
@@ -64,12 +65,12 @@ class BPRLoss(Loss):
 
 @LOSSES.register("softmax")
 class InBatchSoftmaxLoss(Loss):
-    in_batch = True
+    sampling = SamplingSpec(in_batch=True)
 
     def __init__(self, item_popularity: np.ndarray | None = None, logq: bool = False, across_ranks: bool = False,
                  reduction: Reduction = "targets") -> None:
         super().__init__(reduction)
-        self.shares_candidates = across_ranks
+        self.sampling = SamplingSpec(in_batch=True, shares_candidates=across_ranks)
         self.log_q = None
         if logq:
             counts = torch.as_tensor(np.asarray(item_popularity), dtype=torch.float32).clamp(min=1)
@@ -77,7 +78,7 @@ class InBatchSoftmaxLoss(Loss):
 
     def __call__(self, users: Tensor, targets: Tensor, batch: Batch, vectors: ScoreVectors) -> Tensor:
         candidates = batch.candidates
-        if self.shares_candidates and distributed.current().active:
+        if self.sampling.shares_candidates and distributed.current().active:
             candidate_vectors = _gathered_vectors(candidates, targets, vectors)
         else:
             candidate_vectors = vectors(candidates)
@@ -103,7 +104,7 @@ def _gathered_vectors(candidates: Tensor, targets: Tensor, vectors: ScoreVectors
 
 @LOSSES.register("full-softmax")
 class FullSoftmaxLoss(Loss):
-    full_catalogue = True
+    sampling = SamplingSpec(full_catalogue=True)
 
     def __init__(self, n_items: int, reduction: Reduction = "targets") -> None:
         super().__init__(reduction)

@@ -1,13 +1,15 @@
 """The composition point: Recommender = ItemEncoder x Backbone x Loss.
 
 Every model of the benchmark is built here and nowhere else. The recommender encodes each distinct
-item of a batch once (never padding), hands the backbone a lookup of those vectors, and gives the
-loss the user vectors of the real targets.
+item of a batch once (never padding), hands the backbone a lookup of those vectors and of the other
+item parts it declares (`Backbone.item_parts`, as the encoder offers them), and gives the loss the user
+vectors of the real targets. The backbone never holds the item encoder.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,21 +38,26 @@ class Recommender(nn.Module):
 
     @property
     def uses_catalogue(self) -> bool:
-        return self.backbone.needs_catalogue or self.loss.full_catalogue
+        return self.backbone.needs_catalogue or self.loss.sampling.full_catalogue
 
     def lookup(self, batch: Batch) -> ItemLookup:
         if self.uses_catalogue:
-            return self.with_mask_vector(ItemLookup.catalogue(self.catalogue_with_grad()))
+            return self.with_mask_vector(ItemLookup.catalogue(self.catalogue_with_grad(), self.item_parts()))
         ids = batch.distinct_items()
         vectors = self.item_encoder(ids, batch.item_inputs)
-        return self.with_mask_vector(ItemLookup(ids, vectors, self.item_encoder.n_items))
+        return self.with_mask_vector(ItemLookup(ids, vectors, self.item_encoder.n_items, self.item_parts()))
+
+    def item_parts(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """The item parts the backbone declares that the item encoder offers (ACF: ID part, components)."""
+        offered = self.item_encoder.parts()
+        return {name: offered[name] for name in self.backbone.item_parts if name in offered}
 
     def with_mask_vector(self, lookup: ItemLookup) -> ItemLookup:
-        """A backbone whose mask token is the encoder's vector for an all-ones image (BERT4Rec
-        mask_token=encoded_ones) finds it in the lookup: encoded once per step, or per evaluation."""
-        if self.backbone.mask_image:
+        """A backbone whose mask token is the encoder's vector for an all-ones image (item part
+        `ones_image`: BERT4Rec mask_token=encoded_ones) finds it in the lookup: encoded once per step,
+        or per evaluation."""
+        if "ones_image" in self.backbone.item_parts:
             lookup.mask_vector = self.item_encoder.ones_image_vector()
-        lookup.encoder = self.item_encoder  # for backbones that ask for an item's ID part or components
         return lookup
 
     def catalogue_with_grad(self) -> Tensor:
@@ -78,7 +85,7 @@ class Recommender(nn.Module):
         ranks the item encoder's work is shared out."""
         device = self.device
         table = self.item_encoder.catalogue(batch_size, device, workers, job)
-        lookup = self.with_mask_vector(ItemLookup.catalogue(table))
+        lookup = self.with_mask_vector(ItemLookup.catalogue(table, self.item_parts()))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
 

@@ -31,6 +31,15 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def names_where(self, declares: Callable[[type[T]], bool]) -> list[str]:
+        """The names whose class `declares` something (e.g. an image tower), sorted: for messages that
+        list the choices that would work."""
+        return [name for name in self.names() if declares(self._entries[name])]
+
+    def find(self, name: Any) -> type[T] | None:
+        """The class registered as `name`, or None (a name read from a record of another version)."""
+        return self._entries.get(name) if isinstance(name, str) else None
+
     def get(self, name: str) -> type[T]:
         if name not in self._entries:
             hint = difflib.get_close_matches(name, self.names(), n=1)

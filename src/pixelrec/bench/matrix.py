@@ -30,14 +30,25 @@ from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
 from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.training.trainer import train
 from pixelrec.training.transfer import check_source, source_checkpoint
 
-IMAGE_KINDS = ("pixels", "features", "id+features", "multimodal")  # item kinds with an image encoder
-PIXEL_KINDS = ("pixels", "multimodal")  # item kinds whose image encoder loads weights (--weights)
+
+def has_image_encoder(kind: str) -> bool:
+    """Items made by an image encoder named by items.encoder: an image tower trained with them, or
+    the one the feature file came from (so a cell is made per --encoders)."""
+    declared = ITEM_ENCODERS.find(kind)
+    return declared is not None and (declared.image_tower is not None or declared.reads_features)
+
+
+def has_image_tower(kind: str) -> bool:
+    """Items encoded by an image tower whose weights load from a file (--weights)."""
+    declared = ITEM_ENCODERS.find(kind)
+    return declared is not None and declared.image_tower is not None
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,7 @@ def cells_of(models: list[str], items: list[str], encoders: list[str], variants:
     out = []
     for model in models:
         for kind in items:
-            chosen = encoders if kind in IMAGE_KINDS and encoders else [None]
+            chosen = encoders if has_image_encoder(kind) and encoders else [None]
             out.extend(Cell(model, kind, encoder, variant) for encoder in chosen for variant in variants or [None])
     return list(dict.fromkeys(out))
 
@@ -108,14 +119,15 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     items: dict[str, Any] = {"kind": cell.items}
     if cell.encoder:
         items["encoder"] = cell.encoder
-    if spec.features and cell.items in ("features", "id+features"):
+    declared = ITEM_ENCODERS.find(cell.items)
+    if spec.features and declared is not None and declared.reads_features:
         items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
-    if spec.text_model and cell.items in ("text", "multimodal"):
-        items["encoder_weights" if cell.items == "text" else "text_encoder_weights"] = spec.text_model
+    if spec.text_model and declared is not None and declared.text_model_key is not None:
+        items[f"{declared.text_model_key}_weights"] = spec.text_model
     sets = spec.sets + spec.variant_sets(cell.variant)  # the variant's settings win
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
                      sets=sets, strict=False)
-    if spec.weights and cell.items in PIXEL_KINDS and not carries_items(config):  # encoder: maybe from a preset
+    if spec.weights and has_image_tower(cell.items) and not carries_items(config):  # encoder: maybe from a preset
         items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
                          sets=sets, strict=False)
@@ -158,7 +170,7 @@ def carries_items(config: Config) -> bool:
 def check_weights(planned: list["Planned"], pattern: str) -> None:
     """Before any cell runs: every pixels cell's weights file exists, and one file is not given to
     several encoders; the error names the cell and the path. Cells started from a run take none."""
-    pixels = [entry for entry in planned if entry.config is not None and entry.cell.items in PIXEL_KINDS
+    pixels = [entry for entry in planned if entry.config is not None and has_image_tower(entry.cell.items)
               and not carries_items(entry.config)]
     encoders = sorted({str(entry.cell.encoder) for entry in pixels})
     if "{encoder}" not in pattern and len(encoders) > 1:
@@ -237,7 +249,7 @@ def plan(spec: BenchSpec) -> list[Planned]:
         except UserError as err:
             planned.append(Planned(cell, None, str(err)))
             continue
-        encoder = cell.encoder or (config.items.encoder if cell.items in IMAGE_KINDS else None)
+        encoder = cell.encoder or (config.items.encoder if has_image_encoder(cell.items) else None)
         cell = Cell(cell.model, cell.items, encoder, cell.variant)
         same = first.setdefault(json.dumps(config.to_dict(), sort_keys=True, default=str), cell.name)
         if same != cell.name:  # a variant that changes nothing here (weights for an ID cell)

@@ -9,7 +9,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pixelrec.bench.tables import DISPLAY
+from pixelrec.bench.tables import display_name
+from pixelrec.items import ITEM_ENCODERS
 
 BAR, LINE, REFERENCE, PRUNED = "#4C72B0", "#C44E52", "#555555", "#DD8452"
 
@@ -36,12 +37,12 @@ def _scale(values: list[float]) -> tuple[float, str]:
 def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test") -> Figure | None:
     """The paper's Figure 4 for one backbone: trainable parameters per image encoder (bars, left axis)
     and Recall@10 (line, right axis), with the ID model's Recall@10 dashed when there is one.
-    None unless the backbone has pixel runs with at least two encoders."""
-    by_encoder = {r["encoder"]: r for r in results
-                  if r.get("model") == model and r.get("items") == "pixels" and r.get("encoder")}
+    None unless the backbone has pixel runs (items of the PixelNet family) with at least two encoders."""
+    mine = [(r, ITEM_ENCODERS.find(r.get("items"))) for r in results if r.get("model") == model]
+    by_encoder = {r["encoder"]: r for r, kind in mine if kind is not None and kind.family == "pixelnet" and r.get("encoder")}
     if len(by_encoder) < 2:
         return None
-    ids = [r for r in results if r.get("model") == model and r.get("items") == "id"]
+    ids = [r for r, kind in mine if kind is not None and kind.tied_to_catalogue]  # IDNet: items are ID tables
     chosen = sorted(by_encoder.values(), key=lambda r: r.get("trainable_parameters", 0))
     names = [r["encoder"] for r in chosen]
     params = [float(r.get("trainable_parameters", 0)) for r in chosen]
@@ -75,7 +76,7 @@ def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test
         line_axis.set_ylim(top=max(line_axis.get_ylim()[1], reference * 1.3))
     handles = [bars] + line_axis.get_lines()
     figure.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncol=3, fontsize=8)
-    bars_axis.set_title(f"{DISPLAY.get(model, model)}: Recall@10 and trainable parameters per image encoder")
+    bars_axis.set_title(f"{display_name(model)}: Recall@10 and trainable parameters per image encoder")
     return figure
 
 

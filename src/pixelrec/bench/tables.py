@@ -4,6 +4,8 @@ A run is one *cell* (model, item kind, image encoder, dataset, profile). Two run
 both shown, never merged; `newest` keeps the most recently finished run of each cell on request.
 A run with caveats (a paper encoder with random weights, upscaled images: towers.caveats) is marked
 with `MARK` wherever it is shown, and `caveats_note` names each caveat under the tables.
+Labels, column and row order and what names a row's encoder come from what each backbone and item
+encoder declares (`label`, `family`, `table_order`, `image_tower`, ...), never from their names.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pixelrec.config import component_keys
+from pixelrec.items import ITEM_ENCODERS, ItemEncoder
+from pixelrec.models import BACKBONES
+from pixelrec.models.base import FAMILIES
 from pixelrec.runs.results import read_results, results_path
-
-FEATURE_KINDS = ("features", "id+features")  # item kinds read from a feature file
-TEXT_KINDS = ("text", "multimodal")  # item kinds with a text model, named in the run's config.yaml
 
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -40,13 +43,13 @@ def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | 
     items the recorded name, else the one in the feature file's sidecar (`pixelrec extract`), else the
     feature file's name, so runs on different features never share a row; for text items the text
     model (items.encoder, else its directory's name), for multimodal items 'image + text model'."""
-    kind = record.get("items")
-    if kind == "id":
+    kind = ITEM_ENCODERS.find(record.get("items"))
+    if kind is not None and "encoder" not in component_keys("items", kind):
         return None
     encoder = record.get("encoder")
-    if run_dir is not None and kind in TEXT_KINDS:
+    if run_dir is not None and kind is not None and kind.text_model_key is not None:
         return _text_label(run_dir, kind, encoder)
-    if encoder or kind not in FEATURE_KINDS or run_dir is None:
+    if encoder or kind is None or not kind.reads_features or run_dir is None:
         return encoder
     return _features_label(run_dir)
 
@@ -62,14 +65,15 @@ def _items_section(run_dir: Path) -> dict[str, Any]:
     return items if isinstance(items, dict) else {}
 
 
-def _text_label(run_dir: Path, kind: str, image: str | None) -> str | None:
-    """The text model's name (as set, else its directory's name); multimodal: 'image + text model'."""
+def _text_label(run_dir: Path, kind: type[ItemEncoder], image: str | None) -> str | None:
+    """The text model's name (as set, else its directory's name); with an image tower too
+    (multimodal): 'image + text model'."""
     items = _items_section(run_dir)
-    prefix = "" if kind == "text" else "text_"
-    given = [items.get(f"{prefix}encoder"), items.get(f"{prefix}encoder_weights")]
+    key = kind.text_model_key
+    given = [items.get(key), items.get(f"{key}_weights")]
     source = next((value for value in given if isinstance(value, str) and value), None)
     text = (Path(source).name or source) if source else None
-    if kind == "text":
+    if kind.image_tower is None:
         return text or image
     return " + ".join(x for x in (image, text) if x) or None
 
@@ -92,7 +96,8 @@ def start_label(record: dict[str, Any], run_dir: Path | None = None) -> str | No
     source = record.get("init_from")
     if isinstance(source, dict) and isinstance(source.get("run"), str):
         return f"from {Path(source['run']).name}"
-    if record.get("items") not in ("pixels", "multimodal") or run_dir is None:
+    kind = ITEM_ENCODERS.find(record.get("items"))
+    if kind is None or kind.image_tower is None or run_dir is None:
         return None
     items = _items_section(run_dir)
     weights = items.get("encoder_weights")
@@ -213,23 +218,34 @@ def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
 
 
-# The paper's table layout: backbones as columns (non-sequential, then sequential), item encoders as
-# row groups (ID first, then the image encoders in the paper's order), two metrics per group.
-NON_SEQUENTIAL = ("mf", "fm", "dssm", "lightgcn", "vbpr", "acf", "curatornet", "visrank")
-SEQUENTIAL = ("gru4rec", "nextitnet", "srgnn", "sasrec", "bert4rec", "lightsans")
-DISPLAY = {"mf": "MF", "fm": "FM", "dssm": "DSSM", "lightgcn": "LightGCN", "vbpr": "VBPR", "acf": "ACF",
-           "curatornet": "CuratorNet", "visrank": "VisRank", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet",
-           "srgnn": "SRGNN", "sasrec": "SASRec", "bert4rec": "BERT4Rec", "lightsans": "LightSANs", "pop": "Pop"}
+# The paper's table layout: backbones as columns (non-sequential, then sequential, each family in the
+# order its backbones declare), item encoders as row groups (ID first, then the image encoders in the
+# paper's order), two metrics per group.
 PAPER_ENCODERS = ("clip-vit-b32", "swin-t", "swin-b", "beit-b", "resnet50", "clip-rn50", "clip-rn50x4",
                   "clip-rn50x16", "clip-rn50x64")
-KIND_ORDER = ("id", "pixels", "features", "id+features", "text", "multimodal")
 TABLE_METRICS = ("Recall@10", "NDCG@10")
+
+
+def display_name(model: str) -> str:
+    """How tables and figures name a backbone: its declared label ('SASRec'), else the name as given."""
+    backbone = BACKBONES.find(model)
+    return backbone.label if backbone is not None and backbone.label else model
+
+
+def _column(model: str) -> tuple[int, float] | None:
+    """(family, position) of a backbone among the paper's columns; None for one outside them (pop)."""
+    backbone = BACKBONES.find(model)
+    if backbone is None or backbone.family not in FAMILIES or backbone.table_order == math.inf:
+        return None
+    return FAMILIES.index(backbone.family), backbone.table_order
 
 
 def backbone_order(models: list[str]) -> list[str]:
     """Backbones in the paper's column order; others (e.g. pop) after them, as first seen."""
-    known = [m for m in NON_SEQUENTIAL + SEQUENTIAL if m in models]
-    return known + [m for m in dict.fromkeys(models) if m not in known]
+    seen = list(dict.fromkeys(models))
+    columns = {m: _column(m) for m in seen}
+    known = sorted((m for m in seen if columns[m] is not None), key=lambda m: columns[m])
+    return known + [m for m in seen if m not in known]
 
 
 RowKey = tuple[str, str | None, str | None, str, str | None]  # item kind, encoder, dataset, profile, start
@@ -246,12 +262,10 @@ def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False, 
     'text: <model>', 'multimodal: <encoder> + <model>'; the dataset and profile in brackets when the
     table mixes several, and where the weights started (`starts`) when rows differ only in that."""
     kind, encoder, dataset, profile, start = key
-    if kind == "id":
-        label = "ID"
-    elif kind == "pixels":
-        label = encoder or "pixels"
-    else:
-        label = f"{kind}: {encoder}" if encoder else kind
+    declared = ITEM_ENCODERS.find(kind)
+    label = declared.label if declared is not None and declared.label else kind
+    if encoder:  # ID rows never have one (see `encoder_label`)
+        label = (declared.row_label if declared is not None else "{label}: {encoder}").format(label=label, encoder=encoder)
     extra = ([dataset or "?"] if datasets else []) + ([profile] if profiles else []) + ([start] if starts and start else [])
     return f"{label} ({', '.join(extra)})" if extra else label
 
@@ -259,9 +273,10 @@ def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False, 
 def _row_order(keys: list[RowKey]) -> list[RowKey]:
     seen = list(dict.fromkeys(keys))
 
-    def rank(key: RowKey) -> tuple[int, int, int]:
+    def rank(key: RowKey) -> tuple[float, int, int]:
         kind, encoder = key[0], key[1]
-        kind_rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+        declared = ITEM_ENCODERS.find(kind)
+        kind_rank = declared.table_order if declared is not None else math.inf
         enc_rank = PAPER_ENCODERS.index(encoder) if encoder in PAPER_ENCODERS else len(PAPER_ENCODERS)
         return kind_rank, enc_rank, seen.index(key)
 
@@ -284,7 +299,7 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
             marked.add(item_row_key(record))
     datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
     models = backbone_order([model for _, model in cells])
-    header = ["Item encoder", "Metric"] + [DISPLAY.get(m, m) for m in models]
+    header = ["Item encoder", "Metric"] + [display_name(m) for m in models]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * len(models)) + " |"]
     keys = _row_order([key for key, _ in cells])
     for key in keys:

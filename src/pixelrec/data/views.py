@@ -24,6 +24,7 @@ PixelRec's own examples, each an option (the `paper` profile sets them all):
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Iterator
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 
 from pixelrec.data.batch import Batch
 from pixelrec.data.prepared import PreparedData
+from pixelrec.data.specs import SamplingSpec, ViewSpec
 from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 
@@ -132,7 +134,8 @@ class TrainingView:
     `masked_width` items per window (default max_len); `force_mask` hides a window's last item when
     the draw hid none (PixelRec's draw leaves such a window without targets). Pair view with
     pair_context=window: `window_batches` makes a batch's examples windows (each expanded into its
-    rows, PixelRec's FM and DSSM), else rows (its ACF)."""
+    rows, PixelRec's FM and DSSM), else rows (its ACF). The options are a `ViewSpec`'s and a
+    `SamplingSpec`'s fields; `TrainingView.of` takes the two as a backbone and a loss declare them."""
 
     def __init__(
         self,
@@ -151,7 +154,11 @@ class TrainingView:
         window_batches: bool = True,
         force_mask: bool = True,
         masked_width: int | None = None,
+        shares_candidates: bool = False,
     ) -> None:
+        self.spec = ViewSpec(view, max_len, sequences, mask_ratio, window_remainder, prefixes, pair_context,
+                             negatives_avoid, window_batches, force_mask, masked_width)
+        self.sampling = SamplingSpec(negatives, in_batch, shares_candidates)
         if view not in VIEWS:
             raise UserError(f"unknown training view {view!r}; choose from {', '.join(VIEWS)}")
         chosen = {"sequences": sequences, "window_remainder": window_remainder, "prefixes": prefixes,
@@ -202,16 +209,25 @@ class TrainingView:
             self.n_examples = len(self.example_users)
         self.width = width
 
+    @classmethod
+    def of(cls, data: PreparedData, spec: ViewSpec, sampling: SamplingSpec) -> "TrainingView":
+        """The examples that a backbone's view specification and a loss's sampling specification ask for."""
+        return cls(data, **asdict(spec), negatives=sampling.negatives, in_batch=sampling.in_batch,
+                   shares_candidates=sampling.shares_candidates)
+
     def __len__(self) -> int:
         return self.n_examples
 
     def batch(self, example_ids: np.ndarray, rng: np.random.Generator, job: Job = SINGLE,
-              shared_candidates: bool = False) -> Batch:
+              shared_candidates: bool | None = None) -> Batch:
         """Build the batch of the given examples; `rng` drives negatives and cloze masks.
 
         Under several ranks every rank builds the whole global batch's rows (cheap gathers), so
         negatives and masks do not depend on the rank count, then keeps its share of rows. With
-        `shared_candidates` the in-batch candidates are the global batch's targets, not just its rows'."""
+        `shared_candidates` (default: the sampling specification's) the in-batch candidates are the
+        global batch's targets, not just its rows'."""
+        if shared_candidates is None:
+            shared_candidates = self.sampling.shares_candidates
         mask = window = None
         if self.window_pairs:
             users, context, targets = self._window_pair_rows(np.asarray(example_ids, dtype=np.int64))

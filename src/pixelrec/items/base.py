@@ -1,8 +1,14 @@
-"""The item-encoder interface: item indices (and, for pixels, their loaded inputs) -> vectors."""
+"""The item-encoder interface: item indices (and, for pixels, their loaded inputs) -> vectors.
+
+Each encoder declares what the rest of the package needs to know of it (labels, family, images per
+item, where its image tower is, ...) as class attributes, so no caller compares `items.kind` with a
+name; and offers backbones the item parts they declare (`parts`), handed to them in the `ItemLookup`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -40,10 +46,49 @@ class ItemEncoder(nn.Module):
     #: Width of the item's learned ID part that `id_vectors` gives; 0: the encoder has none.
     id_size: int = 0
 
+    # --- declarations read by tables, logs, transfer and jobs (never the kind's name) ---
+    #: How tables and logs name the kind: a row without a named encoder, and `row_label`'s {label}.
+    label: ClassVar[str] = ""
+    #: A table row of this kind with a named encoder (image model, feature extractor, text model).
+    row_label: ClassVar[str] = "{label}: {encoder}"
+    #: Position of the kind's rows in the paper's table layout (inf: after the others, as first seen).
+    table_order: ClassVar[float] = math.inf
+    #: The paper's family whose packaged settings apply (configs/<family>/): pixelnet, vinet, or None.
+    family: ClassVar[str | None] = None
+    #: Cover images encoded per item by `forward` (0: none), so images per step = items per step x this.
+    images_per_item: ClassVar[int] = 0
+    #: Path of the submodule holding the trained image tower (`tower`, `preprocess`, ...): "" for the
+    #: encoder itself; None when it has none (nothing to export or carry by encoder name).
+    image_tower: ClassVar[str | None] = None
+    #: Items are rows of a feature file (items.features) written by `pixelrec extract`.
+    reads_features: ClassVar[bool] = False
+    #: The `items` key naming the text model (its `<key>_weights` names the model's directory); None: no text model.
+    text_model_key: ClassVar[str | None] = None
+    #: Why a run of this kind cannot score items outside the catalogue (when `new_items_from` is empty).
+    new_items_refusal: ClassVar[str] = "its item vectors exist only for the catalogue's items"
+    #: Every weight belongs to the catalogue's items (an ID table), so none crosses datasets.
+    tied_to_catalogue: ClassVar[bool] = False
+
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
         self.n_items = n_items
         self.embedding_size = embedding_size
+
+    def parts(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """The item parts besides the vector that this encoder offers backbones (`Backbone.item_parts`):
+        `ids` (`id_vectors`) where id_size > 0, `components` (`component_vectors`) where component_size > 0."""
+        offered: dict[str, Callable[[Tensor], Tensor]] = {}
+        if self.id_size:
+            offered["ids"] = self.id_vectors
+        if self.component_size:
+            offered["components"] = self.component_vectors
+        return offered
+
+    def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
+        """Re-draw the weights that a backbone's initialisation `rule` covers (MF's `xavier`, SR-GNN's
+        `uniform` within +-bound), as each encoder reads the rule; True when something was re-drawn.
+        Nothing by default: an encoder keeps its own initialisation."""
+        return False
 
     def component_vectors(self, item_ids: Tensor) -> Tensor:
         """[..., component_count, component_size] the items' projected feature vectors (when component_size > 0)."""
@@ -132,28 +177,42 @@ def move_inputs(inputs: Any, device: torch.device) -> Any:
 
 
 class ItemLookup:
-    """Vectors of a set of distinct items, looked up by item index (0 and unknown -> zeros row)."""
+    """Vectors of a set of distinct items, looked up by item index (0 and unknown -> zeros row), and
+    the other item parts the backbone declared (`part`), as the recommender bound them."""
 
     #: the item encoder's vector for an all-ones input image, when the backbone's mask token is that
-    #: (BERT4Rec model.mask_token=encoded_ones); set by the recommender
+    #: (BERT4Rec model.mask_token=encoded_ones, item part `ones_image`); set by the recommender
     mask_vector: Tensor | None = None
-    #: the item encoder, for a backbone that uses more of an item than its vector (ACF: the ID part,
-    #: spatial components); set by the recommender
-    encoder: ItemEncoder | None = None
 
-    def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int) -> None:
+    def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int,
+                 parts: dict[str, Callable[[Tensor], Tensor]] | None = None) -> None:
         self.item_ids = item_ids  # sorted, distinct, no 0
         self.table = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
         self.n_items = n_items
         self.is_catalogue = len(item_ids) == n_items
+        self.parts = dict(parts or {})
 
     @classmethod
-    def catalogue(cls, table_with_padding: Tensor) -> "ItemLookup":
+    def catalogue(cls, table_with_padding: Tensor,
+                  parts: dict[str, Callable[[Tensor], Tensor]] | None = None) -> "ItemLookup":
         n = table_with_padding.shape[0] - 1
         lookup = cls.__new__(cls)
         lookup.item_ids = torch.arange(1, n + 1, device=table_with_padding.device)
         lookup.table, lookup.n_items, lookup.is_catalogue = table_with_padding, n, True
+        lookup.parts = dict(parts or {})
         return lookup
+
+    def part(self, name: str, idx: Tensor) -> Tensor:
+        """Item part `name` of `idx` of any shape, [..., *part shape], each distinct index computed once
+        (with gradients) and zeros at padding. Computed on request, never as a table of the catalogue:
+        an item's spatial components are many vectors each."""
+        if name not in self.parts:
+            raise RuntimeError(f"the item lookup carries no {name!r} part: the backbone does not declare it in "
+                               "item_parts, or the item encoder does not offer it")
+        distinct, where = torch.unique(idx, return_inverse=True)
+        values = self.parts[name](distinct)[where]
+        real = (idx > 0).reshape(idx.shape + (1,) * (values.dim() - idx.dim()))
+        return values * real.to(values.dtype)
 
     def rows(self, idx: Tensor) -> Tensor:
         if self.is_catalogue:

@@ -33,6 +33,11 @@ class FeatureEncoder(ItemEncoder):
 
     catalogue_each_step = True  # a gather and a small MLP: every backbone and loss can afford the catalogue
     config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
+    label = "features"
+    table_order = 2
+    family = "vinet"
+    reads_features = True
+    new_items_refusal = "its items are rows of the catalogue's feature file; it has no image tower"
 
     def __init__(
         self,
@@ -106,6 +111,12 @@ class IDFeatureEncoder(ItemEncoder):
     `embedding_size`), so the item vector keeps `embedding_size` either way. VBPR's item is the concat."""
 
     config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
+    label = "id+features"
+    table_order = 3
+    family = "vinet"
+    reads_features = True
+    new_items_refusal = ("its items are learned ID vectors and rows of the catalogue's feature file; "
+                         "it has no image tower")
 
     def __init__(
         self,

@@ -15,6 +15,11 @@ from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 class IDEncoder(ItemEncoder):
     """One trainable vector per item; index 0 (padding) is never looked up."""
 
+    label = "ID"
+    table_order = 0
+    tied_to_catalogue = True
+    new_items_refusal = "its items are ID vectors learned for the catalogue's items"
+
     def __init__(self, n_items: int, embedding_size: int, init_std: float = 0.02) -> None:
         super().__init__(n_items, embedding_size)
         self.id_size = embedding_size
@@ -26,6 +31,16 @@ class IDEncoder(ItemEncoder):
 
     def id_vectors(self, item_ids: Tensor) -> Tensor:
         return self.embedding(item_ids)
+
+    def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
+        """The table: `xavier` Xavier-normal (PixelRec's IDNet/mf.py), `uniform` U(+-bound) (its IDNet/srgnn.py)."""
+        if rule == "xavier":
+            nn.init.xavier_normal_(self.embedding.weight)
+        elif rule == "uniform" and bound is not None:
+            nn.init.uniform_(self.embedding.weight, -bound, bound)
+        else:
+            return False
+        return True
 
     @torch.no_grad()
     def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,

@@ -43,6 +43,11 @@ class MultimodalEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 256
     new_items_from = ("covers", "item info")
+    label = "multimodal"
+    table_order = 5
+    images_per_item = 1  # one cover per item, through the image part
+    image_tower = "image"
+    text_model_key = "text_encoder"
 
     def __init__(
         self,

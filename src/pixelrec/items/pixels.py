@@ -91,6 +91,12 @@ class PixelEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 256
     new_items_from = ("covers",)
+    label = "pixels"
+    row_label = "{encoder}"  # PixelNet rows are named by their image encoder alone, as in the paper
+    table_order = 1
+    family = "pixelnet"
+    images_per_item = 1
+    image_tower = ""  # the encoder itself
 
     def __init__(
         self,
@@ -163,6 +169,15 @@ class PixelEncoder(ItemEncoder):
         encoder, weights, pretrained, _ = self._encoder_args
         return tower_caveats(encoder, weights=weights, pretrained=pretrained, carried=carried,
                              stored_size=getattr(self.image_store, "size", None), input_size=self.preprocess.size)
+
+    def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
+        """`uniform`: the projection's weights and biases from U(+-bound) (PixelRec's PixelNet/mosrgnn.py);
+        the tower keeps its weights, and other rules leave the projection as built."""
+        if rule != "uniform" or bound is None:
+            return False
+        for weight in self.projection.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+        return True
 
     def train(self, mode: bool = True) -> "PixelEncoder":
         super().train(mode)

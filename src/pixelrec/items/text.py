@@ -44,6 +44,9 @@ class TextEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 1024
     new_items_from = ("item info",)
+    label = "text"
+    table_order = 4
+    text_model_key = "encoder"
     #: the `items` keys as errors name them (the multimodal encoder's text part has its own)
     KEYS: ClassVar[dict[str, str]] = {"encoder": "items.encoder", "encoder_weights": "items.encoder_weights",
                                       "tune_last": "items.tune_last", "pooling": "items.pooling",

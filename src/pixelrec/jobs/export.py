@@ -22,6 +22,7 @@ import torch
 
 from pixelrec.data.views import whole_history_batch
 from pixelrec.errors import UserError
+from pixelrec.items import ITEM_ENCODERS
 from pixelrec.jobs.new_items import new_items_for_run, refuse_kind
 from pixelrec.models.base import Backbone
 from pixelrec.runs.directory import config_of_run
@@ -133,12 +134,14 @@ def export_tower(run: str | Path, tower: str | Path, checkpoint: str = "best",
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     kind = config_of_run(run).items.kind
-    if kind not in ("pixels", "multimodal"):
+    tower = ITEM_ENCODERS.get(kind).image_tower
+    if tower is None:
+        having = " or ".join(ITEM_ENCODERS.names_where(lambda cls: cls.image_tower is not None))
         raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with items.kind "
-                        "pixels or multimodal have)")
+                        f"{having} have)")
     loaded = open_run(run, checkpoint, data_path)
     items = loaded.config.items
-    image = loaded.model.item_encoder.image if kind == "multimodal" else loaded.model.item_encoder
+    image = loaded.model.item_encoder.get_submodule(tower)
     # the settings the run's tower was built with (a run may itself start from an exported tower)
     settings = tower_settings(items.encoder_weights, encoder=items.encoder, image_size=items.image_size,
                               pooling=items.pooling, preprocess=items.preprocess, timm_args=items.timm_args)

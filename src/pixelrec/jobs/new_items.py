@@ -55,11 +55,6 @@ if TYPE_CHECKING:
 
 KIND = "new-items"
 _SHOWN = 5  # names listed in one error line
-_WHY = {
-    "id": "its items are ID vectors learned for the catalogue's items",
-    "features": "its items are rows of the catalogue's feature file; it has no image tower",
-    "id+features": "its items are learned ID vectors and rows of the catalogue's feature file; it has no image tower",
-}
 
 
 def _listing(names: list[str]) -> str:
@@ -76,9 +71,11 @@ def refuse_kind(run: Path, kind: str) -> None:
     """One line for a run whose items cannot be made from what a new item brings (ID tables, feature rows)."""
     if new_items_from(kind):
         return
-    why = _WHY.get(kind, "its item vectors exist only for the catalogue's items")
+    why = ITEM_ENCODERS.get(kind).new_items_refusal
+    able = ITEM_ENCODERS.names_where(lambda cls: bool(cls.new_items_from))
+    listed = f"{', '.join(able[:-1])} or {able[-1]}" if len(able) > 1 else able[0]
     raise UserError(f"{run}: a run with items.kind={kind} cannot score new items from their covers or texts: {why} "
-                    "(runs with items.kind=pixels, text or multimodal can)")
+                    f"(runs with items.kind={listed} can)")
 
 
 def check_scoring(model: Any, run: Path) -> None:

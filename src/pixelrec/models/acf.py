@@ -20,6 +20,7 @@ with score_items=encoder neither is W_x, x_l being part of v_l).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
+from pixelrec.data.specs import ViewSpec
 from pixelrec.errors import UserError
-from pixelrec.items.base import ItemLookup
+from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import PositiveInt
 
@@ -40,9 +42,10 @@ class ACF(Backbone):
     user and each item's components (component-level attention); an empty history leaves the user's vector."""
 
     view = "pair"
-    set_context = True
-    window_batches = False  # PixelRec's SampleACFTrainDataset lists every leave-one-out row: a batch counts rows
-    uses_components = True
+    label = "ACF"
+    family = "non-sequential"
+    table_order = 5
+    item_parts = ("vectors", "ids", "components")  # ids with score_items=id; components when the items have them
 
     def __init__(self, n_users: int, embedding_size: PositiveInt = 64, attention_size: PositiveInt | None = None,
                  score_items: Literal["encoder", "id"] = "encoder", project_user: bool = False) -> None:
@@ -66,7 +69,12 @@ class ACF(Backbone):
         nn.init.zeros_(self.user_key.bias)
         self.components: nn.ModuleDict | None = None  # built by initialise_items when the items have components
 
-    def initialise_items(self, encoder: Any) -> None:
+    def view_spec(self, data: Any) -> ViewSpec:
+        """The history is attended as a set, so it may be its window's other items (data.pair_context=window);
+        a batch counts rows, as PixelRec's SampleACFTrainDataset lists every leave-one-out row."""
+        return replace(super().view_spec(data), pair_context=data.pair_context, window_batches=False)
+
+    def initialise_items(self, encoder: ItemEncoder) -> None:
         """Check that the encoder has what score_items needs; build W_x where x_l is not already in the
         item vector (spatial components, or score_items=id), and the component level for spatial components."""
         if self.score_items == "id" and encoder.id_size != self.embedding_size:
@@ -107,11 +115,11 @@ class ACF(Backbone):
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         user = self.user_embedding(batch.users)
         real = batch.context > 0
-        profile = items.encoder.id_vectors(batch.context) if self.score_items == "id" else items(batch.context)
+        profile = items.part("ids", batch.context) if self.score_items == "id" else items(batch.context)
         profile = profile.masked_fill(~real.unsqueeze(-1), 0.0)
         keys = self.item_key(profile)
         if self.components is not None:
-            parts = history_components(batch, items)
+            parts = items.part("components", batch.context)  # [B, L, M, c], each distinct item projected once
             pooled = self.pool_components(user, parts) if "attention" in self.components else parts[:, :, 0]
             keys = keys + self.components["feature"](pooled)
         alpha = self.attention_weights(user, keys, real)
@@ -121,11 +129,5 @@ class ACF(Backbone):
     def score_vectors(self, items: ItemLookup, idx: Tensor) -> Tensor:
         if self.score_items == "encoder":
             return items(idx)
-        return items.encoder.id_vectors(idx) * (idx > 0).unsqueeze(-1)  # padding scores against zeros
-
-
-def history_components(batch: Batch, items: ItemLookup) -> Tensor:
-    """[B, L, M, c] projected components of the history, each distinct item projected once."""
-    distinct, where = torch.unique(batch.context, return_inverse=True)
-    return items.encoder.component_vectors(distinct)[where]
+        return items.part("ids", idx)  # padding scores against zeros
 

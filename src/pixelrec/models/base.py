@@ -1,13 +1,20 @@
-"""The backbone interface: a user's context (and the batch's item vectors) -> user vectors."""
+"""The backbone interface: a user's context (and the batch's item vectors) -> user vectors.
+
+A backbone declares what it needs and offers: its training view (`view_spec`), the item parts it
+reads from the lookup (`item_parts`), the rule its original re-draws the item weights with (asked of
+the encoder in `initialise_items`), and its label and family for tables and logs.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.items.base import ItemLookup
+from pixelrec.data.specs import ViewSpec
+from pixelrec.items.base import ItemEncoder, ItemLookup
 from pixelrec.registry import Registry
 
 #: Constructor arguments a backbone may take that come from the dataset, not from the config.
@@ -15,40 +22,50 @@ DATA_ARGUMENTS = frozenset(
     {"n_users", "n_items", "max_len", "item_popularity", "train_users", "train_items", "image_store",
      "item_order_sha256", "item_texts"}
 )
+#: Backbone families, in the order of the paper's table columns.
+FAMILIES = ("non-sequential", "sequential")
 
 
 class Backbone(nn.Module):
-    """A recommender body. Subclasses set `view` and implement `forward`.
+    """A recommender body. Subclasses set `view`, `label` and `family` and implement `forward`.
 
     `forward(batch, items)` returns one user vector per target: shape `batch.targets.shape + (d,)`.
-    `items(idx)` gives item vectors (zeros for padding); special tokens such as BERT4Rec's mask or a
-    learned padding vector belong to the backbone. `score_vectors` turns item vectors into the
-    vectors users are scored against (identity unless the backbone transforms items, as DSSM does).
+    `items(idx)` gives item vectors (zeros for padding), `items.part(name, idx)` the other item parts
+    declared in `item_parts`; special tokens such as BERT4Rec's mask or a learned padding vector belong
+    to the backbone. `score_vectors` turns item vectors into the vectors users are scored against
+    (identity unless the backbone transforms items, as DSSM does).
     """
 
     view: ClassVar[str] = "sequence"  # pair | prefixes | sequence | masked
-    #: pair view: the context is an unordered set of the user's items (FM, DSSM, ACF), so it may be a
-    #: window's other items (data.pair_context=window); a batch then counts windows, or rows if False
-    set_context: ClassVar[bool] = False
-    window_batches: ClassVar[bool] = True
+    #: the name tables, figures and logs give the backbone ("SASRec"), and its family (FAMILIES)
+    label: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    #: position among its family's columns in the paper's tables (inf: after them, as first seen)
+    table_order: ClassVar[float] = math.inf
+    #: what the backbone reads of an item: `vectors` (always), `ids` (the learned ID part), `components`
+    #: (spatial feature vectors), `ones_image` (the vector of an all-ones image, `items.mask_vector`);
+    #: the recommender puts in each lookup those that the item encoder offers
+    item_parts: tuple[str, ...] = ("vectors",)
     trainable: ClassVar[bool] = True  # False for rule-based baselines (pop): nothing to optimise
     needs_catalogue: ClassVar[bool] = False  # True when each step needs every item (LightGCN)
     #: an item's scoring vector is a function of its own vector alone, so an item unknown at training
     #: (a new cover) can be scored; False when it also depends on the catalogue (a graph, counts)
     scores_items_alone: ClassVar[bool] = True
-    mask_ratio: float = 0.0  # fraction of positions hidden by the masked view
-    force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
-    extra_slot: bool = False  # masked view: windows of max_len + 1 items (the mask token's own slot)
-    mask_image: bool = False  # masked view: the mask token is the item encoder's vector of an all-ones image
-    uses_components: ClassVar[bool] = False  # attends over items' spatial components (a spatial feature file)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         raise NotImplementedError
 
-    def initialise_items(self, encoder: Any) -> None:
-        """Fit the backbone to its item encoder, once, when the recommender is built: re-draw the
-        encoder's weights where the backbone's original did (MF, SR-GNN under model.init), or build the
-        parts that depend on what the encoder provides (ACF's component attention); nothing by default."""
+    def view_spec(self, data: Any) -> ViewSpec:
+        """The training examples this backbone learns from, with the options of the `data` section
+        (`DataConfig`) that apply to it; pair_context applies only to backbones that override this."""
+        return ViewSpec(self.view, data.max_len, data.sequences, window_remainder=data.window_remainder,
+                        prefixes=data.prefixes, negatives_avoid=data.negatives_avoid)
+
+    def initialise_items(self, encoder: ItemEncoder) -> None:
+        """Fit the backbone to its item encoder, once, when the recommender is built: ask the encoder to
+        re-draw its weights by the rule the backbone's original used (`reset_parameters`: MF, SR-GNN
+        under model.init), or build the parts that depend on the sizes it declares (ACF's component
+        attention); nothing by default. The backbone keeps no reference to the encoder."""
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
         """[B, d] vectors that score the next item after each user's context (evaluation)."""

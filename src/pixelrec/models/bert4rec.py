@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
+from pixelrec.data.specs import ViewSpec
 from pixelrec.items.base import ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.models.layers import PositionalTransformer
@@ -27,6 +29,9 @@ class BERT4Rec(Backbone):
     per catalogue, as the original's extra catalogue row), instead of a learned vector."""
 
     view = "masked"
+    label = "BERT4Rec"
+    family = "sequential"
+    table_order = 4
 
     def __init__(
         self,
@@ -45,7 +50,9 @@ class BERT4Rec(Backbone):
     ) -> None:
         super().__init__()
         self.mask_ratio, self.force_mask, self.extra_slot = mask_ratio, force_mask, extra_slot
-        self.mask_image = mask_token == "encoded_ones"  # the recommender puts that vector in each lookup
+        self.mask_image = mask_token == "encoded_ones"
+        if self.mask_image:  # the recommender puts that vector in each lookup
+            self.item_parts = ("vectors", "ones_image")
         self.mask_token = None if self.mask_image else nn.Parameter(torch.empty(embedding_size))
         self.body = PositionalTransformer(max_len + int(extra_slot), embedding_size, n_layers, n_heads,
                                           inner_factor * embedding_size, dropout, activation)
@@ -62,6 +69,12 @@ class BERT4Rec(Backbone):
         for block in self.body.blocks:
             nn.init.xavier_uniform_(block.attention.qkv.weight)
             nn.init.xavier_uniform_(block.attention.out.weight)
+
+    def view_spec(self, data: Any) -> ViewSpec:
+        """The masked view with this cloze's draw: mask_ratio, force_mask, and windows of max_len + 1
+        items with extra_slot (the mask token's own slot)."""
+        return replace(super().view_spec(data), mask_ratio=self.mask_ratio, force_mask=self.force_mask,
+                       masked_width=data.max_len + int(self.extra_slot))
 
     def encode(self, x: Tensor, real: Tensor) -> Tensor:
         """x [B, L, d] input vectors (mask tokens in place), real [B, L] non-padding -> [B, L, d]."""

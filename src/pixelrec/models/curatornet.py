@@ -34,6 +34,9 @@ class CuratorNet(Backbone):
     """user = SELU-MLP([max_l e_l ; mean_l e_l]) over the real history, e = SELU-MLP(item vector)."""
 
     view = "pair"
+    label = "CuratorNet"
+    family = "non-sequential"
+    table_order = 6
 
     def __init__(self, embedding_size: PositiveInt = 64, item_layers: NonNegativeInt = 1, user_layers: PositiveInt = 3,
                  hidden_factor: PositiveInt = 2) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
+from pixelrec.data.specs import ViewSpec
 from pixelrec.items.base import ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import Dropout, NonNegativeInt, Positive, PositiveInt
@@ -33,7 +35,9 @@ class DSSM(Backbone):
     product. With n_layers=0 and dot product it is PixelRec's IDNet DSSM (mean history . item)."""
 
     view = "pair"
-    set_context = True  # PixelRec's batches hold windows of leave-one-out rows (SampleTwoTowerTrainDataset)
+    label = "DSSM"
+    family = "non-sequential"
+    table_order = 2
 
     def __init__(
         self,
@@ -47,6 +51,11 @@ class DSSM(Backbone):
         self.similarity, self.temperature = similarity, temperature
         self.user_tower = tower(embedding_size, n_layers, dropout)
         self.item_tower = tower(embedding_size, n_layers, dropout)
+
+    def view_spec(self, data: Any) -> ViewSpec:
+        """The history is pooled as a set, so it may be its window's other items (data.pair_context=window:
+        PixelRec's batches of windows of leave-one-out rows, SampleTwoTowerTrainDataset)."""
+        return replace(super().view_spec(data), pair_context=data.pair_context)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         real = (batch.context > 0).unsqueeze(-1)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
+from pixelrec.data.specs import ViewSpec
 from pixelrec.items.base import ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import PositiveInt
@@ -29,11 +33,18 @@ class FM(Backbone):
     """
 
     view = "pair"
-    set_context = True  # PixelRec's batches hold windows of leave-one-out rows (SampleOneTowerTrainDataset)
+    label = "FM"
+    family = "non-sequential"
+    table_order = 1
 
     def __init__(self, embedding_size: PositiveInt = 64, linear: bool = True) -> None:
         super().__init__()
         self.linear = nn.Parameter(torch.zeros(embedding_size)) if linear else None
+
+    def view_spec(self, data: Any) -> ViewSpec:
+        """The context is an unordered set of items, so it may be its window's other items
+        (data.pair_context=window: PixelRec's batches of windows of leave-one-out rows, SampleOneTowerTrainDataset)."""
+        return replace(super().view_spec(data), pair_context=data.pair_context)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         padding = (batch.context == 0).unsqueeze(-1)

@@ -22,6 +22,9 @@ class GRU4Rec(Backbone):
     """
 
     view = "sequence"
+    label = "GRU4Rec"
+    family = "sequential"
+    table_order = 0
 
     def __init__(
         self,

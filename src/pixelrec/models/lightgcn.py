@@ -71,6 +71,9 @@ class LightGCN(Backbone):
     final vectors. Users own their embeddings; items' layer-0 vectors come from the item encoder."""
 
     view = "pair"
+    label = "LightGCN"
+    family = "non-sequential"
+    table_order = 3
     needs_catalogue = True
     scores_items_alone = False  # neighbour averaging over the training graph
 

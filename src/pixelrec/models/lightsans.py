@@ -105,6 +105,9 @@ class LightSANs(Backbone):
     The most recent position's output predicts the next item (one target per example)."""
 
     view = "prefixes"
+    label = "LightSANs"
+    family = "sequential"
+    table_order = 5
 
     def __init__(
         self,

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemEncoder, ItemLookup
-from pixelrec.items.id import IDEncoder
 from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import PositiveInt
 
@@ -22,6 +21,9 @@ class MF(Backbone):
     item table Xavier-normal too (the PixelRec code's IDNet/mf.py and PixelNet/momf.py)."""
 
     view = "pair"
+    label = "MF"
+    family = "non-sequential"
+    table_order = 0
 
     def __init__(self, n_users: int, embedding_size: PositiveInt = 64,
                  init: Literal["default", "xavier"] = "default") -> None:
@@ -34,10 +36,11 @@ class MF(Backbone):
             self.apply(init_weights)
 
     def initialise_items(self, encoder: ItemEncoder) -> None:
-        """Called once the recommender is composed: with init=xavier an ID table is Xavier-normal, as
-        the original's item embedding; image and feature encoders keep their own initialisation."""
-        if self.init == "xavier" and isinstance(encoder, IDEncoder):
-            nn.init.xavier_normal_(encoder.embedding.weight)
+        """Called once the recommender is composed: with init=xavier the encoder re-draws what the rule
+        covers for it (an ID table Xavier-normal, as the original's item embedding; image and feature
+        encoders keep their own initialisation)."""
+        if self.init == "xavier":
+            encoder.reset_parameters("xavier")
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         return self.user_embedding(batch.users)

@@ -52,6 +52,9 @@ class NextItNet(Backbone):
     """
 
     view = "sequence"
+    label = "NextItNet"
+    family = "sequential"
+    table_order = 1
 
     def __init__(
         self,

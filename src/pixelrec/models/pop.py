@@ -16,6 +16,8 @@ class Popularity(Backbone):
     """Scores an item by its training popularity; nothing to train. Every model must beat it."""
 
     view = "pair"
+    label = "Pop"
+    family = "non-sequential"
     trainable = False
     scores_items_alone = False  # training counts
 

@@ -16,6 +16,9 @@ class SASRec(Backbone):
     """Next-item prediction at every position; position i attends to positions <= i."""
 
     view = "sequence"
+    label = "SASRec"
+    family = "sequential"
+    table_order = 3
 
     def __init__(
         self,

@@ -10,8 +10,6 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemEncoder, ItemLookup
-from pixelrec.items.id import IDEncoder
-from pixelrec.items.pixels import PixelEncoder
 from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import PositiveInt
 
@@ -79,6 +77,9 @@ class SRGNN(Backbone):
     PixelNet/mosrgnn.py)."""
 
     view = "prefixes"
+    label = "SRGNN"
+    family = "sequential"
+    table_order = 2
 
     def __init__(self, embedding_size: PositiveInt = 64, step: PositiveInt = 1,
                  init: Literal["default", "uniform"] = "default") -> None:
@@ -106,17 +107,13 @@ class SRGNN(Backbone):
         return 1.0 / math.sqrt(self.transform.out_features)
 
     def initialise_items(self, encoder: ItemEncoder) -> None:
-        """Called once the recommender is composed: with init=uniform an ID table (IDNet/srgnn.py) or
-        an image projection's weights and biases (PixelNet/mosrgnn.py) are drawn from U(+-1/sqrt(d)).
-        The PixelNet code redraws only the weights of its own linear layers, so the output transform's
-        bias keeps PyTorch's default U(+-1/sqrt(2d))."""
+        """Called once the recommender is composed: with init=uniform the encoder re-draws what the rule
+        covers for it from U(+-1/sqrt(d)): an ID table (IDNet/srgnn.py), an image projection's weights
+        and biases (PixelNet/mosrgnn.py). The PixelNet code redraws only the weights of its own linear
+        layers, so there the output transform's bias keeps PyTorch's default U(+-1/sqrt(2d))."""
         if self.init != "uniform":
             return
-        if isinstance(encoder, IDEncoder):
-            nn.init.uniform_(encoder.embedding.weight, -self.bound, self.bound)
-        elif isinstance(encoder, PixelEncoder):
-            for weight in encoder.projection.parameters():
-                nn.init.uniform_(weight, -self.bound, self.bound)
+        if encoder.reset_parameters("uniform", self.bound) and encoder.family == "pixelnet":
             edge = 1.0 / math.sqrt(self.transform.in_features)
             nn.init.uniform_(self.transform.bias, -edge, edge)
 

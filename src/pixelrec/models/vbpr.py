@@ -30,6 +30,9 @@ class VBPR(Backbone):
     it is BPR-MF with item biases; with items.kind=features, VBPR without ID factors."""
 
     view = "pair"
+    label = "VBPR"
+    family = "non-sequential"
+    table_order = 4
 
     def __init__(self, n_users: int, embedding_size: PositiveInt = 64, item_bias: bool = True, visual_bias: bool = True) -> None:
         super().__init__()

@@ -26,6 +26,9 @@ class VisRank(Backbone):
     features, as the paper). A user with no history scores every item 0."""
 
     view = "pair"
+    label = "VisRank"
+    family = "non-sequential"
+    table_order = 7
     trainable = False
     item_kinds = ("features",)  # needs features; checked when the configuration is built
 

@@ -135,16 +135,16 @@ class Tracker:
         # a resumed run drops what earlier files hold past its checkpoint's epoch
         self.writer = SummaryWriter(log_dir=str(out), purge_step=completed_epochs + 1 if completed_epochs else None)
 
-    def epoch(self, row: dict[str, Any], learning_rates: dict[str, float], images: bool) -> None:
-        """Scalars of one metrics row, at step = its epoch."""
+    def epoch(self, row: dict[str, Any], learning_rates: dict[str, float], images_per_item: int) -> None:
+        """Scalars of one metrics row, at step = its epoch; images per step where items are images."""
         if self.writer is None:
             return
         step = int(row["epoch"])
         scalars = {"train/loss": row["loss"], "train/seconds": row["seconds"]}
         if row.get("seconds"):
             scalars["train/steps_per_second"] = row["steps"] / row["seconds"]
-        if images:
-            scalars["train/images_per_step"] = row.get("items_encoded_per_step")
+        if images_per_item and _number(row.get("items_encoded_per_step")):
+            scalars["train/images_per_step"] = images_per_item * row["items_encoded_per_step"]
         scalars |= {f"lr/{name}": lr for name, lr in learning_rates.items()}
         for split, metrics in row.items():
             if isinstance(metrics, dict):
@@ -194,7 +194,7 @@ def banner(trainer: Trainer) -> list[str]:
     s = trainer.state
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model.backbone.trainable else 0
     examples = len(trainer.view)
-    items = c.items.kind + (f" ({c.items.encoder})" if c.items.encoder and c.items.kind != "id" else "")
+    items = c.items.kind + (f" ({c.items.encoder})" if c.items.encoder else "")  # an ID run has no encoder
     ranks = f", {job.world} ranks" if job.world > 1 else ""
     threads = torch.get_num_threads()
     start = f"resumed after epoch {s.epoch} (step {s.step:,})" if s.epoch else "new run"
@@ -228,7 +228,7 @@ class RunReport:
         self.out, self.main = out, main
         self.log = RunLog(out, main)
         self.progress = RunProgress(trainer.config.train.progress and main)
-        self.images = trainer.config.items.kind == "pixels"
+        self.images = trainer.model.item_encoder.images_per_item  # images per item encoded (0: none)
         self.tracker: Tracker | None = None
         self._finalizer = weakref.finalize(trainer, self.close)  # a Trainer that is never fit still lets go
         if main:

@@ -106,14 +106,12 @@ class BatchDataset(torch.utils.data.Dataset):
                  job: Job = distributed.SINGLE) -> None:
         self.view, self.order, self.seed, self.epoch, self.job = view, order, seed, epoch, job
         self.encoder = model.item_encoder if model.item_encoder.needs_inputs else None
-        self.shared_candidates = model.loss.shares_candidates
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, number: int) -> Batch:
-        batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number), self.job,
-                                self.shared_candidates)
+        batch = self.view.batch(self.order[number], batch_rng(self.seed, self.epoch, number), self.job)
         if self.encoder is not None:
             batch.item_ids = batch.distinct_items()
             batch.item_inputs = self.encoder.load_inputs(batch.item_ids.numpy())
@@ -142,16 +140,7 @@ class Trainer:
             self.transfer = self._init_from()
         if self.job.world > 1:
             torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
-        backbone, loss = self.model.backbone, self.model.loss
-        d = config.data
-        self.view = TrainingView(
-            self.data, backbone.view, d.max_len, d.sequences,
-            negatives=loss.negatives, in_batch=loss.in_batch, mask_ratio=backbone.mask_ratio,
-            window_remainder=d.window_remainder, prefixes=d.prefixes, negatives_avoid=d.negatives_avoid,
-            pair_context=d.pair_context if backbone.set_context else "earlier",
-            window_batches=backbone.window_batches, force_mask=backbone.force_mask,
-            masked_width=d.max_len + int(backbone.extra_slot),
-        )
+        self.view = TrainingView.of(self.data, self.model.backbone.view_spec(config.data), self.model.loss.sampling)
         groups = parameter_groups(self.model, config)
         # the fused kernel updates each tensor in one pass (foreach makes several): it matters for a
         # full-size ID table, whose dense update is most of a CPU step
@@ -511,8 +500,9 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
         "eval_seconds": eval_seconds,
         "trainable_parameters": trainable,
     }
-    if c.items.kind == "pixels":
-        record["images_per_step"] = s.items_encoded / s.step if s.step else 0.0
+    images = model.item_encoder.images_per_item  # per item encoded: pixel and multimodal runs report images
+    if images:
+        record["images_per_step"] = images * s.items_encoded / s.step if s.step else 0.0
     record["caveats"] = getattr(trainer, "caveats", [])
     if getattr(trainer, "transfer", None):
         record["init_from"] = trainer.transfer

@@ -4,7 +4,7 @@ The parts named by `train.init_parts` are copied from the source run's best chec
 when it has none): `items`, the item encoder's tower and projection, and optionally `backbone`, the
 backbone's own parameters. Anything tied to the source's catalogue never crosses datasets: item ID
 tables, user tables, item biases, catalogue-sized buffers. They are found by what they are, a
-tensor of an ID encoder, or an embedding table or a recommender tensor whose leading dimension is a
+tensor of an encoder tied to its catalogue (an ID table), or an embedding table or a recommender tensor whose leading dimension is a
 catalogue size (items or users) in both runs, never by a list of names. Everything else of a chosen
 part must fit exactly: a shape that differs is one line naming the tensor and both shapes. Loading
 draws no random numbers, so whatever is not loaded keeps the fresh initialisation of the run's seed.
@@ -22,16 +22,13 @@ from torch import Tensor, nn
 
 from pixelrec.config import read_yaml
 from pixelrec.errors import UserError
-from pixelrec.items.base import ItemEncoder
-from pixelrec.items.id import IDEncoder
+from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.runs.directory import load_checkpoint, read_dataset_record
 from pixelrec.storage.feature_files import file_sha256
 from pixelrec.towers.names import SHORT_NAMES
 
 #: init_parts -> the recommender's submodule it names
 PARTS = {"items": "item_encoder", "backbone": "backbone"}
-#: item kinds whose item encoder is built on an image tower named by items.encoder
-IMAGE_TOWER_KINDS = ("pixels", "multimodal")
 TIED = "tied to the source's catalogue: ID and user tables never cross datasets"
 NOT_CHOSEN = "not in train.init_parts"
 NOT_IN_SOURCE = "not in the source checkpoint"
@@ -74,16 +71,17 @@ def check_source(config: Any) -> None:
     items = saved.get("items") or {}
     kind, encoder = items.get("kind", "id"), items.get("encoder")
     here, parts = config.items, config.train.init_parts
+    encoder_cls = ITEM_ENCODERS.get(here.kind)
     if "items" in parts and kind != here.kind:
         raise UserError(f"train.init_from: {run} was trained with items.kind={kind}, this run has items.kind={here.kind}; "
                         "its item encoder starts only a run of the same item kind (train.init_parts=[backbone] "
                         "carries the backbone alone)")
-    if "items" in parts and here.kind in IMAGE_TOWER_KINDS \
+    if "items" in parts and encoder_cls.image_tower is not None \
             and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.encoder, here.encoder):
         raise UserError(f"train.init_from: {run} was trained with image encoder {encoder}, this run has "
                         f"{here.encoder}; a tower starts only a run of the same encoder")
-    if here.kind == "id" and "items" in parts:
-        raise UserError(f"train.init_from: with items.kind=id the item encoder is an ID table, tied to {run}'s catalogue "
+    if encoder_cls.tied_to_catalogue and "items" in parts:
+        raise UserError(f"train.init_from: with items.kind={here.kind} the item encoder is an ID table, tied to {run}'s catalogue "
                         "(ID tables never cross datasets), so train.init_parts=[items] carries nothing; "
                         "use train.init_parts=[backbone]")
     source_model = (saved.get("model") or {}).get("name")
@@ -118,10 +116,10 @@ def _is_recommender_module(module: nn.Module) -> bool:
 
 def catalogue_tied(model: nn.Module, source: dict[str, Tensor], here: set[int], there: set[int] | None) -> set[str]:
     """Names of the model's tensors (state_dict keys) that belong to a catalogue: every tensor of an
-    ID encoder, and each embedding table or tensor held directly by a pixelrec module whose leading
+    item encoder tied to its catalogue (an ID encoder, also as a part of another), and each embedding table or tensor held directly by a pixelrec module whose leading
     dimension is a catalogue size here and, in the source, there (a layer width that happens to equal
     one catalogue's size is not taken for a table: it would have to equal both)."""
-    id_prefixes = tuple(f"{p}." for p, m in model.named_modules() if isinstance(m, IDEncoder))
+    id_prefixes = tuple(f"{p}." for p, m in model.named_modules() if isinstance(m, ItemEncoder) and m.tied_to_catalogue)
     tied = set()
     for name, tensor in model.state_dict().items():
         if name.startswith(id_prefixes):
