@@ -21,6 +21,7 @@ from pixelrec.items import ITEM_ENCODERS, ItemEncoder
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import FAMILIES
 from pixelrec.runs.results import read_results, results_path
+from pixelrec.towers.names import SHORT_NAMES
 
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -174,7 +175,9 @@ def run_caveats(record: dict[str, Any]) -> list[dict[str, Any]]:
     if "caveats" in record:
         return list(record["caveats"] or [])
     encoder = record.get("encoder")
-    if record.get("items") == "pixels" and encoder in PAPER_ENCODERS and record.get("start") == "random init":
+    kind = ITEM_ENCODERS.find(record.get("items"))
+    towered = kind is not None and kind.image_tower is not None and not kind.reads_features
+    if towered and encoder in PAPER_ENCODERS and record.get("start") == "random init":
         return [{"kind": "random_weights", "encoder": encoder,
                  "message": f"image encoder {encoder} is randomly initialised: its numbers are not comparable "
                             "with the paper's"}]
@@ -221,8 +224,7 @@ def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
 # The paper's table layout: backbones as columns (non-sequential, then sequential, each family in the
 # order its backbones declare), item encoders as row groups (ID first, then the image encoders in the
 # paper's order), two metrics per group.
-PAPER_ENCODERS = ("clip-vit-b32", "swin-t", "swin-b", "beit-b", "resnet50", "clip-rn50", "clip-rn50x4",
-                  "clip-rn50x16", "clip-rn50x64")
+PAPER_ENCODERS = tuple(SHORT_NAMES)
 TABLE_METRICS = ("Recall@10", "NDCG@10")
 
 

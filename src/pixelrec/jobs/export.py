@@ -134,14 +134,14 @@ def export_tower(run: str | Path, tower: str | Path, checkpoint: str = "best",
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     kind = config_of_run(run).items.kind
-    tower = ITEM_ENCODERS.get(kind).image_tower
-    if tower is None:
+    reach = ITEM_ENCODERS.get(kind).image_tower  # where the item encoder keeps its image tower
+    if reach is None:
         having = " or ".join(ITEM_ENCODERS.names_where(lambda cls: cls.image_tower is not None))
         raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with items.kind "
                         f"{having} have)")
     loaded = open_run(run, checkpoint, data_path)
     items = loaded.config.items
-    image = loaded.model.item_encoder.get_submodule(tower)
+    image = loaded.model.item_encoder.get_submodule(reach)
     # the settings the run's tower was built with (a run may itself start from an exported tower)
     settings = tower_settings(items.encoder_weights, encoder=items.encoder, image_size=items.image_size,
                               pooling=items.pooling, preprocess=items.preprocess, timm_args=items.timm_args)
