@@ -32,7 +32,7 @@ COMMANDS = {
     "bench": "run the model x item kind x image encoder matrix (resumable) into results.csv and a paper-style table",
     "tune": "hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml",
     "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; "
-              "or its image tower (--tower) for items.encoder_weights and extract",
+              "or its image tower (--tower) for items.image.encoder_weights and extract",
     "embed": "vectors of new items (not in the catalogue) from their covers and texts, with a trained pixels, text or "
              "multimodal run; resumable",
 }

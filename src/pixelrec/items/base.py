@@ -31,6 +31,9 @@ class ItemEncoder(nn.Module):
     amp: bool = True
     #: `items` keys the encoder takes besides its constructor's parameters (labels, read by others).
     config_keys: ClassVar[tuple[str, ...]] = ()
+    #: The tower section (`items.image`, `items.text`) whose encoder `--encoder` sets and results.json
+    #: names; None for an encoder without one (ID tables).
+    encoder_tower: ClassVar[str | None] = None
     #: What `pixelrec embed` reads to encode items outside the catalogue ("covers", "item info");
     #: empty where an item's vector exists only for the catalogue (a learned ID, a row of a feature file).
     new_items_from: ClassVar[tuple[str, ...]] = ()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pixelrec.config import read_yaml
+from pixelrec.config import read_saved
 from pixelrec.errors import UserError
 from pixelrec.items.base import ItemEncoder
 from pixelrec.items.id import IDEncoder
@@ -30,7 +30,7 @@ from pixelrec.towers.names import SHORT_NAMES
 
 #: init_parts -> the recommender's submodule it names
 PARTS = {"items": "item_encoder", "backbone": "backbone"}
-#: item kinds whose item encoder is built on an image tower named by items.encoder
+#: item kinds whose item encoder is built on an image tower named by items.image.encoder
 IMAGE_TOWER_KINDS = ("pixels", "multimodal")
 TIED = "tied to the source's catalogue: ID and user tables never cross datasets"
 NOT_CHOSEN = "not in train.init_parts"
@@ -61,7 +61,7 @@ def source_checkpoint(run: Path) -> Path:
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
-    return read_yaml(run / "config.yaml")
+    return read_saved(run / "config.yaml")
 
 
 def check_source(config: Any) -> None:
@@ -72,16 +72,16 @@ def check_source(config: Any) -> None:
     source_checkpoint(run)
     saved = _saved_config(run)
     items = saved.get("items") or {}
-    kind, encoder = items.get("kind", "id"), items.get("encoder")
+    kind, encoder = items.get("kind", "id"), (items.get("image") or {}).get("encoder")
     here, parts = config.items, config.train.init_parts
     if "items" in parts and kind != here.kind:
         raise UserError(f"train.init_from: {run} was trained with items.kind={kind}, this run has items.kind={here.kind}; "
                         "its item encoder starts only a run of the same item kind (train.init_parts=[backbone] "
                         "carries the backbone alone)")
     if "items" in parts and here.kind in IMAGE_TOWER_KINDS \
-            and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.encoder, here.encoder):
+            and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.image.encoder, here.image.encoder):
         raise UserError(f"train.init_from: {run} was trained with image encoder {encoder}, this run has "
-                        f"{here.encoder}; a tower starts only a run of the same encoder")
+                        f"{here.image.encoder}; a tower starts only a run of the same encoder")
     if here.kind == "id" and "items" in parts:
         raise UserError(f"train.init_from: with items.kind=id the item encoder is an ID table, tied to {run}'s catalogue "
                         "(ID tables never cross datasets), so train.init_parts=[items] carries nothing; "
