@@ -21,7 +21,7 @@ from pixelrec.cli import main
 from pixelrec.data.images import build_image_store
 from pixelrec.errors import UserError
 from pixelrec.items.features import FeatureEncoder
-from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
 from pixelrec.towers import weight_layouts
 from pixelrec.towers.image_tower import load_weights
@@ -373,11 +373,11 @@ def test_pixels_encoder_announces_random_weights_and_upscaling(capsys):
         size = 16
 
     tiny = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2)
-    PixelEncoder(5, 8, Store(), encoder="vit_base_patch32_clip_224", image_size=32, timm_args=tiny)
-    PixelEncoder(5, 8, Store(), encoder="test_vit", image_size=16)
+    PixelEncoder(5, 8, Store(), ImageSettings(encoder="vit_base_patch32_clip_224", image_size=32, timm_args=tiny))
+    PixelEncoder(5, 8, Store(), ImageSettings(encoder="test_vit", image_size=16))
     assert capsys.readouterr().err.splitlines() == [
         "warning: image encoder vit_base_patch32_clip_224 is randomly initialised: its numbers are not comparable "
-        "with the paper's (give items.encoder_weights=FILE)",
+        "with the paper's (give items.image.encoder_weights=FILE)",
         "warning: the image store holds 16 px images; vit_base_patch32_clip_224 upscales them to 32 px (prepare "
         "the data with --image-size 32 for real detail)",
     ]
@@ -402,12 +402,13 @@ def test_features_made_by_a_random_paper_encoder_are_announced(tmp_path, capsys)
 
 
 def test_encoder_weights_through_the_pixels_encoder(tmp_path):
-    """items.encoder_weights with a Hugging Face file for a (tiny) CLIP-ViT: the item tower gives its features."""
+    """items.image.encoder_weights with a Hugging Face file for a (tiny) CLIP-ViT: the item tower gives its features."""
     reference = randomised(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)))
     path = hf_files(reference, tmp_path)[0]
     tiny = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, act_layer="quick_gelu")
-    encoder = PixelEncoder(5, 8, None, encoder="clip-vit-b32", image_size=32, encoder_weights=path, timm_args=tiny)
+    encoder = PixelEncoder(5, 8, None, ImageSettings(encoder="clip-vit-b32", image_size=32, encoder_weights=path,
+                                                     timm_args=tiny))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert close(features(encoder.tower.eval(), x), reference(pixel_values=x).pooler_output)
