@@ -239,8 +239,8 @@ def test_cached_text_training_matches_plain(text_data, tmp_path):
 
 
 # --- multimodal --------------------------------------------------------------------------------
-def multimodal_config(data: Path, bert: Path, text=None, **items):
-    items = {"kind": "multimodal", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1},
+def multimodal_config(data: Path, bert: Path, text=None, image=None, **items):
+    items = {"kind": "multimodal", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1, **(image or {})},
              "text": {"encoder_weights": str(bert), "tune_last": 1, **(text or {})}, **items}
     return tiny_config(data, "sasrec", "softmax", items=items, train={"epochs": 1, "lr": 3e-3})
 
@@ -261,6 +261,23 @@ def test_multimodal_towers_freeze_apart_and_evaluate_through_workers(text_data, 
     assert enc.fuse.in_features == 2 * enc.embedding_size and enc.ids is None
     ranks = [rank_targets(trainer.model, trainer.data, "test", 10, workers=w) for w in (0, 1)]
     assert torch.equal(ranks[0], ranks[1])
+
+
+def test_a_multimodal_run_reaches_every_option_of_both_towers(text_data, bert, colour_store):
+    from torch import nn
+
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.factory import build_model
+
+    image = {"final_norm": False, "projection_init": "xavier", "final_activation": True, "activation": "relu",
+             "projection_group": "encoder"}
+    text = {"projection_group": "encoder", "dnn_layers": 1, "activation": "tanh", "pooling": "cls"}
+    enc = build_model(multimodal_config(text_data, bert, text=text, image=image), PreparedData(text_data)).item_encoder
+    assert isinstance(enc.image.tower.norm, nn.Identity) and isinstance(enc.image.projection[-1], nn.ReLU)
+    assert not enc.image.projection[0].bias.any()  # Xavier: zero biases
+    assert any(p is enc.image.projection[0].weight for p in enc.image.encoder_parameters())
+    assert [type(m) for m in enc.text.projection] == [nn.Linear, nn.Tanh, nn.Linear] and enc.text.pooling == "cls"
+    assert any(p is enc.text.projection[0].weight for p in enc.text.encoder_parameters())
 
 
 # --- bad input, one line each ------------------------------------------------------------------
@@ -358,6 +375,18 @@ def test_text_lr_and_decay_are_items_text_keys_checked_by_the_schema(text_data, 
     with pytest.raises(UserError, match="items.text_weight_decay is now items.text.weight_decay"):
         tiny_config(text_data, "sasrec", items={"kind": "text", "text": {"encoder_weights": str(bert)},
                                                 "text_weight_decay": 0.1})
+
+
+def test_text_items_take_the_text_towers_own_rate_and_decay(text_data, bert):
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.factory import build_model
+    from pixelrec.training.trainer import parameter_groups
+
+    for text, (lr, decay) in (({}, (3e-3, 0.0)), ({"lr": 1e-5, "weight_decay": 0.5}, (1e-5, 0.5))):
+        config = text_config(text_data, bert, items=text)  # without: train.encoder_lr (= lr) and its decay
+        groups = parameter_groups(build_model(config, PreparedData(text_data)), config)
+        encoder = [g for g in groups if g["name"] == "encoder"]
+        assert {g["lr"] for g in encoder} == {lr} and max(g["weight_decay"] for g in encoder) == decay
 
 
 def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, bert, tmp_path, colour_store):

@@ -557,10 +557,11 @@ def resolve(
                         "a profile cannot change on --resume")
     if base is None and chosen:
         items = probe.get("items", {})
-        image = (items.get("image") or {}).get("encoder") or (encoder if _primary_tower(items.get("kind")) == "image" else None)
+        image = items.get("image") if isinstance(items.get("image"), dict) else {}
+        image_encoder = image.get("encoder") or (encoder if _primary_tower(items.get("kind")) == "image" else None)
         profile = profiles[0] if profiles else "default"
         layers = [("profile", {"profile": profile})]
-        layers += [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), image, profile)]
+        layers += [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), image_encoder, profile)]
     kind = (_merged(base, layers + user_layers).get("items") or {}).get("kind", ItemsConfig.kind)
     if isinstance(kind, str) and kind in ITEM_ENCODERS.names():
         for source, layer in user_layers:
