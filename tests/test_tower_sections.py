@@ -139,8 +139,8 @@ def test_flat_sections_move_where_each_kind_keeps_them():
 def test_a_run_saved_with_flat_items_keys_evaluates_resumes_and_starts_another(tiny_data, tmp_path, colour_store):
     import pixelrec
     from pixelrec.runs.directory import config_of_run
-    from pixelrec.training.transfer import check_source
     from pixelrec.training.trainer import train
+    from pixelrec.training.transfer import check_source
 
     image = {"encoder": "test_vit", "image_size": 32, "tune_last": 1, "pooling": "mean", "dnn_layers": 1,
              "activation": "relu"}
