@@ -171,3 +171,13 @@ def test_a_run_saved_with_flat_items_keys_evaluates_resumes_and_starts_another(t
         target.items, image=dataclasses.replace(target.items.image, encoder="test_resnet")))
     with pytest.raises(UserError, match="trained with image encoder test_vit, this run has test_resnet"):
         check_source(other)
+
+
+def test_a_shared_tower_key_that_no_cell_takes_stops_the_bench():
+    from pixelrec.bench.matrix import BenchSpec, cells_of, plan
+
+    cells = cells_of(["sasrec"], ["id", "features"], ["clip-rn50"])
+    with pytest.raises(UserError, match="items.image.tune_last applies to no cell of the matrix"):
+        plan(BenchSpec(data="unused", cells=cells, features="f.npy", sets=["items.image.tune_last=all"]))
+    planned = plan(BenchSpec(data="unused", cells=cells, features="f.npy", sets=["items.image.dnn_layers=1"]))
+    assert [p.config.items.image and p.config.items.image.dnn_layers for p in planned] == [None, 1]
