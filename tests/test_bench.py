@@ -120,12 +120,13 @@ def test_grid_parsing_and_one_process_per_directory(data, tmp_path):
 # --- tables ----------------------------------------------------------------------------------
 def fake_run(root: Path, name: str, model: str, items: str, encoder: str | None, recall: float,
              params: int = 1000, epochs: int = 0) -> Path:
-    """A hand-made finished run directory: results.json and, with epochs, metrics.jsonl."""
+    """A hand-made finished run directory (without caveats): results.json and, with epochs, metrics.jsonl."""
     run = root / name
     run.mkdir(parents=True)
     metrics = {"Recall@10": recall, "NDCG@10": recall / 2}
     (run / "results.json").write_text(json.dumps({"model": model, "items": items, "encoder": encoder,
-                                                  "valid": metrics, "test": metrics, "trainable_parameters": params}))
+                                                  "valid": metrics, "test": metrics, "trainable_parameters": params,
+                                                  "caveats": []}))
     rows = [{"epoch": e, "loss": 1 / e, "valid": {"NDCG@10": recall * e / epochs}} for e in range(1, epochs + 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run

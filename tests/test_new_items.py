@@ -446,3 +446,31 @@ def test_the_item_list_is_written_once_and_checked_on_reading(world, embedded, t
     listing.unlink()
     code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy)
     assert code == 2 and "copy.items.json is missing" in one_line(err)
+
+
+def test_an_item_list_cannot_name_a_cover_outside_its_folder(world, embedded, tmp_path, capsys):
+    import hashlib
+    import shutil as sh
+
+    from PIL import Image
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    user = str(PreparedData(world["data"]).user_tokens[1])
+    for i, name in enumerate(["../secret.png", str(secret), "..", "sub/x.png"]):
+        copy = tmp_path / f"copy{i}.npy"
+        for suffix in (".npy", ".json", ".items.json"):
+            sh.copy(Path(embedded).with_name(Path(embedded).stem + suffix), tmp_path / f"copy{i}{suffix}")
+        listing = tmp_path / f"copy{i}.items.json"
+        items = json.loads(listing.read_text())
+        items["files"][0] = name
+        listing.write_text(json.dumps(items))
+        sidecar = json.loads(copy.with_suffix(".json").read_text())  # the hash recomputed, as anyone can
+        sidecar["items_sha256"] = hashlib.sha256(listing.read_bytes()).hexdigest()
+        sidecar["items_file"] = listing.name
+        copy.with_suffix(".json").write_text(json.dumps(sidecar))
+        sheet = tmp_path / f"sheet{i}.png"
+        code, _, err = run_cli(capsys, "recommend", "--run", world["pixels"], "--user", user, "--new-items", copy,
+                               "--image", sheet)
+        assert code == 2 and "outside the covers folder" in one_line(err), (name, err)
+        assert not sheet.exists()

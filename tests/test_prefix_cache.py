@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers import losses_over_steps, no_dropout, pixel_encoder, tiny_config
+from pixelrec import progress
 from pixelrec.errors import UserError
 from pixelrec.items.pixels import PixelEncoder
 from pixelrec.storage.feature_files import sidecar_path
@@ -207,11 +208,11 @@ def test_unwritable_cache_path_is_a_clear_error(tmp_path):
 def test_insufficient_disk_is_refused_before_writing(tmp_path, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(prefix_cache.shutil, "disk_usage", lambda path: usage(100, 90, 10))
-    with pytest.raises(UserError, match="not enough disk for the prefix cache: needs") as info:
+    with pytest.raises(UserError, match="not enough disk for the prefix cache: needs") as info, progress.console():
         encoder(tmp_path).build_cache(CPU, progress=False)
     assert "\n" not in str(info.value)
     assert not list((tmp_path / "cache").glob("*.npy"))
-    assert "prefix cache: 20 items x (5, 64) fp16" in capsys.readouterr().err
+    assert "prefix cache: 20 items x (5, 64) fp16" in capsys.readouterr().err  # an info line, on the CLI's console
 
 
 # --- memory savers -------------------------------------------------------------------------

@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def fake_run(root: Path, name: str, model: str, items: str, encoder: str | None, recall: float, *,
              dataset: str = "tiny", profile: str | None = "default", features: str | None = None,
              finished: float | None = None) -> Path:
-    """A finished run directory by hand: results.json (written at time `finished`) and config.yaml."""
+    """A finished run directory by hand: results.json (written at time `finished`, without caveats) and config.yaml."""
     run = root / name
     run.mkdir(parents=True)
     metrics = {"Recall@10": recall, "NDCG@10": recall / 2}
     record = {"model": model, "items": items, "encoder": encoder, "dataset": dataset, "valid": metrics,
-              "test": metrics, "trainable_parameters": 1000, "train_seconds_per_epoch": 1.0}
+              "test": metrics, "trainable_parameters": 1000, "train_seconds_per_epoch": 1.0, "caveats": []}
     if profile is not None:
         record["profile"] = profile
     (run / "results.json").write_text(json.dumps(record))

@@ -207,15 +207,14 @@ def test_bench_variants_put_random_init_and_a_run_start_side_by_side(datasets, p
     assert "| test_vit (random init) |" in table and f"| test_vit (from {pixel_source.name}) |" in table
 
 
-def test_towers_carried_from_a_run_are_not_called_randomly_initialised(capsys, monkeypatch):
-    from pixelrec.towers import weight_layouts
+def test_towers_carried_from_a_run_are_not_called_randomly_initialised(datasets, pixel_source, tmp_path, monkeypatch):
+    from pixelrec.towers import caveats
 
-    monkeypatch.setattr(weight_layouts, "_noted", set())
-    with weight_layouts.towers_from("runs/source"):
-        weight_layouts.note_encoder("clip-vit-b32", weights=None, pretrained=False, hint="give weights")
-    assert "randomly initialised" not in capsys.readouterr().err
-    weight_layouts.note_encoder("clip-vit-b32", weights=None, pretrained=False, hint="give weights")
-    assert "randomly initialised" in capsys.readouterr().err
+    monkeypatch.setattr(caveats, "is_paper_encoder", lambda name: name == "test_vit")  # as if it were one of the nine
+    assert [c["kind"] for c in started(config(datasets[1]), tmp_path / "s", None).caveats] == ["random_weights"]
+    assert started(config(datasets[1]), tmp_path / "t", pixel_source).caveats == []
+    backbone_only = started(config(datasets[1]), tmp_path / "b", pixel_source, ["backbone"])
+    assert [c["kind"] for c in backbone_only.caveats] == ["random_weights"]  # the towers keep their random start
 
 
 def test_the_python_api_takes_init_from(datasets, pixel_source, tmp_path, monkeypatch):

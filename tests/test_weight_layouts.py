@@ -1,32 +1,23 @@
 """Encoder weight files in the layouts researchers have (timm, OpenAI CLIP, open_clip, Hugging Face,
 torchvision, Microsoft) load into our timm towers and give the reference model's features; the paper's
-nine at full size map key for key (on the meta device); random paper encoders are announced once."""
+nine at full size map key for key (on the meta device)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import warnings
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 from torch import nn
 
-from conftest import write_prepared
-from pixelrec.cli import main
-from pixelrec.data.images import build_image_store
 from pixelrec.errors import UserError
-from pixelrec.items.features import FeatureEncoder
 from pixelrec.items.pixels import ImageSettings, PixelEncoder
-from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
-from pixelrec.towers import weight_layouts
 from pixelrec.towers.image_tower import load_weights
 from pixelrec.towers.names import SHORT_NAMES
-from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches, note_encoder
+from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
@@ -341,66 +332,6 @@ def test_full_size_clip_keeps_its_output_projection_on_request(encoder, name):
     assert mismatches(converted, tower, origin) == []
 
 
-# --- warnings ------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fresh_notes():
-    weight_layouts._noted.clear()
-    yield
-    weight_layouts._noted.clear()
-
-
-def test_a_random_paper_encoder_is_announced_once(capsys, monkeypatch):
-    for _ in range(2):
-        note_encoder("clip-rn50", weights=None, pretrained=False, hint="give items.encoder_weights=FILE")
-    note_encoder("swin_base_patch4_window7_224", weights=None, pretrained=False, hint="h")
-    note_encoder("resnet50", weights="w.pt", pretrained=False, hint="h")
-    note_encoder("beit-b", weights=None, pretrained=True, hint="h")
-    note_encoder("test_vit", weights=None, pretrained=False, hint="h", stored_size=32, input_size=32)
-    err = capsys.readouterr().err.splitlines()
-    assert err == [
-        "warning: image encoder clip-rn50 is randomly initialised: its numbers are not comparable with the paper's "
-        "(give items.encoder_weights=FILE)",
-        "warning: image encoder swin_base_patch4_window7_224 is randomly initialised: its numbers are not "
-        "comparable with the paper's (h)",
-    ]
-    monkeypatch.setenv("RANK", "1")  # other ranks of a torchrun job stay quiet
-    note_encoder("beit-b", weights=None, pretrained=False, hint="h", stored_size=32, input_size=224)
-    assert capsys.readouterr().err == ""
-
-
-def test_pixels_encoder_announces_random_weights_and_upscaling(capsys):
-    class Store:
-        size = 16
-
-    tiny = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2)
-    PixelEncoder(5, 8, Store(), ImageSettings(encoder="vit_base_patch32_clip_224", image_size=32, timm_args=tiny))
-    PixelEncoder(5, 8, Store(), ImageSettings(encoder="test_vit", image_size=16))
-    assert capsys.readouterr().err.splitlines() == [
-        "warning: image encoder vit_base_patch32_clip_224 is randomly initialised: its numbers are not comparable "
-        "with the paper's (give items.image.encoder_weights=FILE)",
-        "warning: the image store holds 16 px images; vit_base_patch32_clip_224 upscales them to 32 px (prepare "
-        "the data with --image-size 32 for real detail)",
-    ]
-
-
-def test_features_made_by_a_random_paper_encoder_are_announced(tmp_path, capsys):
-    order = item_order_sha256(["i1", "i2", "i3"])
-    np.save(tmp_path / "f.npy", np.ones((3, 4), dtype=np.float32))
-    sidecar = {"format": FORMAT, "version": VERSION, "encoder": "clip-rn50", "timm_name": "resnet50_clip",
-               "weights_sha256": None, "pretrained": False, "n_items": 3, "dim": 4, "dtype": "float32",
-               "item_order_sha256": order, "rows_done": 3, "complete": True}
-    write_sidecar(tmp_path / "f.npy", sidecar)
-    FeatureEncoder(3, 8, order, features=str(tmp_path / "f.npy"))
-    assert capsys.readouterr().err.splitlines() == [
-        f"warning: {tmp_path / 'f.npy'} was extracted by a randomly initialised clip-rn50: its numbers are not "
-        "comparable with the paper's (extract them again with --encoder-weights FILE)"]
-    weight_layouts._noted.clear()
-    write_sidecar(tmp_path / "f.npy", sidecar | {"weights_sha256": "ab" * 32})
-    FeatureEncoder(3, 8, order, features=str(tmp_path / "f.npy"))
-    assert capsys.readouterr().err == ""
-    assert json.loads((tmp_path / "f.json").read_text())["encoder"] == "clip-rn50"
-
-
 def test_encoder_weights_through_the_pixels_encoder(tmp_path):
     """items.image.encoder_weights with a Hugging Face file for a (tiny) CLIP-ViT: the item tower gives its features."""
     reference = randomised(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
@@ -412,22 +343,3 @@ def test_encoder_weights_through_the_pixels_encoder(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert close(features(encoder.tower.eval(), x), reference(pixel_values=x).pooler_output)
-
-
-def test_extract_announces_a_random_paper_encoder_and_upscaling(tmp_path, capsys):
-    root = write_prepared(tmp_path / "data", [[1, 2, 3, 4], [2, 3, 4, 1]])
-    (root / "covers").mkdir()
-    for i in range(1, 5):
-        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(root / "covers" / f"i{i}.jpg")
-    store = build_image_store(root / "images.lmdb", [f"i{i}" for i in range(1, 5)], root / "covers", size=16,
-                              workers=1, progress=False)
-    (root / "meta.json").write_text(json.dumps({**json.loads((root / "meta.json").read_text()), "image_store": store}))
-    assert main(["extract", "--data", str(root), "--encoder", "resnet50", "--image-size", "32", "--workers", "0",
-                 "--out", str(tmp_path / "f.npy")]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert warned == [
-        "warning: image encoder resnet50 is randomly initialised: its numbers are not comparable with the paper's "
-        "(give --encoder-weights FILE)",
-        "warning: the image store holds 16 px images; resnet50 upscales them to 32 px (prepare the data with "
-        "--image-size 32 for real detail)",
-    ]

@@ -11,35 +11,30 @@ import argparse
 import errno
 import importlib
 import os
+import pkgutil
 import re
 import sys
 from typing import Sequence
 
-from pixelrec import threads
+from pixelrec import commands, threads
 from pixelrec.errors import UserError
 from pixelrec.version import __version__
 
-COMMANDS = {
-    "synth": "write a synthetic dataset in the PixelRec raw layout (interactions, item info, covers)",
-    "prepare": "turn raw PixelRec or RecBole files into a prepared dataset with an image store",
-    "stats": "print the dataset statistics table of a prepared dataset",
-    "verify": "check a prepared dataset end to end (tables, image store, caches, feature files) before a long run",
-    "extract": "frozen image (or --text-model text) features of every item (ViNet), resumable; or --import features made elsewhere",
-    "train": "train a recommender (item encoder x backbone x loss) and evaluate it",
-    "evaluate": "re-evaluate a finished run on the valid or test split",
-    "recommend": "top-k items for users of a trained run (CSV, optional contact sheet of covers)",
-    "report": "tables of finished runs, bench directories and studies; with --out, PNG figures and report.md",
-    "bench": "run the model x item kind x image encoder matrix (resumable) into results.csv and a paper-style table",
-    "tune": "hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml",
-    "export": "user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; "
-              "or its image tower (--tower) for items.image.encoder_weights and extract",
-    "embed": "vectors of new items (not in the catalogue) from their covers and texts, with a trained pixels, text or "
-             "multimodal run; resumable",
-}
+#: Each module of `pixelrec.commands` is a sub-command: its SUMMARY, in its ORDER (see `_discover`).
 
 
 def _command_module(name: str):
     return importlib.import_module(f"pixelrec.commands.{name}")
+
+
+def _discover() -> dict[str, str]:
+    """Sub-command name -> summary, from the modules of `pixelrec.commands` (each imports no library
+    module at its top level, so this stays fast)."""
+    modules = [_command_module(info.name) for info in pkgutil.iter_modules(commands.__path__)]
+    return {m.__name__.rpartition(".")[2]: m.SUMMARY for m in sorted(modules, key=lambda m: m.ORDER)}
+
+
+COMMANDS = _discover()
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -157,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(_command_module(args.command).run(args) or 0)
+        from pixelrec import progress
+
+        with progress.console():  # the library's log lines on stderr; a command's stdout stays its own
+            return int(_command_module(args.command).run(args) or 0)
     except UserError as err:
         print(f"pixelrec: error: {_rank_prefix()}{in_flags(str(err), getattr(args, 'flags', {}))}", file=sys.stderr)
         return 2

@@ -25,7 +25,15 @@ from pixelrec.items import ITEM_ENCODERS
 from pixelrec.losses import LOSSES
 from pixelrec.models import BACKBONES, DATA_ARGUMENTS
 from pixelrec.registry import constructor_parameters
-from pixelrec.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, check, hints
+from pixelrec.schema import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    SequenceLength,
+    check,
+    hints,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -33,7 +41,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class DataConfig:
     path: str | None = None  # prepared dataset directory
-    max_len: PositiveInt = 10  # sequences are cut to the last max_len items (the paper: 10)
+    max_len: SequenceLength = 10  # sequences are cut to the last max_len items (the paper: 10)
     sequences: Literal["windows", "sliding"] = "windows"  # windows: non-overlapping, aligned to the history's end (PixelRec's, see window_remainder); sliding: every target
     window_remainder: Literal["keep", "drop"] = "keep"  # windows: a history's leading remainder is a short window, or dropped (PixelRec's)
     prefixes: Literal["history", "window"] = "history"  # SR-GNN, LightSANs: targets after up to max_len earlier items, or prefixes in windows (PixelRec's)

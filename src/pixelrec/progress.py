@@ -1,8 +1,19 @@
 """Progress and the `pixelrec` logger, for every layer: bars on a terminal, plain lines elsewhere.
 
 Long steps (encoding the catalogue, scoring users, filling feature files) report through `progress`,
-which shows nothing outside `progress_scope(True)`; a training run opens that scope. Library output
-goes through the `pixelrec` logger (`log`); a run attaches its console and train.log handlers to it.
+which shows nothing outside `progress_scope(True)`; a training run opens that scope.
+
+Library output goes through the `pixelrec` logger (`log`, or a module's own `pixelrec.*` logger),
+never `print`. Where it shows:
+
+* `console()`: on the console for the block, info lines as they are (on stdout or stderr), warnings
+  and errors on stderr as `warning: ...` (`note: ...` for `note`), between redraws of any progress
+  bar. `pixelrec` (the CLI) runs every command inside one with info on stderr, so a command's own
+  stdout (a CSV, a table) stays clean; a training run opens one with info on stdout beside its
+  train.log. Of the consoles open, only the innermost speaks: nothing is said twice.
+* From Python with none open and no handler of your own, logging's last resort shows warnings on
+  stderr as their bare message, and info lines go nowhere; `with progress.console():` or
+  `logging.basicConfig(level=logging.INFO)` shows them. Runs show theirs on the console anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +29,11 @@ from tqdm import tqdm
 
 log = logging.getLogger("pixelrec")
 progress_log = logging.getLogger("pixelrec.progress")
+
+#: A record with this attribute set goes to train.log only (the console has said it another way).
+FILE_ONLY = "pixelrec_file_only"
+#: The word a console puts before a warning that sets this attribute, instead of `warning`.
+LABEL = "pixelrec_label"
 
 
 #: Seconds between plain progress lines (no bar: stderr is not a terminal).
@@ -117,6 +133,80 @@ def progress_scope(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _progress_enabled.reset(token)
+
+
+def note(message: str, logger: logging.Logger = log) -> None:
+    """A warning that a console shows as `note: ...`: worth knowing, though nothing is wrong."""
+    logger.warning(message, extra={LABEL: "note"})
+
+
+class Console(logging.Handler):
+    """Log lines on the console, written between redraws of any progress bar: info on `info`
+    ("stdout" or "stderr"), warnings and errors on stderr after their label; only the innermost
+    console open speaks, and records meant for train.log only (`FILE_ONLY`) are not shown."""
+
+    def __init__(self, info: str = "stderr") -> None:
+        super().__init__(logging.INFO)
+        self.info = info
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self is _innermost() and not getattr(record, FILE_ONLY, False) and bool(super().filter(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno < logging.WARNING:
+            return message
+        return f"{getattr(record, LABEL, record.levelname.lower())}: {message}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            stream = getattr(sys, self.info if record.levelno < logging.WARNING else "stderr")
+            with tqdm.external_write_mode(file=stream):
+                stream.write(message + "\n")
+                stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
+
+
+_attached: list[logging.Handler] = []  # handlers added by `attach`, oldest first
+_saved_level = logging.NOTSET  # the logger's level before the first of them
+
+
+def _innermost() -> Console | None:
+    return next((h for h in reversed(_attached) if isinstance(h, Console)), None)
+
+
+def attach(handler: logging.Handler) -> logging.Handler:
+    """Add `handler` to the `pixelrec` logger, which passes info lines while any handler added so is there."""
+    global _saved_level
+    if not _attached:
+        _saved_level = log.level
+    _attached.append(handler)
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def detach(handler: logging.Handler) -> None:
+    """Remove and close a handler that `attach` added; the logger's level is restored with the last."""
+    log.removeHandler(handler)
+    handler.close()
+    if handler in _attached:
+        _attached.remove(handler)
+        if not _attached:
+            log.setLevel(_saved_level)
+
+
+@contextmanager
+def console(info: str = "stderr") -> Iterator[Console]:
+    """The library's log lines on the console inside the block (see the module's docstring)."""
+    handler = attach(Console(info))
+    try:
+        yield handler
+    finally:
+        detach(handler)
 
 
 def progress(desc: str, total: int, unit: str) -> Silent | PlainProgress | tqdm:

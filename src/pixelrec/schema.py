@@ -50,11 +50,19 @@ NON_NEGATIVE = Range(0)  # decay, workers, optional layers
 FRACTION = Range(0, 1, high_open=True)  # dropout: 1 would drop everything
 PROBABILITY = Range(0, 1, low_open=True)  # a share that must be drawn from: (0, 1]
 
+#: Upper bounds for sizes that multiply memory: beyond them a run is killed for memory before it says anything.
+MAX_SEQUENCE = 1024  # items per training sequence (the paper: 10; long-sequence work: a few hundred)
+MAX_IMAGE_SIDE = 1024  # pixels per side of a stored or encoded image (the paper's largest input: 448)
+SEQUENCE_LENGTH = Range(1, MAX_SEQUENCE)
+IMAGE_SIDE = Range(8, MAX_IMAGE_SIDE)
+
 Positive = Annotated[float, POSITIVE]
 PositiveInt = Annotated[int, AT_LEAST_ONE]
 NonNegative = Annotated[float, NON_NEGATIVE]
 NonNegativeInt = Annotated[int, NON_NEGATIVE]
 Dropout = Annotated[float, FRACTION]
+SequenceLength = Annotated[int, SEQUENCE_LENGTH]
+ImageSide = Annotated[int, IMAGE_SIDE]
 
 
 def check(value: Any, annotation: Any, where: str) -> Any:

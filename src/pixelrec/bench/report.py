@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from pixelrec.bench import plots
-from pixelrec.bench.tables import backbone_order, duplicates_note, load_results, newest, paper_table, summary_table
+from pixelrec.bench.tables import (
+    backbone_order,
+    caveats_note,
+    duplicates_note,
+    load_results,
+    newest,
+    paper_table,
+    summary_table,
+)
 from pixelrec.bench.tune import STUDY_NAME, trials_table
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import MetricsLog
@@ -57,14 +65,14 @@ def collect(paths: list[str | Path], latest: bool = False) -> ReportInputs:
 
 
 def tables_text(inputs: ReportInputs, split: str = "test") -> str:
-    """The per-run summary table and the paper-layout table of the runs, then a note naming the
-    cells that have several runs."""
+    """The per-run summary table and the paper-layout table of the runs, then notes naming the
+    runs with caveats and the cells that have several runs."""
     if not inputs.runs:
         return ""
-    note = duplicates_note(inputs.runs)
+    notes = [note for note in (caveats_note(inputs.runs), duplicates_note(inputs.runs)) if note]
     return (f"## Runs ({split})\n\n{summary_table(inputs.runs, split)}\n\n"
             f"## Paper layout ({split}, %)\n\n{paper_table(inputs.runs, split)}\n"
-            + (f"\n{note}\n" if note else ""))
+            + "".join(f"\n{note}\n" for note in notes))
 
 
 def check_out(out: str | Path) -> Path:

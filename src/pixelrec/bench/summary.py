@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pixelrec.bench.tables import paper_table
+from pixelrec.bench.tables import caveats_note, paper_table, run_caveats
 from pixelrec.storage.atomic import atomic_write
 
 FAMILIES = ("Recall", "NDCG", "MRR", "HR")
@@ -21,14 +21,14 @@ def metric_order(name: str) -> tuple[int, int, str]:
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """CSV of the cells: identity, status, valid_/test_ metrics (fractions, as results.json), seconds,
-    trainable parameters, run directory and the skip or failure reason."""
+    trainable parameters, run directory, the skip or failure reason and the kinds of the run's caveats."""
     names: dict[str, set[str]] = {"valid": set(), "test": set()}
     for row in rows:
         for split in names:
             names[split] |= {k for k, v in ((row["results"] or {}).get(split) or {}).items() if isinstance(v, float)}
     metric_columns = [f"{split}_{m}" for split in ("valid", "test") for m in sorted(names[split], key=metric_order)]
     header = ["model", "items", "encoder", "variant", "status", *metric_columns,
-              "seconds", "trainable_parameters", "run", "reason"]
+              "seconds", "trainable_parameters", "run", "reason", "caveats"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
@@ -41,14 +41,18 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
             line[column] = f"{value:.6g}" if value is not None else ""
         line["seconds"] = f"{row['seconds']:.1f}" if row["seconds"] is not None else ""
         line["trainable_parameters"] = results.get("trainable_parameters", "")
+        line["caveats"] = ";".join(str(c.get("kind")) for c in run_caveats(results))
         writer.writerow(line)
     return buffer.getvalue()
 
 
 def markdown_text(rows: list[dict[str, Any]], split: str = "test") -> str:
-    """The paper's table of the finished cells, then every cell's status (skip and failure reasons)."""
+    """The paper's table of the finished cells (and the caveats of those marked), then every cell's
+    status (skip and failure reasons)."""
     finished = [row["results"] for row in rows if row["results"]]
-    lines = [f"# Benchmark ({split} split, metrics in %)", "", paper_table(finished, split), "", "## Cells", "",
+    note = caveats_note(finished)
+    lines = [f"# Benchmark ({split} split, metrics in %)", "", paper_table(finished, split), "",
+             *([note, ""] if note else []), "## Cells", "",
              "| cell | status | seconds | trainable params | note |", "| --- | --- | ---: | ---: | --- |"]
     for row in rows:
         name = "-".join(x for x in (row["model"], row["items"], row["encoder"], row.get("variant")) if x)

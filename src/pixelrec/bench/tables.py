@@ -2,6 +2,8 @@
 
 A run is one *cell* (model, item kind, image encoder, dataset, profile). Two runs of one cell are
 both shown, never merged; `newest` keeps the most recently finished run of each cell on request.
+A run with caveats (a paper encoder with random weights, upscaled images: towers.caveats) is marked
+with `MARK` wherever it is shown, and `caveats_note` names each caveat under the tables.
 """
 
 from __future__ import annotations
@@ -163,6 +165,32 @@ def mixed(results: list[dict[str, Any]], key: str) -> bool:
     return len({r.get(key) or default for r in results}) > 1
 
 
+#: Beside the label of a run (or of a table row holding one) that has caveats.
+MARK = "†"
+
+
+def run_caveats(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The caveats results.json records; for a run from before they were recorded, a paper encoder
+    that started from random weights (its `start` label)."""
+    if "caveats" in record:
+        return list(record["caveats"] or [])
+    encoder = record.get("encoder")
+    if record.get("items") == "pixels" and encoder in PAPER_ENCODERS and record.get("start") == "random init":
+        return [{"kind": "random_weights", "encoder": encoder,
+                 "message": f"image encoder {encoder} is randomly initialised: its numbers are not comparable "
+                            "with the paper's"}]
+    return []
+
+
+def caveats_note(results: list[dict[str, Any]]) -> str:
+    """Lines naming each caveat of each marked run (empty when none has any)."""
+    lines = [f"- {cell_name(r)}" + (f", {r['run']}" if r.get("run") else "") + f": {caveat['message']}"
+             for r in results for caveat in run_caveats(r)]
+    if not lines:
+        return ""
+    return f"{MARK} Not comparable with the paper's numbers:\n\n" + "\n".join(lines)
+
+
 def _percent(metrics: dict[str, Any] | None, name: str) -> str:
     if not metrics or name not in metrics:
         return "-"
@@ -173,7 +201,7 @@ def _percent(metrics: dict[str, Any] | None, name: str) -> str:
 def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     """Markdown: one row per run with test metrics (percent, as the paper), cold-item metrics,
     trainable parameters, seconds per epoch and the run directory; dataset and profile columns when
-    the runs mix several."""
+    the runs mix several; the encoder of a run with caveats marked (`MARK`)."""
     datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
     header = ["model", "items", "encoder", *(["dataset"] if datasets else []), *(["profile"] if profiles else []),
               "Recall@10 %", "NDCG@10 %", "cold Recall@10 %", "cold NDCG@10 %", "trainable params", "s/epoch", "run"]
@@ -181,7 +209,7 @@ def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     for r in results:
         cold = r.get(f"{split}_cold")
         rows.append([
-            r.get("model", "?"), r.get("items", "?"), encoder_label(r) or "-",
+            r.get("model", "?"), r.get("items", "?"), (encoder_label(r) or "-") + (f" {MARK}" if run_caveats(r) else ""),
             *([r.get("dataset") or "-"] if datasets else []), *([r.get("profile") or "default"] if profiles else []),
             _percent(r.get(split), "Recall@10"), _percent(r.get(split), "NDCG@10"),
             _percent(cold, "Recall@10"), _percent(cold, "NDCG@10"),
@@ -252,10 +280,14 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
     percent with three decimals, '-' where a combination has no result (missing, skipped, failed).
     Rows are told apart by dataset and profile where the results mix several, and by where the weights
     started (random init, weights file, `from <run>`) where only that differs. A cell with several
-    runs shows each run's value, in the order given, separated by ' / ' (see `newest` for one)."""
+    runs shows each run's value, in the order given, separated by ' / ' (see `newest` for one). A row
+    holding a run with caveats is marked (`MARK`; `caveats_note` says which)."""
     cells: dict[tuple[RowKey, str], list[dict[str, Any]]] = {}
+    marked: set[RowKey] = set()  # rows holding a run with caveats
     for record in results:
         cells.setdefault((item_row_key(record), record.get("model", "?")), []).append(record.get(split) or {})
+        if run_caveats(record):
+            marked.add(item_row_key(record))
     datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
     models = backbone_order([model for _, model in cells])
     header = ["Item encoder", "Metric"] + [DISPLAY.get(m, m) for m in models]
@@ -265,6 +297,7 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
         starts = sum(other[:4] == key[:4] for other in keys) > 1  # rows that differ only in their start
         for number, metric in enumerate(metrics):
             label = item_row_label(key, datasets, profiles, starts) if number == 0 else ""
+            label += f" {MARK}" if label and key in marked else ""
             values = [" / ".join(_percent(m, metric) for m in cells.get((key, model), [{}])) for model in models]
             lines.append("| " + " | ".join([label, metric] + values) + " |")
     return "\n".join(lines)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = ('run the model x item kind x image encoder matrix (resumable) into results.csv and a '
+           'paper-style table')
+ORDER = 10
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")

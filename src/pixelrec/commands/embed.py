@@ -7,6 +7,11 @@ import argparse
 
 from pixelrec.commands import add_run_argument, at_least, run_data, run_directory, say_written
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = ('vectors of new items (not in the catalogue) from their covers and texts, with a trained '
+           'pixels, text or multimodal run; resumable')
+ORDER = 13
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)

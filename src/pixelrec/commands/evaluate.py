@@ -9,6 +9,10 @@ import sys
 
 from pixelrec.commands import add_run_argument, results_json, run_data, run_directory
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 're-evaluate a finished run on the valid or test split'
+ORDER = 7
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)

@@ -8,6 +8,11 @@ import argparse
 from pixelrec.commands import add_run_argument, run_data, run_directory
 from pixelrec.errors import UserError
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = ('user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; or '
+           'its image tower (--tower) for items.image.encoder_weights and extract')
+ORDER = 12
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)

@@ -8,6 +8,11 @@ from typing import TYPE_CHECKING
 
 from pixelrec.commands import say_written
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = ('frozen image (or --text-model text) features of every item (ViNet), resumable; or --import '
+           'features made elsewhere')
+ORDER = 5
+
 if TYPE_CHECKING:
     import torch
 

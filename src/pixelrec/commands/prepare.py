@@ -7,6 +7,10 @@ from pathlib import Path
 
 from pixelrec.commands import at_least
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'turn raw PixelRec or RecBole files into a prepared dataset with an image store'
+ORDER = 2
+
 
 def _fraction(text: str) -> float:
     value = float(text)

@@ -12,6 +12,10 @@ from pathlib import Path
 from pixelrec.commands import add_run_argument, at_least, run_data, run_directory
 from pixelrec.errors import UserError
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'top-k items for users of a trained run (CSV, optional contact sheet of covers)'
+ORDER = 8
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)

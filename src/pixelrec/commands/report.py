@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'tables of finished runs, bench directories and studies; with --out, PNG figures and report.md'
+ORDER = 9
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run directories (or their results.json), `pixelrec bench` "

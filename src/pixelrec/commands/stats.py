@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'print the dataset statistics table of a prepared dataset'
+ORDER = 3
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="prepared dataset folder (from `pixelrec prepare`)")

@@ -9,6 +9,10 @@ from pathlib import Path
 from pixelrec.commands import at_least
 from pixelrec.errors import UserError
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'write a synthetic dataset in the PixelRec raw layout (interactions, item info, covers)'
+ORDER = 1
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write (created)")

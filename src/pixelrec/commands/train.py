@@ -6,6 +6,10 @@ import argparse
 
 from pixelrec.commands import results_json
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'train a recommender (item encoder x backbone x loss) and evaluate it'
+ORDER = 6
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared dataset directory (from `pixelrec prepare`)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'hyper-parameter search with Optuna (grid or TPE, median pruning), resumable; writes best.yaml'
+ORDER = 11
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="prepared dataset (from `pixelrec prepare`)")

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from pixelrec.commands import at_least
 
+#: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
+SUMMARY = 'check a prepared dataset end to end (tables, image store, caches, feature files) before a long run'
+ORDER = 4
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="prepared dataset folder (from `pixelrec prepare`)")

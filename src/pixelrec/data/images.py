@@ -8,6 +8,7 @@ be handed to any number of DataLoader workers. Values are plain JPEG bytes: noth
 
 from __future__ import annotations
 
+import hashlib
 import io
 import multiprocessing
 import multiprocessing.pool
@@ -148,6 +149,7 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
                         f"{_listing(absent, len(absent))}; use --missing-images placeholder or --no-images")
     grey = placeholder_jpeg(size, quality)
     placeholders: list[str] = []
+    digest = hashlib.sha256()  # of every (token, image) in order: the covers' part of the dataset's identity
     present = [(str(f), size, quality) for f in files if f is not None]
     release_env(path)
     with _pool(workers, len(present)) as pool, _bar("encode covers", len(present), progress) as bar:
@@ -165,6 +167,8 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
                         placeholders.append(token)
                         data = grey
                     txn.put(token.encode("utf-8"), data)
+                    digest.update(len(token).to_bytes(4, "little") + token.encode("utf-8") + len(data).to_bytes(8, "little"))
+                    digest.update(data)
             env.sync(True)
         finally:
             env.close()
@@ -177,7 +181,7 @@ def build_image_store(path: Path, tokens: Sequence[str], covers: Path, *, size: 
     if bad:
         raise UserError(f"{path}: {len(bad)} stored images do not decode: {_listing(bad, len(bad))}")
     return {"path": STORE_DIR, "size": size, "format": "jpeg", "quality": quality, "placeholders": placeholders,
-            "unused_covers": unused}
+            "unused_covers": unused, "sha256": digest.hexdigest()}
 
 
 # --- checking a store before it is mapped ---------------------------------------------------

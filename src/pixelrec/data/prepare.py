@@ -37,6 +37,8 @@ from pixelrec.data import images as image_store
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
+from pixelrec.progress import log
+from pixelrec.schema import IMAGE_SIDE
 from pixelrec.storage import locks
 from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
 
@@ -417,8 +419,8 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
         raise UserError(f"--cold-items must be a fraction in [0, 1), not {cold_items}")
     if sample_users is not None and sample_users < 1:
         raise UserError(f"--sample-users must be at least 1, not {sample_users}")
-    if image_size < 8:
-        raise UserError(f"--image-size must be at least 8, not {image_size}")
+    if not IMAGE_SIDE.allows(image_size):
+        raise UserError(f"image_size={image_size}: allowed {IMAGE_SIDE} pixels per side")
     source = find_raw(raw)
     _refuse_raw(out, raw)
     with claimed_output(out, "dataset"):
@@ -450,7 +452,7 @@ def claimed_output(out: Path, what: str) -> Iterator[None]:
         raise UserError(f"{out.parent}: cannot create the folder for --out ({err.strerror or err})") from None
     with locks.hold(locks.lock_path(out), f"{what} {out}"):
         for line in recover(out):
-            print(line, file=sys.stderr)
+            log.info(line)
         yield
 
 

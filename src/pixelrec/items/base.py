@@ -72,6 +72,11 @@ class ItemEncoder(nn.Module):
     def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
         """Set-up before training on `device` (caches, memory savers from the train config); none by default."""
 
+    def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
+        """What makes this encoder's numbers incomparable with the paper's (see towers.caveats); `carried`:
+        its towers' weights are loaded from another run after construction. None by default."""
+        return []
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that take the encoder learning rate and weight decay."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -23,7 +23,7 @@ from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import FeatureSettings, projection
 from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
-from pixelrec.towers.weight_layouts import note_encoder
+from pixelrec.towers.caveats import UPSCALED_IMAGES, tower_caveats
 
 
 @ITEM_ENCODERS.register("features")
@@ -48,9 +48,8 @@ class FeatureEncoder(ItemEncoder):
                             "(write one with `pixelrec extract`)")
         table = load_features(features, n_items, item_order_sha256, spatial=True)
         made = read_sidecar(features) or {}
-        note_encoder(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
-                     source=str(features), hint="extract them again with --encoder-weights FILE")
         super().__init__(n_items, embedding_size if project else table.shape[-1])
+        self.source, self.made = str(features), made  # the file, and what its sidecar says made it
         self.component_count = table.shape[1] if table.dim() == 3 else 1
         self.component_table: Tensor | None
         if self.component_count > 1:
@@ -65,6 +64,16 @@ class FeatureEncoder(ItemEncoder):
         image = image or FeatureSettings()
         self.projection = (projection(self.feature_size, embedding_size, image.dnn_layers, image.activation,
                                       image.final_activation) if project else None)
+
+    def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
+        """Those of the tower that extracted the features, from the feature file's sidecar (a projection
+        carried from another run leaves them as they are)."""
+        made = self.made
+        upscaled = [c for c in made.get("caveats") or [] if isinstance(c, dict) and c.get("kind") == UPSCALED_IMAGES]
+        sizes = upscaled[0] if upscaled else {}
+        return tower_caveats(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
+                             stored_size=sizes.get("stored_size"), input_size=sizes.get("input_size"),
+                             features=self.source, hint="extract them again with --encoder-weights FILE")
 
     def raw(self, item_ids: Tensor) -> Tensor:
         """The frozen features of `item_ids` as float32 (zeros for padding)."""
@@ -125,6 +134,10 @@ class IDFeatureEncoder(ItemEncoder):
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         ids, visual = self.ids(item_ids), self.visual(item_ids)
         return torch.cat([ids, visual], -1) if self.combine == "concat" else ids + visual
+
+    def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
+        """Those of the feature file (see FeatureEncoder.caveats)."""
+        return self.visual.caveats(carried)
 
     def id_vectors(self, item_ids: Tensor) -> Tensor:
         """The ID part of the items' vectors [..., id_size]."""

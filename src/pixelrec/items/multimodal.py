@@ -94,6 +94,10 @@ class MultimodalEncoder(ItemEncoder):
         self.image.prepare(device, train, workers, progress)
         self.text.prepare(device, train, workers, progress)
 
+    def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
+        """The image tower's (see PixelEncoder.caveats)."""
+        return self.image.caveats(carried)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Both towers' encoder parameters; the ID vectors and the fusion take the recommender's rate."""
         return self.image.encoder_parameters() + self.text.encoder_parameters()

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.schema import NonNegativeInt, PositiveInt
+from pixelrec.towers.caveats import tower_caveats
 from pixelrec.towers.freezing import frozen_modules
 from pixelrec.towers.image_tower import (
     POOLINGS,
@@ -32,7 +33,6 @@ from pixelrec.towers.image_tower import (
 from pixelrec.towers.names import timm_name
 from pixelrec.towers.prefix_cache import PrefixCache, TowerSplit, build_prefix_cache, cache_identity
 from pixelrec.towers.tower_file import tower_settings
-from pixelrec.towers.weight_layouts import note_encoder
 
 #: pooling values of the pixels encoder: the tower's (`pool`), and `tokens`, which projects every
 #: token before averaging
@@ -169,8 +169,6 @@ class PixelEncoder(ItemEncoder):
         freeze_below(self.tower, tune_last, image.tune_head, image.tune_merging)
         self.pooling = pooling
         self.preprocess = Preprocess(self.tower, image_size, preprocess)
-        note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, input_size=self.preprocess.size,
-                     stored_size=getattr(image_store, "size", None), hint="give items.image.encoder_weights=FILE")
         self.projection = projection(pooled_size(self.tower, pooling), embedding_size, image.dnn_layers,
                                      image.activation, image.final_activation, image.projection_init)
         self.projection_group = image.projection_group
@@ -184,6 +182,12 @@ class PixelEncoder(ItemEncoder):
         self.cache: PrefixCache | None = None
         self.channels_last = False
         self._features = self._tower_features
+
+    def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
+        """A paper encoder with random weights (unless `carried` from another run); images upscaled."""
+        encoder, weights, pretrained, _ = self._encoder_args
+        return tower_caveats(encoder, weights=weights, pretrained=pretrained, carried=carried,
+                             stored_size=getattr(self.image_store, "size", None), input_size=self.preprocess.size)
 
     def train(self, mode: bool = True) -> "PixelEncoder":
         super().train(mode)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from pixelrec.data.images import ImageStore
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
+from pixelrec.progress import log
 from pixelrec.storage import locks
 from pixelrec.storage.feature_files import (
     CHECK_ROWS,
@@ -39,10 +40,10 @@ from pixelrec.storage.feature_files import (
 )
 from pixelrec.storage.files import open_npy
 from pixelrec.storage.row_files import check_output, create_rows, npy_path, write_errors, write_item_rows
+from pixelrec.towers.caveats import tower_caveats
 from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, tokens
 from pixelrec.towers.names import timm_name
 from pixelrec.towers.tower_file import EXTRACT_FLAGS, tower_settings
-from pixelrec.towers.weight_layouts import note_encoder
 
 
 class FeatureTower(nn.Module):
@@ -113,8 +114,10 @@ def extract_features(
     with locks.hold(locks.lock_path(out), f"feature file {out}"):  # first: a second writer learns it at once
         store = ImageStore.from_prepared(data)
         tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
-        note_encoder(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
-                     input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
+        caveats = tower_caveats(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
+                                input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
+        for caveat in caveats:
+            log.warning(caveat["message"])
         with torch.inference_mode():
             probe = tower(torch.zeros(1, 3, store.size, store.size, dtype=torch.uint8, device=device))
         dim, components = int(probe.shape[-1]), int(probe.shape[1]) if probe.dim() == 3 else 1
@@ -126,6 +129,7 @@ def extract_features(
             "preprocessing": tower.describe(), "dtype": DTYPES[dtype], "dim": dim, "components": components,
             "n_items": data.n_items,
             "item_order_sha256": dataset_order_sha256(data.item_tokens), "dataset": data.name,
+            "caveats": caveats,  # a note for readers, not part of the extraction's identity
         }
 
         def not_finite(row: int) -> str:

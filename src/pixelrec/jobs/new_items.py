@@ -376,8 +376,24 @@ def load_new_items(path: str | Path, run: Path, checkpoint: Path, catalogue: np.
         raise UserError(f"--new-items {path}: item {_listing(known)} already in the run's catalogue (embedded with "
                         "--allow-catalogue); embed only new items to rank them with the catalogue")
     folder, files = sidecar.get("covers"), listing.get("files")
-    covers = [Path(folder) / name for name in files] if folder and files else [None] * len(tokens)
+    covers = confined(Path(folder), files, path) if folder and files else [None] * len(tokens)
     return NewItems(path, tokens, listing.get("titles"), covers, torch.from_numpy(values))
+
+
+def confined(folder: Path, names: list[Any], source: Path) -> list[Path]:
+    """The cover files `names` inside `folder`: each a plain file name, whose real path (links resolved)
+    stays in the folder; anything else in a list someone handed over is one line naming it."""
+    root = folder.resolve()
+    paths = []
+    for name in names:
+        plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+            and "\0" not in name
+        path = root / name if plain else None
+        if path is None or not path.resolve().is_relative_to(root):
+            raise UserError(f"--new-items {source}: its item list names a cover {str(name)[:80]!r} outside the "
+                            f"covers folder {folder}; only plain file names inside that folder are read")
+        paths.append(path)
+    return paths
 
 
 def items_path(out: Path) -> Path:
@@ -395,7 +411,18 @@ def read_listing(path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != sidecar.get("items_sha256"):
         raise UserError(f"--new-items {path}: its item list {listing.name} is not the one its vectors were made "
                         "for; embed the covers again with --overwrite")
-    return json.loads(data)
+    try:
+        found = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        found = None
+    tokens = found.get("tokens") if isinstance(found, dict) else None
+    shaped = isinstance(tokens, list) and all(
+        found.get(key) is None or (isinstance(found[key], list) and len(found[key]) == len(tokens))
+        for key in ("files", "titles"))
+    if not shaped:
+        raise UserError(f"--new-items {path}: its item list {listing.name} is not a list of tokens, files and titles "
+                        "row by row; embed the covers again with --overwrite")
+    return found
 
 
 def new_items_for_run(path: str | Path, run: Path, kind: str, model: Any, checkpoint: Path,

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone
-from pixelrec.schema import PositiveInt
+from pixelrec.schema import PositiveInt, SequenceLength
 
 
 class CausalConv(nn.Module):
@@ -58,7 +58,7 @@ class NextItNet(Backbone):
         embedding_size: PositiveInt = 64,
         kernel_size: PositiveInt = 3,
         block_num: PositiveInt = 2,
-        dilations: list[PositiveInt] | None = None,
+        dilations: list[SequenceLength] | None = None,
     ) -> None:
         super().__init__()
         pattern = list(dilations) if dilations is not None else [1, 4]

@@ -95,6 +95,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     if missing:
         raise UserError(f"{path}: incomplete pixelrec checkpoint (no {', '.join(missing)}); "
                         "use another copy or train again")
+    if isinstance(payload.get("model"), dict):
+        bad = next((name for name, value in payload["model"].items() if isinstance(value, torch.Tensor)
+                    and value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+        if bad is not None:
+            raise UserError(f"{path}: weight {bad} holds NaN or infinite values: a model that diverged gives no "
+                            "real metrics, rankings or vectors; use an earlier checkpoint or train again")
     return payload
 
 
@@ -135,8 +141,16 @@ def dataset_fingerprint(data: PreparedData) -> str:
 
 def dataset_record(data: PreparedData) -> dict[str, Any]:
     """dataset.json: where the run's dataset was (absolute) and what it was."""
-    return {"path": os.path.abspath(data.root), "name": data.name, "fingerprint": dataset_fingerprint(data),
-            "n_users": data.n_users, "n_items": data.n_items, "n_interactions": data.meta.get("n_interactions")}
+    record = {"path": os.path.abspath(data.root), "name": data.name, "fingerprint": dataset_fingerprint(data),
+              "n_users": data.n_users, "n_items": data.n_items, "n_interactions": data.meta.get("n_interactions")}
+    covers = images_sha256(data)
+    return record if covers is None else {**record, "images_sha256": covers}
+
+
+def images_sha256(data: PreparedData) -> str | None:
+    """The hash of the dataset's stored covers, as `prepare` recorded it (None: no store, or an older one)."""
+    store = data.meta.get("image_store")
+    return store.get("sha256") if isinstance(store, dict) else None
 
 
 def read_dataset_record(run: Path) -> dict[str, Any] | None:
@@ -158,6 +172,11 @@ def check_dataset(run: Path, data: PreparedData, record: dict[str, Any] | None) 
             f"{data.root} is not the dataset {run} was trained on: fingerprint {found[:12]} ({data.n_items:,} items, "
             f"{data.n_users:,} users) vs {record['fingerprint'][:12]} ({record.get('n_items', '?'):,} items, "
             f"{record.get('n_users', '?'):,} users) at {record.get('path')}; pass --data with that dataset")
+    covers, recorded = images_sha256(data), record.get("images_sha256")
+    if covers is not None and recorded is not None and covers != recorded:
+        raise UserError(f"{data.root} holds other covers than the dataset {run} was trained on (image store "
+                        f"{covers[:12]} vs {recorded[:12]}): the same items and interactions, prepared from other "
+                        "images; pass data=DIR with the dataset the run was trained on")
 
 
 def with_absolute_paths(config: Config) -> Config:

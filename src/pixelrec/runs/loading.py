@@ -7,12 +7,11 @@ items is refused. Which checkpoint was used, and at which epoch, is always said.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelrec import distributed
+from pixelrec import distributed, progress
 from pixelrec.config import Config
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
@@ -97,8 +96,8 @@ def open_run(run: str | Path, checkpoint: str = "best", data_path: str | Path | 
 
 def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None, shared: bool = False):
     """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory;
-    a checkpoint other than the one asked for is said on stderr."""
+    a checkpoint other than the one asked for is said as a note (the `pixelrec` logger)."""
     loaded = open_run(run, checkpoint, data_path, shared)
     if loaded.fallback and distributed.current().main:
-        print(f"note: {loaded.run}: {loaded.fallback}", file=sys.stderr, flush=True)
+        progress.note(f"{loaded.run}: {loaded.fallback}")
     return loaded.config, loaded.data, loaded.model

@@ -2,7 +2,8 @@
 
 The record names the model, item kind, encoder, loss, dataset and profile, the best epoch, the
 metrics of each split as fractions, and what the run cost (seconds per epoch and step, trainable
-parameters, images per step where items are encoded from pixels). The reader checks its shape, so a
+parameters, images per step where items are encoded from pixels), and its caveats: what makes its
+numbers incomparable with the paper's (towers.caveats). The reader checks its shape, so a
 damaged or foreign file is one line, never a traceback in a table.
 """
 
@@ -45,6 +46,10 @@ def check_record(record: Any, path: Path) -> None:
         wrong = [name for name, value in metrics.items() if not _number(value)]
         if wrong:
             raise bad(f"{split}.{wrong[0]} must be a number, found {type(metrics[wrong[0]]).__name__}")
+    caveats = record.get("caveats")
+    if caveats is not None and not (isinstance(caveats, list) and all(
+            isinstance(c, dict) and isinstance(c.get("message"), str) for c in caveats)):
+        raise bad("'caveats' must be a list of records, each with a 'message'")
     for key in ("trainable_parameters", "train_seconds_per_epoch"):
         if key in record and not _number(record[key]):
             raise bad(f"{key!r} must be a number, found {type(record[key]).__name__}")

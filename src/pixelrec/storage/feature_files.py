@@ -25,7 +25,7 @@ from pixelrec.storage.files import open_npy, read_json_object
 FORMAT = "pixelrec-features"
 VERSION = 1
 #: Sidecar keys that are not part of an extraction's identity (progress and notes).
-PROGRESS_KEYS = frozenset({"rows_done", "complete", "batch_size"})
+PROGRESS_KEYS = frozenset({"rows_done", "complete", "batch_size", "caveats"})
 DTYPES = {"fp16": "float16", "fp32": "float32"}
 CHECK_ROWS = 65536  # rows checked (and copied) at a time: bounded memory for large catalogues
 

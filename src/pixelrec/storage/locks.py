@@ -6,19 +6,27 @@ when the holder exits, however it exits (`kill -9` included), so a lock file lef
 anyone. A second writer gets `Busy`, a one-line `UserError` naming the holder's PID, or with
 `wait=True` a line saying whom it waits for, and waits. Releasing removes the lock file; acquiring
 checks that the file it locked is still the one at `path`, so the removal never lets two writers in.
+
+A lock file lives in folders that others may write (a shared data or project folder), so it is never
+followed as a link: a symbolic link (or anything but a plain file) where the lock file goes is refused,
+and nothing it points to is opened, truncated or written.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
-import sys
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from pixelrec.errors import UserError
+
+log = logging.getLogger(__name__)  # the `pixelrec` logger's child (progress, which holds that one, is a sibling)
 
 
 class Busy(UserError):
@@ -37,12 +45,24 @@ def lock_path(target: str | Path) -> Path:
 
 
 def holder(path: str | Path) -> int | None:
-    """PID recorded in a lock file, or None when there is none (yet)."""
+    """PID recorded in a lock file, or None when there is none (yet), or it is not a plain file."""
     try:
-        text = Path(path).read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return int(text) if text.isdigit() else None
+
+
+class NotAPlainFile(UserError):
+    """Something other than a regular file (a symbolic link, a folder, a FIFO) sits where a lock file goes."""
 
 
 class Lock:
@@ -83,7 +103,15 @@ class Lock:
 def _open_locked(path: Path, blocking: bool) -> int | None:
     """A descriptor of `path` holding the lock, or None when another process holds it (non-blocking)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:  # O_NOFOLLOW: a link planted at `path` is never followed (it fails with ELOOP)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO) or os.path.islink(path):
+                raise _not_plain(path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _not_plain(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -93,12 +121,17 @@ def _open_locked(path: Path, blocking: bool) -> int | None:
             os.close(fd)
             raise
         try:
-            mine, there = os.fstat(fd), os.stat(path)
+            mine, there = os.fstat(fd), os.lstat(path)
             if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
                 return fd
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder removed the file while we waited: lock the one there now
+
+
+def _not_plain(path: Path) -> NotAPlainFile:
+    return NotAPlainFile(f"{path}: not a plain file (a symbolic link or another kind of file) where a lock file "
+                         "goes; nothing was written through it; remove it if you did not put it there")
 
 
 def _holder_pid(path: Path) -> int | None:
@@ -116,12 +149,12 @@ def _who(pid: int | None) -> str:
 
 def acquire(path: str | Path, what: str, *, wait: bool = False) -> Lock:
     """Lock `path` for writing `what` (e.g. "feature file data/f.npy"). Held elsewhere: `Busy`, or with
-    `wait` a line on stderr and a wait until it is free."""
+    `wait` a log line and a wait until it is free."""
     path = Path(path)
     try:
         fd = _open_locked(path, blocking=False)
         if fd is None and wait:
-            print(f"waiting for {what}: {_who(_holder_pid(path))} is writing it", file=sys.stderr, flush=True)
+            log.info(f"waiting for {what}: {_who(_holder_pid(path))} is writing it")
             fd = _open_locked(path, blocking=True)
     except OSError as err:
         raise UserError(f"{path}: cannot create the lock file for {what} ({err.strerror or err})") from None

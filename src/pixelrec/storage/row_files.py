@@ -6,6 +6,7 @@ stopped and ends with the same bytes."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +26,8 @@ from pixelrec.storage.feature_files import (
     write_sidecar,
 )
 from pixelrec.storage.files import allocate, disk_full, free_bytes, npy_info, size_text
+
+log = logging.getLogger(__name__)  # the `pixelrec` logger's child (progress, which holds that one, is a sibling)
 
 
 class _ItemRows(torch.utils.data.Dataset):
@@ -153,8 +156,8 @@ def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str,
     else:
         check_identity({"components": 1, **sidecar} if "components" in wanted else sidecar, wanted, out)
         if sidecar.get("rows_done") and not out.exists():
-            print(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
-                  "extracting again", file=sys.stderr)
+            log.warning(f"{out}: missing, though {sidecar_path(out).name} records {sidecar['rows_done']} rows done; "
+                        "extracting again")
             sidecar = None
     if sidecar is None:
         sidecar = {**wanted, "rows_done": 0, "complete": False}

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
-from pixelrec.towers.names import timm_name
+from pixelrec.schema import IMAGE_SIDE
+from pixelrec.towers.names import check_timm_args, timm_name
 from pixelrec.towers.tower_file import read_description
 from pixelrec.towers.weight_layouts import (
     accepted,
@@ -67,11 +68,13 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
     `timm_args` are extra keyword arguments of `timm.create_model` (e.g. act_layer)."""
     import timm
 
+    if image_size is not None and not IMAGE_SIDE.allows(image_size):
+        raise UserError(f"image_size={image_size}: allowed {IMAGE_SIDE} pixels per side")
     resolved = timm_name(name)
     kwargs: dict[str, Any] = {"pretrained": pretrained and not weights}
     if not keep_head:
         kwargs["num_classes"] = 0
-    kwargs |= timm_args or {}
+    kwargs |= check_timm_args(timm_args, "items.image.timm_args")
     if image_size:
         kwargs["img_size"] = image_size
     try:

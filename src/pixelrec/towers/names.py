@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import timm
 
 from pixelrec.errors import UserError
@@ -32,7 +34,7 @@ def timm_name(name: str) -> str:
     return resolved
 
 
-# --- notes on stderr ----------------------------------------------------------------------------------
+# --- the paper's encoders -----------------------------------------------------------------------------
 #: timm names of the paper's encoders beyond SHORT_NAMES' own (CLIP-ViT-B/32 with GELU, as open_clip's).
 PAPER_ALIASES = frozenset({"vit_base_patch32_clip_224"})
 
@@ -42,3 +44,30 @@ def is_paper_encoder(name: str | None) -> bool:
     if not name:
         return False
     return name in SHORT_NAMES or name.split(".")[0] in set(SHORT_NAMES.values()) | PAPER_ALIASES
+
+
+#: Words in a timm.create_model argument that mean "load or fetch something" rather than "shape the network".
+_LOADING_WORDS = ("pretrained", "checkpoint", "cfg", "url", "hub", "path", "file", "cache", "weights", "download")
+
+
+def check_timm_args(args: object, where: str) -> dict:
+    """`args` for timm.create_model, refused (one line naming `where` and the key) unless they only shape
+    the network: no argument that loads or fetches (pretrained, checkpoint_path, pretrained_cfg_overlay,
+    ...), and only plain values (numbers, booleans, names, lists of them), never a path or an address.
+    Weights come only from items.image.encoder_weights or items.image.pretrained, never through these arguments."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise UserError(f"{where}: expected a mapping of timm.create_model arguments, got {type(args).__name__}")
+    for key, value in args.items():
+        if not isinstance(key, str) or any(word in key.lower() for word in _LOADING_WORDS):
+            raise UserError(f"{where}: {key!r} is not an architecture argument; weights come only from "
+                            "items.image.encoder_weights or items.image.pretrained")
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            # what a file can hold is JSON; Python callers may pass timm's own config objects, which no file can
+            nested = isinstance(item, (dict, list, tuple))
+            located = isinstance(item, str) and any(mark in item for mark in ("/", "\\", ":"))
+            if nested or located:
+                raise UserError(f"{where}: {key}={json.dumps(item, default=str)[:80]} is not a plain value (a "
+                                "number, a boolean or a name); paths, addresses and nested settings are refused")
+    return dict(args)

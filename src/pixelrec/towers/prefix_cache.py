@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelrec.errors import UserError
+from pixelrec.progress import log
 from pixelrec.storage import locks
 from pixelrec.storage.feature_files import file_sha256, sidecar_path, write_sidecar
 from pixelrec.storage.files import allocate, npy_info, open_npy
@@ -255,8 +255,8 @@ def _read_sidecar(npy: Path) -> dict[str, Any] | None:
 
 def _check_room(out: Path, need: int, total: int, shape: tuple[int, ...], n_items: int) -> None:
     free = shutil.disk_usage(out.parent).free
-    print(f"prefix cache: {n_items} items x {tuple(shape)} fp16 = {total / 2**30:.2f} GiB "
-          f"({need / 2**30:.2f} GiB to write, {free / 2**30:.1f} GiB free) -> {out}", file=sys.stderr, flush=True)
+    log.info(f"prefix cache: {n_items} items x {tuple(shape)} fp16 = {total / 2**30:.2f} GiB "
+             f"({need / 2**30:.2f} GiB to write, {free / 2**30:.1f} GiB free) -> {out}")
     if need > free:
         raise UserError(f"{out.parent}: not enough disk for the prefix cache: needs {need / 2**30:.2f} GiB, "
                         f"{free / 2**30:.2f} GiB free; set items.cache_dir elsewhere or drop the cache (items.image.cache, items.text.cache)")
@@ -305,7 +305,7 @@ def _build(split: TowerSplit, preprocess: nn.Module, image_store: Any, n_items: 
     shape = tuple(identity["shape"])
     damage = _intact(out, n_items, shape) if out.is_file() and sidecar["rows_done"] else None
     if damage:
-        print(f"{damage}; building the prefix cache again", file=sys.stderr, flush=True)
+        log.warning(f"{damage}; building the prefix cache again")
         sidecar = {**identity, "rows_done": 0, "complete": False}
     if sidecar["complete"] and out.is_file():
         return PrefixCache(out, sidecar)

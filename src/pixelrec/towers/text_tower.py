@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,6 +33,8 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
     if path.exists() and not (path / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face transformers model directory (no config.json); "
                         f"{key} takes a directory saved with save_pretrained")
+    if path.exists():
+        refuse_code_and_pickles(path)
     where = str(path) if path.exists() else source
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the load report is ours to word
@@ -39,7 +42,7 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
     transformers.utils.logging.disable_progress_bar()
     try:
         try:
-            config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(where, local_files_only=True, trust_remote_code=False)
         except OSError as err:
             if path.exists():  # a config.json that cannot be read as one
                 raise UserError(f"{path / 'config.json'}: not a transformers configuration "
@@ -49,12 +52,13 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
         except (ValueError, KeyError) as err:
             raise UserError(f"{where}: not a transformers model ({_first_line(err)})") from None
         try:
-            model, info = transformers.AutoModel.from_pretrained(where, config=config, local_files_only=True,
-                                                                 output_loading_info=True, ignore_mismatched_sizes=True)
+            model, info = transformers.AutoModel.from_pretrained(
+                where, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                output_loading_info=True, ignore_mismatched_sizes=True)
         except (OSError, ValueError) as err:
             raise UserError(f"{where}: cannot load the model's weights ({_first_line(err)})") from None
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, TypeError) as err:
             raise UserError(f"{where}: no usable tokenizer beside the model ({_first_line(err)})") from None
     finally:
@@ -74,6 +78,28 @@ def load_text_model(source: str, key: str) -> tuple[nn.Module, Any]:
         raise UserError(f"{where}: no tokenizer files beside the model (its vocabulary would be only the special "
                         "tokens); save the tokenizer with save_pretrained into the same directory")
     return model, tokenizer
+
+
+#: Weight files that are Python pickles: loading one can run code, so they are never read.
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def refuse_code_and_pickles(folder: Path) -> None:
+    """A model folder is data: refuse one that asks for its own code to run (`auto_map` in config.json
+    or tokenizer_config.json) or whose weights exist only as pickles (no .safetensors file)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            settings = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # missing or unreadable: transformers' own reading says what is wrong
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise UserError(f"{folder / name}: the model folder asks to run its own Python code (auto_map); "
+                            "pixelrec never runs code from a model folder: use a model that transformers knows")
+    if not any(folder.glob("*.safetensors")):
+        pickled = [name for name in PICKLED_WEIGHTS if (folder / name).exists()]
+        if pickled:
+            raise UserError(f"{folder / pickled[0]}: weights stored as a Python pickle, which pixelrec does not load; "
+                            "save the model with save_pretrained(safe_serialization=True) to get model.safetensors")
 
 
 def _shape(value: Any) -> str:

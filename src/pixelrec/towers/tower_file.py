@@ -22,7 +22,7 @@ from torch import nn
 
 from pixelrec.errors import UserError
 from pixelrec.storage.atomic import atomic_json, atomic_write
-from pixelrec.towers.names import timm_name
+from pixelrec.towers.names import check_timm_args, timm_name
 
 FORMAT = "pixelrec-tower"
 VERSION = 1
@@ -64,6 +64,7 @@ def read_description(path: str | Path | None) -> dict[str, Any] | None:
     if description.get("version") != VERSION:
         raise UserError(f"{path}: {FORMAT} version {description.get('version')} (this pixelrec reads {VERSION}); "
                         "export the tower again with this version")
+    description["timm_args"] = check_timm_args(description.get("timm_args"), f"{path}: its timm_args")
     return description
 
 
@@ -71,7 +72,6 @@ def write_tower(path: str | Path, tower: nn.Module, description: dict[str, Any])
     """Write `tower`'s state dict to `path` with `description` inside (both atomically), then the same
     description as the JSON sidecar; returns the description as written."""
     from safetensors.torch import save
-
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -1,5 +1,4 @@
-"""Weight files as researchers have them -> the keys of our timm towers; and the notes that say when
-an encoder's numbers cannot be compared with the paper's.
+"""Weight files as researchers have them -> the keys of our timm towers.
 
 A layout is recognised by one marker key. Its conversion is data: prefixes to strip, keys to drop
 (the text tower, index buffers), regex renames applied in order, keys given timm's leading batch
@@ -10,8 +9,6 @@ open_clip visual towers, Microsoft's Swin files, and resampling position tables 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import re
 import sys
@@ -23,9 +20,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-
-from pixelrec import distributed
-from pixelrec.towers.names import is_paper_encoder
 
 Rename = tuple[str, str | Callable[[re.Match], str]]
 
@@ -320,50 +314,3 @@ def read_torchscript(path: Path) -> dict[str, Tensor]:
 
 def _rebuild_tensor(storage: Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> Tensor:
     return storage.as_strided(size, stride, offset).clone()
-
-
-_noted: set[tuple[str, str]] = set()
-
-
-def _main_process() -> bool:
-    job = distributed.current()
-    return job.main if job.active else os.environ.get("RANK", "0") in ("", "0")
-
-
-def _note(kind: str, encoder: str, message: str) -> None:
-    if (kind, encoder) in _noted or not _main_process():
-        return
-    _noted.add((kind, encoder))
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-_tower_sources: list[str] = []  # set while a model whose towers come from elsewhere is built
-
-
-@contextlib.contextmanager
-def towers_from(source: str | None):
-    """While a model is built whose image towers are then loaded from `source` (a run, for
-    train.init_from), its towers' random initialisation is not worth a warning."""
-    if source:
-        _tower_sources.append(source)
-    try:
-        yield
-    finally:
-        if source:
-            _tower_sources.pop()
-
-
-def note_encoder(encoder: str | None, *, weights: str | None, pretrained: bool | None, hint: str,
-                 stored_size: int | None = None, input_size: int | None = None, source: str | None = None) -> None:
-    """Say on stderr, once per process and encoder and on rank 0 only, what makes a run's numbers
-    incomparable with the paper's: a paper encoder with random weights (`source`: the feature file it
-    made), or images stored smaller than the encoder's input and so upscaled. `hint` says how to fix it."""
-    if not encoder:
-        return
-    if is_paper_encoder(encoder) and not weights and not pretrained and not _tower_sources:
-        what = f"{source} was extracted by a randomly initialised {encoder}" if source else \
-            f"image encoder {encoder} is randomly initialised"
-        _note("random", encoder, f"{what}: its numbers are not comparable with the paper's ({hint})")
-    if stored_size and input_size and stored_size < input_size:
-        _note("upscale", encoder, f"the image store holds {stored_size} px images; {encoder} upscales them to "
-                                  f"{input_size} px (prepare the data with --image-size {input_size} for real detail)")

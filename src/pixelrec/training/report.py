@@ -3,9 +3,10 @@
 * `train.log` in the run directory, through the standard `logging` module (logger "pixelrec"): a
   start banner, one line per epoch, why training stopped, the final metrics. The handler is added
   for the run and removed after it, and a resumed run appends to the same file.
-* The console: the same lines on stdout (where epoch lines have always gone) and ONE progress bar on
-  stderr for the whole run (epoch i/N, steps of all epochs, an overall ETA), with short-lived bars for
-  long evaluation steps (encoding the catalogue, scoring users). Where stderr is not a terminal (a
+* The console: the same lines on stdout (where epoch lines have always gone; warnings, such as the
+  run's caveats, on stderr) and ONE progress bar on stderr for the whole run (epoch i/N, steps of
+  all epochs, an overall ETA), with short-lived bars for long evaluation steps (encoding the
+  catalogue, scoring users). Where stderr is not a terminal (a
   file, a pipe, a batch system) a plain progress line every `PLAIN_INTERVAL` seconds replaces the bars,
   so log files get no carriage returns. `train.progress: false` leaves only the lines.
 * TensorBoard event files in the run directory when `tensorboard` is installed: per epoch the loss,
@@ -22,14 +23,13 @@ import csv
 import io
 import logging
 import math
-import sys
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from pixelrec.progress import PlainProgress, Silent, log, progress_log, reporter
+from pixelrec.progress import FILE_ONLY, Console, PlainProgress, Silent, attach, detach, log, progress_log, reporter
 from pixelrec.storage.atomic import atomic_write
 from pixelrec.version import __version__
 
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-#: A record with this attribute set goes to train.log only (the console has said it another way).
-FILE_ONLY = "pixelrec_file_only"
 
 
 class RunProgress:
@@ -71,40 +69,13 @@ class RunProgress:
 
 
 # --- log file and console ----------------------------------------------------------------
-class ConsoleHandler(logging.Handler):
-    """Log lines on stdout, written between redraws of any progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = self.format(record)
-            stream = sys.stdout
-            with tqdm.external_write_mode(file=stream):
-                stream.write(message + "\n")
-                stream.flush()
-        except Exception:  # noqa: BLE001 - logging must never break the run
-            self.handleError(record)
-
-
-class ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
-
-
 def _not_progress(record: logging.LogRecord) -> bool:
     return not record.name.startswith(progress_log.name)
-
-
-def _not_file_only(record: logging.LogRecord) -> bool:
-    return not getattr(record, FILE_ONLY, False)
 
 
 class RunLog:
     """The run's handlers on the "pixelrec" logger, train.log and the console (rank 0 only);
     `close` removes them."""
-
-    _open = 0  # runs with handlers attached: the logger's level is restored when none is left
-    _saved_level = logging.NOTSET
 
     def __init__(self, out: Path, main: bool) -> None:
         self.handlers: list[logging.Handler] = []
@@ -114,29 +85,13 @@ class RunLog:
         file = logging.FileHandler(out / "train.log", encoding="utf-8")  # appends: a resumed run continues its log
         file.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
         file.addFilter(_not_progress)
-        console = ConsoleHandler()
-        console.setFormatter(ConsoleFormatter())
-        console.addFilter(_not_file_only)
-        self.handlers = [file, console]
-        for handler in self.handlers:
-            handler.setLevel(logging.INFO)
-            log.addHandler(handler)
-        if RunLog._open == 0:
-            RunLog._saved_level = log.level
-        RunLog._open += 1
-        if log.getEffectiveLevel() > logging.INFO:
-            log.setLevel(logging.INFO)
+        file.setLevel(logging.INFO)
+        self.handlers = [attach(file), attach(Console("stdout"))]  # the run's lines on stdout, as they always were
 
     def close(self) -> None:
-        if not self.handlers:
-            return
         for handler in self.handlers:
-            log.removeHandler(handler)
-            handler.close()
+            detach(handler)
         self.handlers = []
-        RunLog._open -= 1
-        if RunLog._open == 0:
-            log.setLevel(RunLog._saved_level)
 
 
 # --- tracking ------------------------------------------------------------------------------

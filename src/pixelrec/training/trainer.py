@@ -36,7 +36,6 @@ from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import write_results
 from pixelrec.storage.atomic import atomic_json, atomic_write
 from pixelrec.threads import use_threads
-from pixelrec.towers.weight_layouts import towers_from
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.training import report, transfer
@@ -134,9 +133,10 @@ class Trainer:
         self._claim(resume, overwrite)
         torch.manual_seed(config.train.seed)
         t = config.train
-        carried = t.init_from if t.init_from and "items" in t.init_parts else None
-        with towers_from(carried):  # the towers' weights come from that run, not their random start
-            self.model = build_model(config, self.data).to(self.device)
+        self.model = build_model(config, self.data).to(self.device)
+        # what makes the numbers incomparable with the paper's: logged once the run's log is open, and
+        # recorded in results.json (towers loaded from train.init_from are not randomly initialised)
+        self.caveats = self.model.item_encoder.caveats(carried=bool(t.init_from and "items" in t.init_parts))
         self.transfer: dict[str, Any] | None = None  # where a new run's weights came from (train.init_from)
         if self.config.train.init_from is not None and not resume:
             self.transfer = self._init_from()
@@ -173,6 +173,11 @@ class Trainer:
         if not self.job.main:
             self._prepare_items()
         self.report = report.RunReport(self)  # train.log with its start banner, progress, TensorBoard, metrics.csv
+        if self.job.main:
+            for kind, line in self._resume_notes:
+                (progress.note if kind == "note" else progress.log.info)(line)
+            for caveat in self.caveats:
+                progress.log.warning(caveat["message"])
         if self.transfer is not None and self.job.main:
             progress.log.info(transfer.describe(self.transfer))
 
@@ -188,6 +193,7 @@ class Trainer:
         self._release: Callable[[], None] | None = None
         self._changes: list[tuple[str, Any, Any]] = []
         self._evaluated = "last.pt"  # the checkpoint whose weights results.json reports
+        self._resume_notes: list[tuple[str, str]] = []  # ("info" | "note", line), said once the run's log is open
         self.config = rundir.with_absolute_paths(self.config)
         if resume and overwrite:
             raise UserError(f"{self.out}: --overwrite starts a run anew, --resume continues it; choose one")
@@ -200,6 +206,10 @@ class Trainer:
                 if resume:
                     self._changes = self._resume_check()
                 elif overwrite:
+                    source = self.config.train.init_from
+                    if source is not None and Path(source).resolve() == self.out.resolve():
+                        raise UserError(f"{self.out}: is the run train.init_from starts from; overwrite=True would "
+                                        "delete it first: write the new run to another out=")
                     rundir.clear(self.out)
                 elif (reason := rundir.start_refusal(self.out, self.config)) is not None:
                     raise UserError(reason)
@@ -276,8 +286,9 @@ class Trainer:
             raise
         streams = payload.get("rng_per_rank") or [(payload["torch_rng"], payload.get("cuda_rng"))]
         if len(streams) != self.job.world and self.job.main:
-            print(f"note: {self.out} was trained on {len(streams)} rank(s), resumed on {self.job.world}: "
-                  "dropout streams restart, so the result will not equal an uninterrupted run", flush=True)
+            self._resume_notes.append(("note", f"{self.out} was trained on {len(streams)} rank(s), resumed on "
+                                       f"{self.job.world}: dropout streams restart, so the result will not equal an "
+                                       "uninterrupted run"))
         if len(streams) == self.job.world:
             cpu_rng, cuda_rng = streams[self.job.rank]
             torch.set_rng_state(cpu_rng)
@@ -289,7 +300,7 @@ class Trainer:
                 atomic_write(self.out / "config.yaml", dump(self.config).encode())
                 if any(key == "data.path" for key, _, _ in self._changes):
                     atomic_json(self.out / "dataset.json", rundir.dataset_record(self.data))
-                print(f"resumed with {rundir.describe_changes(self._changes)}", flush=True)
+                self._resume_notes.append(("info", f"resumed with {rundir.describe_changes(self._changes)}"))
         distributed.barrier()
 
     def _checkpoint(self, name: str) -> None:
@@ -502,6 +513,7 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     }
     if c.items.kind == "pixels":
         record["images_per_step"] = s.items_encoded / s.step if s.step else 0.0
+    record["caveats"] = getattr(trainer, "caveats", [])
     if getattr(trainer, "transfer", None):
         record["init_from"] = trainer.transfer
     return record

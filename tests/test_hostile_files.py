@@ -1,0 +1,229 @@
+"""Files and folders that others can write are data, never instructions: a planted link is never
+followed, whatever pixelrec then does."""
+
+from __future__ import annotations
+
+import os
+
+from data_fixtures import hand_raw, one_line, run_cli
+from pixelrec.storage import locks
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, capsys):
+    raw = hand_raw(tmp_path / "raw")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / ".ds.lock")  # where `prepare --out ds` takes its lock
+    status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds", "--workers", "1")
+    line = one_line(err)
+    assert status == 2 and ".ds.lock: not a plain file" in line, line
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_lock_through_a_dangling_link_creates_nothing(tmp_path):
+    target = tmp_path / "elsewhere" / "made-by-the-lock"
+    target.parent.mkdir()
+    os.symlink(target, tmp_path / "x.lock")
+    try:
+        locks.acquire(tmp_path / "x.lock", "thing x")
+        raise AssertionError("a dangling link was locked")
+    except locks.NotAPlainFile as err:
+        assert "x.lock: not a plain file" in str(err)
+    assert not target.exists()
+
+
+def test_a_fifo_where_a_lock_goes_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "y.lock")
+    try:
+        locks.acquire(tmp_path / "y.lock", "thing y")
+        raise AssertionError("a FIFO was taken for a lock file")
+    except locks.NotAPlainFile:
+        pass
+    assert locks.holder(tmp_path / "y.lock") is None
+
+
+def test_a_plain_lock_names_its_holder(tmp_path):
+    lock = locks.acquire(tmp_path / "z.lock", "thing z")
+    try:
+        assert locks.holder(tmp_path / "z.lock") == os.getpid()
+    finally:
+        lock.release()
+    assert not (tmp_path / "z.lock").exists()
+
+
+# --- text model folders ---------------------------------------------------------------------
+def _model_folder(tmp_path, safe: bool = True):
+    from test_text_items import save_bert
+
+    folder = save_bert(tmp_path / "model")
+    if not safe:  # the same weights as a pickle only, as older save_pretrained wrote them
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_a_text_model_folder_that_asks_to_run_its_code_is_refused_even_when_the_prompt_says_yes(
+        tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.text_tower import load_text_model
+
+    folder = _model_folder(tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import BertConfig\n"
+                                    "class EvilConfig(BertConfig):\n    model_type = 'evil'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *_: "y")  # whoever asks, the answer would be yes
+    with pytest.raises(UserError, match="asks to run its own Python code"):
+        load_text_model(str(folder), "items.encoder_weights")
+    assert not marker.exists()
+
+
+def test_pickled_text_model_weights_are_refused_in_one_line(tmp_path, capsys):
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.text_tower import load_text_model
+
+    folder = _model_folder(tmp_path, safe=False)
+    assert (folder / "pytorch_model.bin").is_file()
+    with pytest.raises(UserError, match=r"pytorch_model\.bin: weights stored as a Python pickle"):
+        load_text_model(str(folder), "items.encoder_weights")
+
+
+def test_a_safetensors_text_model_still_loads(tmp_path):
+    from pixelrec.towers.text_tower import load_text_model
+
+    model, tokenizer = load_text_model(str(_model_folder(tmp_path)), "items.encoder_weights")
+    assert type(model).__name__ == "BertModel" and len(tokenizer.get_vocab()) > 10
+
+
+# --- tower files ----------------------------------------------------------------------------
+def _tower_file(tmp_path, timm_args):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from pixelrec.towers.tower_file import FORMAT, METADATA_KEY, VERSION
+
+    description = {"format": FORMAT, "version": VERSION, "encoder": "test_vit", "timm_name": "test_vit",
+                   "timm_args": timm_args, "image_size": 32, "pooling": "default", "preprocess": "encoder",
+                   "final_norm": True}
+    path = tmp_path / "tower.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={METADATA_KEY: json.dumps(description)})
+    return path
+
+
+def test_a_tower_file_cannot_make_timm_open_or_fetch_anything(tmp_path):
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.tower_file import read_description
+
+    for args, culprit in [({"checkpoint_path": "/etc/passwd"}, "'checkpoint_path' is not an architecture argument"),
+                          ({"pretrained": True, "pretrained_cfg_overlay": {"url": "https://example.org/w.pth"}},
+                           "'pretrained' is not an architecture argument"),
+                          ({"act_layer": "../../x"}, "is not a plain value"),
+                          ({"global_pool": {"nested": 1}}, "is not a plain value")]:
+        with pytest.raises(UserError, match=culprit):
+            read_description(_tower_file(tmp_path, args))
+    assert read_description(_tower_file(tmp_path, {"act_layer": "quick_gelu"}))["timm_args"] == {
+        "act_layer": "quick_gelu"}
+
+
+def test_items_timm_args_take_architecture_arguments_only(monkeypatch):
+    import pytest
+    import timm
+
+    from pixelrec.errors import UserError
+    from pixelrec.towers.image_tower import create_tower
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError(f"timm.create_model was called with {kwargs}")
+
+    monkeypatch.setattr(timm, "create_model", no_fetch)
+    with pytest.raises(UserError, match="items.image.timm_args: 'checkpoint_path' is not an architecture argument"):
+        create_tower("test_vit", timm_args={"checkpoint_path": "/etc/passwd"})
+
+
+# --- runs -----------------------------------------------------------------------------------
+def test_a_run_with_non_finite_weights_is_never_evaluated_ranked_or_exported(tiny_data, tmp_path, capsys):
+    import torch
+
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(run / name, weights_only=True)
+        key = next(k for k, v in payload["model"].items() if v.is_floating_point())
+        payload["model"][key] = torch.full_like(payload["model"][key], float("nan"))
+        torch.save(payload, run / name)
+    user = "u1"
+    for argv in (["evaluate", run], ["recommend", run, "--user", user], ["export", run, "--out", tmp_path / "v"]):
+        status, out, err = run_cli(capsys, *argv)
+        assert status == 2 and "holds NaN or infinite values" in one_line(err), (argv, err)
+    assert not (tmp_path / "v").exists()
+
+
+def test_overwriting_the_run_that_init_from_names_is_refused_before_anything_is_deleted(tiny_data, tmp_path,
+                                                                                         capsys):
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    before = sorted(p.name for p in run.iterdir())
+    status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", "sasrec", "--config", "cpu-small",
+                             "--init-from", run, "--out", run, "--overwrite", "--set", "train.epochs=1",
+                             "--set", "train.init_parts=[backbone]")
+    assert status == 2 and "overwrite" in one_line(err) and "init_from" in one_line(err), err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_dataset_prepared_from_other_covers_is_not_the_runs_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    from helpers import tiny_config
+    from pixelrec.data.prepare import prepare
+    from pixelrec.training.trainer import train
+
+    raw = hand_raw(tmp_path / "raw")
+    prepare(raw, tmp_path / "a", image_size=16, workers=1, progress=False)
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path / "a", "sasrec", train={"epochs": 1}), run)
+    prepare(raw, tmp_path / "c", image_size=16, workers=1, progress=False)  # the same covers again: accepted
+    status, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "c")
+    assert status == 0, err
+    cover = sorted((raw / "covers").iterdir())[0]
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(cover)  # one item's cover replaced, nothing else
+    prepare(raw, tmp_path / "b", image_size=16, workers=1, progress=False)
+    status, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "b")
+    assert status == 2 and "holds other covers than the dataset" in one_line(err) and "--data DIR" in err, err
+
+
+# --- sizes ----------------------------------------------------------------------------------
+def test_sizes_that_would_exhaust_memory_are_refused_before_any_work(tiny_data, tmp_path, capsys):
+    raw = hand_raw(tmp_path / "raw")
+    status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds", "--image-size", "100000")
+    assert status == 2 and "--image-size 100000: allowed 8 <= x <= 1024" in one_line(err), err
+    assert not (tmp_path / "ds").exists()
+    for model, key in (("sasrec", "data.max_len=100000"), ("nextitnet", "model.dilations=[1,100000]")):
+        status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", model, "--set", key,
+                                 "--out", tmp_path / model)
+        assert status == 2 and "100000 is out of range (allowed: 1 <= x <= 1024)" in one_line(err), err
+    assert run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ok", "--image-size", "16")[0] == 0
+    status, _, err = run_cli(capsys, "extract", "--data", tmp_path / "ok", "--encoder", "test_vit", "--image-size", "0",
+                             "--out", tmp_path / "f.npy")
+    assert status == 2 and "--image-size 0: allowed 8 <= x <= 1024" in one_line(err), err
