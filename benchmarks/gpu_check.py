@@ -11,7 +11,7 @@ defaults, not --config paper):
     distinct images per step, already on the device (frozen layers record no graph, since neither
     their weights nor their input need a gradient; trainable layers forward and backward).
     efficiency = full / alone, target >= 0.7;
-  * prefix_cache: the same with items.cache=prefix, against the trainable top alone on cached
+  * prefix_cache: the same with items.image.cache=prefix, against the trainable top alone on cached
     activations already on the device; target >= 0.8;
   * catalogue: encoding every item for evaluation (`catalogue_vectors`, images loaded by workers)
     against the encoder's forward alone on images on the device; target >= 0.8;
@@ -62,7 +62,7 @@ EQUAL_TOLERANCE = 1e-6  # metrics of the torchrun job and the plain process
 class Plan:
     """Sizes of one check: the GPU's, or --tiny's CPU one."""
 
-    encoders: dict[str, int]  # image encoder -> items.tune_last
+    encoders: dict[str, int]  # image encoder -> items.image.tune_last
     image_size: int  # covers as stored and as encoded
     users: int  # pixel dataset
     items: int
@@ -283,10 +283,12 @@ class Check:
         return resolve(model="sasrec", flags=flags, sets=self.extra if extra else [])
 
     def pixel_items(self, encoder: str, cache: bool = False) -> dict[str, Any]:
-        items = {"kind": "pixels", "encoder": encoder, "image_size": self.plan.image_size}
+        image = {"encoder": encoder, "image_size": self.plan.image_size}
         if encoder in self.plan.encoders:  # else the encoder's packaged setting
-            items["tune_last"] = self.plan.encoders[encoder]
-        return items | ({"cache": "prefix", "cache_dir": str(self.root / "prefix_cache")} if cache else {})
+            image["tune_last"] = self.plan.encoders[encoder]
+        if cache:
+            image["cache"] = "prefix"
+        return {"kind": "pixels", "image": image} | ({"cache_dir": str(self.root / "prefix_cache")} if cache else {})
 
     def pixel_model(self) -> dict[str, Any]:
         size = self.plan.embedding_size
@@ -374,7 +376,7 @@ class Check:
                 "catalogue": ratio(catalogue, "evaluation", "forward_alone", "items_per_second", "catalogue")}
 
     def prefix_cache(self, encoder: str) -> dict[str, Any]:
-        """Full step with items.cache=prefix (setup includes building the cache) vs the trainable top alone."""
+        """Full step with items.image.cache=prefix (setup includes building the cache) vs the trainable top alone."""
         part = {"tune_last": self.plan.encoders[encoder]}
         with self.full_step(encoder, part, "top_alone", cache=True):
             pass

@@ -77,11 +77,11 @@ def rows(minilm: Path, random: Path, text_lr: float) -> dict[str, dict[str, Any]
     text = {"tune_last": 1, "cache": "prefix", "max_tokens": 24}
     return {
         "id": ({"kind": "id"}, {}),
-        "pixels": ({"kind": "pixels", **image}, {"encoder_lr": 1e-3}),
-        "text-minilm": ({"kind": "text", "encoder_weights": str(minilm), **text}, {"encoder_lr": text_lr}),
-        "text-random": ({"kind": "text", "encoder_weights": str(random), **text}, {"encoder_lr": text_lr}),
-        "multimodal": ({"kind": "multimodal", **image, "text_encoder_weights": str(minilm), "text_tune_last": 1,
-                        "text_cache": "prefix", "max_tokens": 24, "text_lr": text_lr}, {"encoder_lr": 1e-3}),
+        "pixels": ({"kind": "pixels", "image": image}, {"encoder_lr": 1e-3}),
+        "text-minilm": ({"kind": "text", "text": {"encoder_weights": str(minilm), **text}}, {"encoder_lr": text_lr}),
+        "text-random": ({"kind": "text", "text": {"encoder_weights": str(random), **text}}, {"encoder_lr": text_lr}),
+        "multimodal": ({"kind": "multimodal", "image": image,
+                        "text": {"encoder_weights": str(minilm), **text, "lr": text_lr}}, {"encoder_lr": 1e-3}),
     }
 
 

@@ -67,7 +67,7 @@ def cell(data: Path, items: str, seed: int, epochs: int) -> list[str]:
             f"train.epochs={epochs}", f"train.seed={seed}", "train.progress=false", "train.num_workers=0",
             "eval.batch_size=2048"]
     if items == "pixels":
-        sets += ["items.kind=pixels", "items.encoder=test_vit", "items.image_size=32", "items.tune_last=all",
+        sets += ["items.kind=pixels", "items.image.encoder=test_vit", "items.image.image_size=32", "items.image.tune_last=all",
                  "train.encoder_lr=1e-3", "train.weight_decay=0.0", "train.encoder_weight_decay=0.0"]
     return sets
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pixelrec.config import CONFIG_DIR, read_yaml
-from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.towers.prefix_cache import PrefixCache
 
@@ -56,8 +56,8 @@ class NoStore:
 
 def paper_setting(name: str) -> dict[str, Any]:
     """tune_last and pooling of the encoder's own YAML (the paper's tuned blocks)."""
-    items = read_yaml(CONFIG_DIR / "encoders" / f"{name}.yaml")["items"]
-    return {"tune_last": items["tune_last"], "pooling": items["pooling"]}
+    image = read_yaml(CONFIG_DIR / "encoders" / f"{name}.yaml")["items"]["image"]
+    return {"tune_last": image["tune_last"], "pooling": image["pooling"]}
 
 
 def timed(run: Callable[[], None]) -> tuple[float, float]:
@@ -72,9 +72,8 @@ def measure(name: str, batch: int, repeats: int, slow: float, slow_repeats: int,
     setting = paper_setting(name)
     torch.manual_seed(0)
     started = time.perf_counter()
-    enc = PixelEncoder(n_items=batch, embedding_size=EMBEDDING, image_store=NoStore(), encoder=name, image_size=SIZE,
-                       tune_last=setting["tune_last"], pooling=setting["pooling"], cache="prefix",
-                       cache_dir=str(tmp))
+    enc = PixelEncoder(n_items=batch, embedding_size=EMBEDDING, image_store=NoStore(), cache_dir=str(tmp),
+                       image=ImageSettings(encoder=name, image_size=SIZE, cache="prefix", **setting))
     enc.train()
     row: dict[str, Any] = {"encoder": name, **setting, "cut": enc.split.cut_name,
                            "create_seconds": round(time.perf_counter() - started, 2),

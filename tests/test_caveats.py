@@ -23,7 +23,7 @@ from pixelrec.bench.tables import MARK, caveats_note, load_results, paper_table,
 from pixelrec.cli import main
 from pixelrec.data.images import build_image_store
 from pixelrec.items.features import FeatureEncoder
-from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
 from pixelrec.towers.caveats import RANDOM_WEIGHTS, UPSCALED_IMAGES, tower_caveats
 from pixelrec.training.trainer import train
@@ -78,12 +78,12 @@ def test_caveat_messages_say_what_and_how_to_fix_it():
 # --- encoders: silent, and saying what their caveats are ----------------------------------------
 def test_item_encoders_are_built_without_a_word_and_name_their_caveats(capsys, caplog):
     caplog.set_level(logging.INFO, logger="pixelrec")
-    encoder = PixelEncoder(5, 8, ColourStore(size=16), encoder=PAPER_VIT, image_size=32, timm_args=TINY_VIT)
+    encoder = PixelEncoder(5, 8, ColourStore(size=16), ImageSettings(encoder=PAPER_VIT, image_size=32, timm_args=TINY_VIT))
     assert capsys.readouterr() == ("", "") and caplog.records == []
     assert kinds(encoder.caveats()) == [RANDOM_WEIGHTS, UPSCALED_IMAGES]
     assert kinds(encoder.caveats(carried=True)) == [UPSCALED_IMAGES]
-    assert encoder.caveats()[0]["message"].endswith("(give items.encoder_weights=FILE)")
-    toy = PixelEncoder(5, 8, ColourStore(size=32), encoder="test_vit", image_size=32)
+    assert encoder.caveats()[0]["message"].endswith("(give items.image.encoder_weights=FILE)")
+    toy = PixelEncoder(5, 8, ColourStore(size=32), ImageSettings(encoder="test_vit", image_size=32))
     assert toy.caveats() == []
 
 
@@ -118,10 +118,10 @@ def small_covers(monkeypatch) -> ColourStore:
     return store
 
 
-def paper_vit_config(data: Path, **items):
+def paper_vit_config(data: Path, **image):
     return tiny_config(data, "sasrec", "softmax", train={"epochs": 1, "max_steps": 2},
-                       items={"kind": "pixels", "encoder": PAPER_VIT, "image_size": 32, "tune_last": 1,
-                              "timm_args": TINY_VIT, **items})
+                       items={"kind": "pixels", "image": {"encoder": PAPER_VIT, "image_size": 32, "tune_last": 1,
+                                                          "timm_args": TINY_VIT, **image}})
 
 
 @pytest.mark.usefixtures("small_covers")

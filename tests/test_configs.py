@@ -18,15 +18,15 @@ def test_paper_settings_of_every_backbone_are_valid(model):
 @pytest.mark.parametrize("path", sorted((CONFIG_DIR / "pixelnet").glob("*.yaml")), ids=lambda p: p.stem)
 def test_pixelnet_settings_are_valid(path):
     assert path.stem in BACKBONES.names()
-    config = resolve(model=path.stem, flags={"items": {"kind": "pixels", "encoder": "clip-vit-b32"}})
-    assert config.items.kind == "pixels" and config.items.tune_last == 2 and config.items.pooling == "mean"
+    config = resolve(model=path.stem, flags={"items": {"kind": "pixels", "image": {"encoder": "clip-vit-b32"}}})
+    assert config.items.kind == "pixels" and config.items.image.tune_last == 2 and config.items.image.pooling == "mean"
 
 
 @pytest.mark.parametrize("encoder", sorted(SHORT_NAMES))
 def test_every_paper_encoder_has_settings(encoder):
     assert (CONFIG_DIR / "encoders" / f"{encoder}.yaml").is_file()
-    config = resolve(model="sasrec", flags={"items": {"kind": "pixels", "encoder": encoder}})
-    assert config.train.encoder_lr == 1e-4 and config.items.encoder == encoder
+    config = resolve(model="sasrec", flags={"items": {"kind": "pixels"}}, encoder=encoder)
+    assert config.train.encoder_lr == 1e-4 and config.items.image.encoder == encoder
 
 
 def test_presets_layer_over_paper_settings():
@@ -41,7 +41,7 @@ def test_explicit_flags_and_sets_win_over_files():
 
 
 def test_set_values_parse_like_yaml_with_plain_exponents():
-    config = resolve(model="sasrec", sets=["train.lr=1e-4", "train.epochs=3", "eval.ks=[1, 5]", "items.kind=pixels", "items.encoder=test_vit",
+    config = resolve(model="sasrec", sets=["train.lr=1e-4", "train.epochs=3", "eval.ks=[1, 5]", "items.kind=pixels", "items.image.encoder=test_vit",
                                            "eval.valid_metric=NDCG@5"])
     assert config.train.lr == 1e-4 and config.train.epochs == 3 and config.eval.ks == [1, 5]
-    assert config.items.encoder == "test_vit"
+    assert config.items.image.encoder == "test_vit"

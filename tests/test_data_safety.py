@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from data_fixtures import hand_raw, one_line, run_cli, tree_digest, write_interactions
+from helpers import pixel_encoder
 from pixelrec.data import images as image_store
 from pixelrec.data import prepare as prepare_module
 from pixelrec.data.images import ImageStore, encode_cover, verify_image_store
@@ -334,8 +335,8 @@ def test_damaged_tables_are_one_line(copy):
 
 def prefix_encoder(cache: Path) -> PixelEncoder:
     torch.manual_seed(0)
-    return PixelEncoder(n_items=20, embedding_size=16, image_store=ColourStore(), encoder="test_vit", image_size=32,
-                        tune_last=1, cache="prefix", cache_dir=str(cache))
+    return pixel_encoder(n_items=20, embedding_size=16, image_store=ColourStore(), encoder="test_vit", image_size=32,
+                         tune_last=1, cache="prefix", cache_dir=str(cache))
 
 
 def test_a_damaged_prefix_cache_is_built_again(tmp_path, caplog):
@@ -369,8 +370,8 @@ def test_a_damaged_entry_read_in_a_training_worker_is_one_line(copy, tmp_path):
     damage_entry(copy, "i1")  # the training target of u2 (i2 -> i1)
     train = python("import sys; from pixelrec.cli import main; sys.exit(main(sys.argv[1:]))",
                    "train", "--data", str(copy), "--model", "sasrec", "--items", "pixels", "--encoder", "test_vit",
-                   "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "run"), "--set", "items.image_size=32",
-                   "--set", "items.tune_last=1", "--set", "train.num_workers=1", "--set", "train.progress=false",
+                   "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "run"), "--set", "items.image.image_size=32",
+                   "--set", "items.image.tune_last=1", "--set", "train.num_workers=1", "--set", "train.progress=false",
                    "--set", "model.embedding_size=16")
     _, err = train.communicate(timeout=120)
     assert train.returncode == 2, err
@@ -383,8 +384,8 @@ def test_damaged_entries_read_by_extract_and_catalogue_workers_are_one_line(copy
                              "--batch-size", "8", "--workers", "1", "--device", "cpu", "--out", tmp_path / "f.npy")
     assert status == 2 and re.fullmatch(DECODE_LINE.format("i3"), one_line(err)), err
     torch.manual_seed(0)
-    encoder = PixelEncoder(n_items=4, embedding_size=8, image_store=ImageStore.from_prepared(PreparedData(copy)),
-                           encoder="test_vit", image_size=32, tune_last=1)
+    encoder = pixel_encoder(n_items=4, embedding_size=8, image_store=ImageStore.from_prepared(PreparedData(copy)),
+                            encoder="test_vit", image_size=32, tune_last=1)
     with pytest.raises(UserError) as info:
         encoder.catalogue(batch_size=2, device=torch.device("cpu"), workers=1)
     assert re.fullmatch(DECODE_LINE.format("i3").removeprefix("pixelrec: error: "), str(info.value))

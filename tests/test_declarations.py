@@ -13,7 +13,7 @@ import torch
 
 from conftest import patterned_sequences, write_prepared
 from pixelrec.bench.tables import backbone_order, display_name, paper_table
-from pixelrec.config import CONFIG_DIR, PROFILE_DIR, DataConfig
+from pixelrec.config import CONFIG_DIR, PROFILE_DIR, DataConfig, tower_sections
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.specs import SamplingSpec, ViewSpec
 from pixelrec.data.views import VIEWS, TrainingView, batch_rng
@@ -118,8 +118,7 @@ def test_every_item_encoder_declares_its_label_family_and_inputs_consistently(ki
         assert any((root / cls.family).is_dir() for root in [CONFIG_DIR, *PROFILE_DIR.iterdir()])
     assert (cls.images_per_item > 0) == (cls.image_tower is not None) == ("image_store" in takes)
     assert cls.reads_features == ("features" in takes)
-    if cls.text_model_key is not None:
-        assert {cls.text_model_key, f"{cls.text_model_key}_weights"} <= set(takes)
+    assert ("text" in tower_sections(cls)) == ("item_texts" in takes)  # a text tower reads the items' texts
 
 
 def test_item_encoders_take_distinct_rows():
@@ -159,12 +158,13 @@ def built(data, tmp_path_factory) -> dict[str, ItemEncoder]:
     for kind in ITEM_ENCODERS.names():
         cls = ITEM_ENCODERS.get(kind)
         settings: dict[str, object] = {}
+        sections = tower_sections(cls)
         if cls.image_tower is not None:
-            settings |= {"encoder": "test_vit", "image_size": 32, "tune_last": 1}
+            settings["image"] = sections["image"](encoder="test_vit", image_size=32, tune_last=1)
         if cls.reads_features:
             settings["features"] = features
-        if cls.text_model_key is not None:
-            settings[f"{cls.text_model_key}_weights"] = bert
+        if "text" in sections:
+            settings["text"] = sections["text"](encoder_weights=str(bert))
         torch.manual_seed(0)
         out[kind] = ITEM_ENCODERS.create(kind, **facts.for_class(cls), **settings, embedding_size=16).eval()
     out["store"] = store  # type: ignore[assignment]

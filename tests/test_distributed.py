@@ -156,8 +156,8 @@ def test_pixels_with_a_prefix_cache_under_two_ranks(tmp_path):
     data = with_images(write_prepared(tmp_path / "data", patterned_sequences(30, 20, 6)), 20)
     args = ["train", "--data", str(data), *TINY, "--epochs", "2", "--items", "pixels", "--encoder", "test_vit",
             "--loss", "softmax", "--set", "loss.across_ranks=true", "--set", "model.dropout=0",
-            "--set", "items.image_size=32", "--set", "items.tune_last=1", "--set", "train.batch_size=16",
-            "--set", "items.cache=prefix", "--set", f"items.cache_dir={tmp_path / 'cache'}"]
+            "--set", "items.image.image_size=32", "--set", "items.image.tune_last=1", "--set", "train.batch_size=16",
+            "--set", "items.image.cache=prefix", "--set", f"items.cache_dir={tmp_path / 'cache'}"]
     two = torchrun([*args, "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1

@@ -152,7 +152,7 @@ def test_items_timm_args_take_architecture_arguments_only(monkeypatch):
         raise AssertionError(f"timm.create_model was called with {kwargs}")
 
     monkeypatch.setattr(timm, "create_model", no_fetch)
-    with pytest.raises(UserError, match="items.timm_args: 'checkpoint_path' is not an architecture argument"):
+    with pytest.raises(UserError, match="items.image.timm_args: 'checkpoint_path' is not an architecture argument"):
         create_tower("test_vit", timm_args={"checkpoint_path": "/etc/passwd"})
 
 

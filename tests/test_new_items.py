@@ -64,7 +64,7 @@ def world(tmp_path_factory):
     data = root / "data"
     prepare(raw, data, image_size=32, workers=1, progress=False)
     pixels = root / "pixels"  # on the CPU: vectors compared to 1e-5 (a GPU encodes in bf16 by default)
-    items = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1}
+    items = {"kind": "pixels", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1}}
     train(tiny_config(data, "sasrec", "softmax", items=items, train={"epochs": 2, "device": "cpu"}), pixels)
     ids = root / "ids"
     train(tiny_config(data, "sasrec", "softmax", train={"epochs": 1, "device": "cpu"}), ids)
@@ -94,7 +94,7 @@ def test_exported_tower_gives_the_runs_item_vectors_and_features(world, tmp_path
     run_vectors = loaded.model.item_encoder.catalogue()
     # the run's configuration with the tower from the file and the encoder left unset: the file says what it is
     config = loaded.config
-    config.items.encoder, config.items.encoder_weights = None, str(tower)
+    config.items.image.encoder, config.items.image.encoder_weights = None, str(tower)
     torch.manual_seed(123)  # another random init: only the file can make the towers equal
     rebuilt = build_model(config, loaded.data).eval()
     own = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("item_encoder.tower.")}
@@ -113,16 +113,16 @@ def test_exported_tower_gives_the_runs_item_vectors_and_features(world, tmp_path
 
 
 def test_a_tower_without_final_norm_and_with_token_pooling_reloads_as_trained(world, tmp_path, capsys):
-    items = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1, "final_norm": False,
-             "pooling": "tokens"}
+    items = {"kind": "pixels", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1, "final_norm": False,
+                                         "pooling": "tokens"}}
     train(tiny_config(world["data"], "sasrec", "softmax", items=items, train={"epochs": 1, "device": "cpu"}),
           tmp_path / "run")
     tower = tmp_path / "tower.safetensors"
     assert run_cli(capsys, "export", "--run", tmp_path / "run", "--tower", tower)[0] == 0
     loaded = open_run(tmp_path / "run")
     config = loaded.config
-    config.items.encoder, config.items.encoder_weights = None, str(tower)
-    config.items.final_norm, config.items.pooling = True, "default"  # unset: the file's settings apply
+    config.items.image.encoder, config.items.image.encoder_weights = None, str(tower)
+    config.items.image.final_norm, config.items.image.pooling = True, "default"  # unset: the file's settings apply
     rebuilt = build_model(config, loaded.data).eval()
     assert rebuilt.item_encoder.pooling == "tokens" and getattr(rebuilt.item_encoder.tower, "final_norm_removed")
     own = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("item_encoder.tower.")}
@@ -302,9 +302,9 @@ def bert(tmp_path_factory) -> Path:
 def text_runs(world, bert):
     """A text SASRec (title + tag) and a multimodal one (cover + title + tag, concatenated) on the world's data."""
     runs = {"text": world["root"] / "text", "multimodal": world["root"] / "multimodal"}
-    text = {"kind": "text", "encoder_weights": str(bert), "tune_last": 1}
-    both = {"kind": "multimodal", "encoder": "test_vit", "image_size": 32, "tune_last": 1, "fusion": "concat",
-            "text_encoder_weights": str(bert), "text_tune_last": 1}
+    text = {"kind": "text", "text": {"encoder_weights": str(bert), "tune_last": 1}}
+    both = {"kind": "multimodal", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1}, "fusion": "concat",
+            "text": {"encoder_weights": str(bert), "tune_last": 1}}
     for kind, items in (("text", text), ("multimodal", both)):
         train(tiny_config(world["data"], "sasrec", "softmax", items=items, train={"epochs": 1, "device": "cpu"}),
               runs[kind])
@@ -369,7 +369,7 @@ def test_bad_text_inputs_of_new_items_are_one_line_each_and_nothing_is_written(w
                        "--out", out)
     line = one_line(err)
     assert code == 2 and f"--item-info {tmp_path / 'no_tag.csv'}: no text column 'tag'" in line
-    assert "items.text_fields: title, tag" in line
+    assert "items.text.fields: title, tag" in line
     (tmp_path / "empty.csv").write_text("item_id,title,tag\n" + "".join(
         f"{t},{'' if k == 1 else 'red circle'},{' ' if k == 1 else 'red'}\n" for k, t in enumerate(held)))
     code, _, err = run_cli(capsys, "embed", "--run", text_runs["multimodal"], "--covers", world["raw"] / "covers",
@@ -379,8 +379,8 @@ def test_bad_text_inputs_of_new_items_are_one_line_each_and_nothing_is_written(w
 
 
 def test_a_multimodal_run_with_learned_ids_refuses_new_items(world, bert, tmp_path, capsys):
-    items = {"kind": "multimodal", "encoder": "test_vit", "image_size": 32, "tune_last": 0, "with_id": True,
-             "text_encoder_weights": str(bert), "text_tune_last": 0}
+    items = {"kind": "multimodal", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 0}, "with_id": True,
+             "text": {"encoder_weights": str(bert), "tune_last": 0}}
     train(tiny_config(world["data"], "sasrec", "softmax", items=items,
                       train={"epochs": 1, "max_steps": 1, "device": "cpu"}), tmp_path / "run")
     code, _, err = run_cli(capsys, "embed", "--run", tmp_path / "run", "--covers", world["raw"] / "covers",
@@ -417,15 +417,15 @@ def test_bench_cells_started_from_a_run_take_no_weights_file(world, tmp_path):
     variants = [parse_variant("random"), parse_variant(f"pre:train.init_from={world['pixels']}")]
     weights = str(tmp_path / "{encoder}.safetensors")  # not there yet
     started = BenchSpec(str(world["data"]), cells_of(["sasrec"], ["pixels"], ["test_vit"], ["pre"]),
-                        sets=["items.image_size=32"], variants=variants, weights=weights)
+                        sets=["items.image.image_size=32"], variants=variants, weights=weights)
     (cell,) = plan(started)
-    assert cell.config.train.init_from == str(world["pixels"]) and cell.config.items.encoder_weights is None
+    assert cell.config.train.init_from == str(world["pixels"]) and cell.config.items.image.encoder_weights is None
     both = BenchSpec(str(world["data"]), cells_of(["sasrec"], ["pixels"], ["test_vit"], ["random", "pre"]),
-                     sets=["items.image_size=32"], variants=variants, weights=weights)
+                     sets=["items.image.image_size=32"], variants=variants, weights=weights)
     with pytest.raises(UserError, match="cell sasrec-pixels-test_vit-random: .*test_vit.safetensors not found"):
         plan(both)
     (tmp_path / "test_vit.safetensors").write_bytes(b"")
-    chosen = {p.name: p.config.items.encoder_weights for p in plan(both)}
+    chosen = {p.name: p.config.items.image.encoder_weights for p in plan(both)}
     assert chosen == {"sasrec-pixels-test_vit-random": str(tmp_path / "test_vit.safetensors"),
                       "sasrec-pixels-test_vit-pre": None}
 

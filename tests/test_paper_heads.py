@@ -10,17 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelrec.config import Config, ItemsConfig, TrainConfig, build_config
+from pixelrec.config import Config, TrainConfig, build_config
 from pixelrec.errors import UserError
-from pixelrec.items.pixels import PixelEncoder
-
-NEW_OPTIONS = ("final_activation", "projection_group", "projection_init", "final_norm", "tune_head", "timm_args",
-               "frozen_mode", "tune_merging")
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
 
 
 def encoder(**kwargs) -> PixelEncoder:
-    args = dict(n_items=20, embedding_size=16, image_store=None, encoder="test_vit", image_size=32, tune_last=1)
-    return PixelEncoder(**(args | kwargs))
+    """A PixelEncoder of a tiny tower; `kwargs` are its items.image settings and constructor arguments."""
+    args = {k: kwargs.pop(k) for k in ("n_items", "embedding_size", "image_store") if k in kwargs}
+    image = ImageSettings(**(dict(encoder="test_vit", image_size=32, tune_last=1) | kwargs))
+    return PixelEncoder(**(dict(n_items=20, embedding_size=16, image_store=None) | args), image=image)
 
 
 def images(n: int = 3, size: int = 32) -> torch.Tensor:
@@ -41,19 +40,14 @@ def linear_then_relu(projection: nn.Sequential, x: torch.Tensor) -> torch.Tensor
     return torch.relu(x @ linear.weight.T + linear.bias)
 
 
-def test_new_options_are_config_keys_with_the_constructor_defaults():
-    import inspect
-
-    params = inspect.signature(PixelEncoder.__init__).parameters
-    defaults = dataclasses.asdict(ItemsConfig())
-    for name in NEW_OPTIONS:
-        assert defaults[name] == ({} if params[name].default is None else params[name].default), name
-    items = {"kind": "pixels", "timm_args": {"act_layer": "quick_gelu"}, "frozen_mode": "train",
-             "projection_group": "encoder", "projection_init": "xavier"}
-    config = build_config({"model": {"name": "sasrec"}, "items": items})
-    assert config.items.timm_args == {"act_layer": "quick_gelu"} and config.items.frozen_mode == "train"
-    with pytest.raises(UserError, match="items.frozen_mode"):
-        build_config({"model": {"name": "sasrec"}, "items": {"kind": "pixels", "frozen_mode": "frozen"}})
+def test_the_head_options_are_items_image_keys_checked_against_the_image_settings():
+    image = {"timm_args": {"act_layer": "quick_gelu"}, "frozen_mode": "train", "projection_group": "encoder",
+             "projection_init": "xavier"}
+    config = build_config({"model": {"name": "sasrec"}, "items": {"kind": "pixels", "image": image}})
+    assert isinstance(config.items.image, ImageSettings)
+    assert dataclasses.asdict(config.items.image) == dataclasses.asdict(ImageSettings()) | image
+    with pytest.raises(UserError, match=r"items\.image\.frozen_mode: 'frozen' is not one of"):
+        build_config({"model": {"name": "sasrec"}, "items": {"kind": "pixels", "image": {"frozen_mode": "frozen"}}})
 
 
 def test_default_head_is_unchanged_a_bare_linear():
@@ -80,7 +74,7 @@ def test_xavier_init_is_xavier_normal_weights_and_zero_biases():
     assert xavier.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.05)
     # PyTorch's default: uniform weights and biases within 1/sqrt(fan_in)
     assert default.weight.abs().max() <= fan_in**-0.5 and torch.count_nonzero(default.bias) > 0
-    with pytest.raises(UserError, match="items.projection_init"):
+    with pytest.raises(UserError, match="items.image.projection_init"):
         encoder(projection_init="kaiming")
 
 
@@ -109,7 +103,7 @@ def test_tokens_pooling_takes_every_position_of_a_feature_map():
 
 
 def test_final_norm_false_needs_a_final_norm():
-    with pytest.raises(UserError, match="items.final_norm=false: test_resnet has no final norm"):
+    with pytest.raises(UserError, match="items.image.final_norm=false: test_resnet has no final norm"):
         encoder(encoder="test_resnet", final_norm=False)
 
 
@@ -186,7 +180,7 @@ def test_frozen_mode_train_lets_frozen_batchnorm_use_and_update_batch_statistics
 
 
 def test_frozen_mode_train_cannot_combine_with_the_prefix_cache():
-    with pytest.raises(UserError, match="frozen_mode=train .* cannot combine with items.cache=prefix") as err:
+    with pytest.raises(UserError, match="frozen_mode=train .* cannot combine with items.image.cache=prefix") as err:
         encoder(frozen_mode="train", cache="prefix")
     assert "\n" not in str(err.value)
 
@@ -216,7 +210,7 @@ def test_timm_args_reach_the_tower_and_the_cache_identity():
 
     enc = encoder(timm_args={"act_layer": "quick_gelu"})
     assert type(enc.tower.blocks[0].mlp.act).__name__ == "QuickGELU"
-    with pytest.raises(UserError, match="items.timm_args: .* does not take \\['no_such_argument'\\]"):
+    with pytest.raises(UserError, match="items.image.timm_args: .* does not take \\['no_such_argument'\\]"):
         encoder(timm_args={"no_such_argument": 1})
     split = TowerSplit(enc.tower, "test_vit")
     common = dict(timm_name="test_vit", weights=None, pretrained=False, tune_last=1, preprocessing={"size": 32},
@@ -238,12 +232,10 @@ ORIGINAL_TRAINABLE = {"clip-vit-b32": 14_175_744, "beit-b": 14_196_384, "clip-rn
 @pytest.mark.parametrize("name", list(ORIGINAL_TRAINABLE))
 def test_the_paper_profile_trains_as_many_tower_parameters_as_the_original(name):
     from pixelrec.config import resolve
-    from pixelrec.registry import constructor_parameters
 
-    config = resolve(model="sasrec", files=["paper"], flags={"items": {"kind": "pixels", "encoder": name}})
-    options = {k: v for k, v in vars(config.items).items() if k in constructor_parameters(PixelEncoder)}
+    config = resolve(model="sasrec", files=["paper"], flags={"items": {"kind": "pixels"}}, encoder=name)
     with torch.device("meta"):
-        enc = PixelEncoder(n_items=2, embedding_size=512, image_store=None, **options)
+        enc = PixelEncoder(n_items=2, embedding_size=512, image_store=None, image=config.items.image)
     assert sum(p.numel() for p in enc.tower.parameters() if p.requires_grad) == ORIGINAL_TRAINABLE[name]
     assert enc.preprocess.size == 224  # every encoder at 224 px, CLIP-RN50x4/x16/x64 included
 
@@ -260,9 +252,10 @@ def test_a_pixel_run_takes_the_paper_head_from_the_configuration(tiny_data, tmp_
             return images(len(indices))
 
     monkeypatch.setattr(DatasetFacts, "image_store", property(lambda self: Store()))
-    items = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1, "pooling": "tokens",
-             "final_norm": False, "final_activation": True, "activation": "relu", "projection_group": "encoder",
-             "projection_init": "xavier", "frozen_mode": "train", "timm_args": {"act_layer": "quick_gelu"}}
+    items = {"kind": "pixels", "image": {
+        "encoder": "test_vit", "image_size": 32, "tune_last": 1, "pooling": "tokens", "final_norm": False,
+        "final_activation": True, "activation": "relu", "projection_group": "encoder", "projection_init": "xavier",
+        "frozen_mode": "train", "timm_args": {"act_layer": "quick_gelu"}}}
     config = tiny_config(tiny_data, "sasrec", "bpr", items=items, train={"epochs": 1, "encoder_lr": 1e-4})
     enc = Trainer(config, tmp_path / "built", resume=False).model.item_encoder
     assert enc.pooling == "tokens" and isinstance(enc.tower.norm, nn.Identity) and enc._frozen == []

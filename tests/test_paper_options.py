@@ -17,6 +17,7 @@ from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng
 from pixelrec.distributed import Job
 from pixelrec.errors import UserError
+from pixelrec.items.pixels import ImageSettings
 from pixelrec.losses import LOSSES
 from pixelrec.training.trainer import Trainer
 
@@ -77,7 +78,7 @@ def test_row_shares_of_several_ranks_add_up_to_the_rank_count(tmp_path):
 def test_the_paper_profile_averages_over_windows_where_the_original_does(model):
     windowed = model in ("sasrec", "bert4rec", "gru4rec", "nextitnet")
     for kind in ("id", "pixels"):
-        flags = {"items": {"kind": kind, "encoder": "clip-vit-b32" if kind == "pixels" else None}}
+        flags = {"items": {"kind": kind, **({"image": {"encoder": "clip-vit-b32"}} if kind == "pixels" else {})}}
         paper = resolve(model=model, files=["paper"], flags=flags)
         assert paper.loss.reduction == ("windows" if windowed else "targets")
         assert resolve(model=model, flags=flags).loss.reduction == "targets"
@@ -120,7 +121,7 @@ class Facts:
         return {k: v for k, v in facts.items() if k in constructor_parameters(cls)}
 
 
-PIXELS = {"encoder": "test_vit", "image_size": 32, "tune_last": 1}
+PIXELS = {"image": ImageSettings(encoder="test_vit", image_size=32, tune_last=1)}
 
 
 def compose(model: str, init: str | None = None, kind: str = "id", d: int = 64, **model_args):
@@ -210,7 +211,7 @@ def test_the_originals_initialisation_is_redrawn_bit_for_bit_in_its_order(model,
 @pytest.mark.parametrize("model, init", [("mf", "xavier"), ("srgnn", "uniform")])
 def test_the_paper_profile_selects_the_originals_initialisation(model, init):
     for kind in ("id", "pixels"):
-        flags = {"items": {"kind": kind, "encoder": "clip-vit-b32" if kind == "pixels" else None}}
+        flags = {"items": {"kind": kind, **({"image": {"encoder": "clip-vit-b32"}} if kind == "pixels" else {})}}
         assert resolve(model=model, files=["paper"], flags=flags).model["init"] == init
         assert "init" not in resolve(model=model, flags=flags).model
 
@@ -247,15 +248,15 @@ def test_tune_merging_false_is_refused_for_a_tower_without_merging_layers():
     from pixelrec.items.pixels import PixelEncoder
 
     with pytest.raises(UserError, match="tune_merging=false: VisionTransformer has no patch-merging layers"):
-        PixelEncoder(n_items=2, embedding_size=8, image_store=None, encoder="test_vit", image_size=32,
-                     tune_merging=False)
+        PixelEncoder(n_items=2, embedding_size=8, image_store=None,
+                     image=ImageSettings(encoder="test_vit", image_size=32, tune_merging=False))
 
 
 def test_the_paper_profile_keeps_swin_merging_frozen():
     for encoder in ("swin-t", "swin-b", "clip-vit-b32"):
-        flags = {"items": {"kind": "pixels", "encoder": encoder}}
-        assert resolve(model="sasrec", files=["paper"], flags=flags).items.tune_merging == (encoder == "clip-vit-b32")
-        assert resolve(model="sasrec", flags=flags).items.tune_merging
+        flags = {"items": {"kind": "pixels", "image": {"encoder": encoder}}}
+        assert resolve(model="sasrec", files=["paper"], flags=flags).items.image.tune_merging == (encoder == "clip-vit-b32")
+        assert resolve(model="sasrec", flags=flags).items.image.tune_merging
 
 
 # --- PixelNet BERT4Rec mask token ------------------------------------------------------------
@@ -298,7 +299,7 @@ def test_encoded_ones_mask_is_refused_for_id_items_in_one_line():
 
 
 def test_the_paper_profile_encodes_the_mask_image_for_pixel_bert4rec_only():
-    pixels = {"items": {"kind": "pixels", "encoder": "clip-vit-b32"}}
+    pixels = {"items": {"kind": "pixels", "image": {"encoder": "clip-vit-b32"}}}
     assert resolve(model="bert4rec", files=["paper"], flags=pixels).model["mask_token"] == "encoded_ones"
     assert "mask_token" not in resolve(model="bert4rec", files=["paper"]).model
     assert "mask_token" not in resolve(model="bert4rec", flags=pixels).model

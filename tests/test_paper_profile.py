@@ -34,18 +34,18 @@ def test_every_backbone_resolves_under_the_paper_profile(model):
 
 @pytest.mark.parametrize("model", PIXEL_BACKBONES)
 def test_pixelnet_under_the_paper_profile_takes_the_readme_settings_and_bpr(model):
-    config = resolve(model=model, files=["paper"], flags={"items": {"kind": "pixels", "encoder": "clip-vit-b32"}})
+    config = resolve(model=model, files=["paper"], flags={"items": {"kind": "pixels"}}, encoder="clip-vit-b32")
     assert (config.train.lr, config.train.batch_size, config.train.weight_decay) == README_PIXELNET[model]
-    assert config.loss.name == "bpr" and config.items.preprocess == "paper"
+    assert config.loss.name == "bpr" and config.items.image.preprocess == "paper"
     assert (config.train.encoder_lr, config.train.encoder_weight_decay) == (1e-4, 0.0)
-    default = resolve(model=model, flags={"items": {"kind": "pixels", "encoder": "clip-vit-b32"}})
+    default = resolve(model=model, flags={"items": {"kind": "pixels"}}, encoder="clip-vit-b32")
     assert default.loss.name == "softmax" and default.profile == "default"
 
 
 @pytest.mark.parametrize("encoder", sorted(SHORT_NAMES))
 def test_every_paper_encoder_resolves_under_the_paper_profile(encoder):
-    config = resolve(model="sasrec", files=["paper"], flags={"items": {"kind": "pixels", "encoder": encoder}})
-    assert config.items.encoder == encoder and config.loss.name == "bpr"
+    config = resolve(model="sasrec", files=["paper"], flags={"items": {"kind": "pixels", "image": {"encoder": encoder}}})
+    assert config.items.image.encoder == encoder and config.loss.name == "bpr"
 
 
 def test_every_profile_file_belongs_to_a_default_layer_or_the_base():
@@ -150,15 +150,17 @@ def test_recbole_lightsans_attention_equals_the_formula_written_out():
 
 @pytest.mark.parametrize(("sets", "message"), [
     (["loss.logq=true"], "loss.logq does not apply to loss.name=bpr (it takes loss.reduction)"),
-    (["items.pooling=cls"], "items.pooling does not apply to items.kind=id"),
-    (["items.kind=pixels", "items.encoder=test_vit", "items.features=f.npy"], "(it takes items.activation, "),
+    (["items.image.pooling=cls"], "items.image.pooling does not apply to items.kind=id"),
+    (["items.kind=pixels", "items.image.encoder=test_vit", "items.features=f.npy"],
+     "(it takes items.cache_dir, items.image.*)"),
     (["train.batch_size=0"], "train.batch_size: 0 is out of range (allowed: 1 <= x)"),
     (["train.epochs=-3"], "train.epochs: -3 is out of range"),
     (["train.lr=nan"], "train.lr: nan is not a finite number"),
     (["train.lr=-1e-3"], "train.lr: -0.001 is out of range (allowed: 0 < x)"),
     (["train.eval_every=0"], "train.eval_every: 0 is out of range"),
     (["model.dropout=1.5"], "model.dropout: 1.5 is out of range (allowed: 0 <= x < 1)"),
-    (["items.kind=pixels", "items.encoder=test_vit", "items.tune_last=-1"], "items.tune_last: -1 is out of range"),
+    (["items.kind=pixels", "items.image.encoder=test_vit", "items.image.tune_last=-1"],
+     "items.image.tune_last: -1 is out of range"),
     (["eval.ks=[10, 0]"], "eval.ks: 0 is out of range"),
 ])
 def test_one_schema_refuses_inapplicable_keys_and_out_of_range_values(sets, message):
@@ -168,11 +170,11 @@ def test_one_schema_refuses_inapplicable_keys_and_out_of_range_values(sets, mess
 
 
 def test_a_saved_configuration_reads_back_and_resume_refuses_an_inapplicable_key():
-    saved = resolve(model="sasrec", flags={"items": {"kind": "pixels", "encoder": "test_vit"}}).to_dict()
-    assert resolve(base=saved).items.encoder == "test_vit"
+    saved = resolve(model="sasrec", flags={"items": {"kind": "pixels", "image": {"encoder": "test_vit"}}}).to_dict()
+    assert resolve(base=saved).items.image.encoder == "test_vit"
     ids = resolve(model="sasrec").to_dict()
-    with pytest.raises(UserError, match="items.pooling does not apply"):
-        resolve(base=ids, sets=["items.pooling=mean"])
+    with pytest.raises(UserError, match="items.image.pooling does not apply"):
+        resolve(base=ids, sets=["items.image.pooling=mean"])
 
 
 def test_heads_that_do_not_divide_the_width_are_one_line(tiny_data, tmp_path, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import pixel_encoder
 from pixelrec.errors import UserError
 from pixelrec.items.pixels import PixelEncoder
 from pixelrec.towers.image_tower import create_tower, freeze_below
@@ -29,7 +30,7 @@ class ColourStore:
 
 def encoder(**kwargs) -> PixelEncoder:
     args = dict(n_items=20, embedding_size=16, image_store=ColourStore(), encoder="test_vit", image_size=32, tune_last=1)
-    return PixelEncoder(**(args | kwargs))
+    return pixel_encoder(**(args | kwargs))
 
 
 def test_short_names_resolve_to_timm_models():
@@ -127,7 +128,7 @@ def colour_store(monkeypatch):
 def pixel_config(data, model="sasrec", loss="softmax", **train):
     from helpers import tiny_config
 
-    return tiny_config(data, model, loss, items={"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1},
+    return tiny_config(data, model, loss, items={"kind": "pixels", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1}},
                        train={"epochs": 1, "lr": 3e-3, **train})
 
 

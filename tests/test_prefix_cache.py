@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import losses_over_steps, no_dropout, tiny_config
+from helpers import losses_over_steps, no_dropout, pixel_encoder, tiny_config
 from pixelrec import progress
 from pixelrec.errors import UserError
 from pixelrec.items.pixels import PixelEncoder
@@ -28,11 +28,12 @@ def encoder(tmp_path, store=None, **kwargs) -> PixelEncoder:
     torch.manual_seed(0)
     args = dict(n_items=20, embedding_size=16, image_store=store or ColourStore(), encoder="test_vit", image_size=32,
                 tune_last=1, cache="prefix", cache_dir=str(tmp_path / "cache"))
-    return PixelEncoder(**(args | kwargs))
+    return pixel_encoder(**(args | kwargs))
 
 
 def pixel_config(data, tmp_path, name="test_vit", items=None, **train):
-    items = {"kind": "pixels", "encoder": name, "image_size": 32, "tune_last": 1, **(items or {})}
+    image = {"encoder": name, "image_size": 32, "tune_last": 1, **(items or {})}
+    items = {"kind": "pixels", "image": image} | ({"cache_dir": image.pop("cache_dir")} if "cache_dir" in image else {})
     return no_dropout(tiny_config(data, "sasrec", "softmax", items=items,
                                   train={"epochs": 1, "lr": 3e-3, "batch_size": 16, **train}))
 
@@ -252,7 +253,7 @@ def test_compile_changes_nothing_but_speed(tiny_data, tmp_path, colour_store):
 def test_pixels_default_to_in_batch_softmax_and_bpr_stays_available():
     from pixelrec.config import resolve
 
-    items = {"items": {"kind": "pixels", "encoder": "clip-vit-b32"}}
+    items = {"items": {"kind": "pixels", "image": {"encoder": "clip-vit-b32"}}}
     assert resolve("sasrec", flags=items).loss.name == "softmax"
     assert resolve("sasrec", flags={**items, "loss": {"name": "bpr"}}).loss.name == "bpr"
     assert resolve("sasrec").loss.name == "bpr"  # IDs keep the paper's setting

@@ -21,7 +21,7 @@ from pixelrec.data import text_tokens  # noqa: E402
 from pixelrec.data.text_tokens import ItemTexts  # noqa: E402
 from pixelrec.errors import UserError  # noqa: E402
 from pixelrec.evaluation.evaluator import rank_targets  # noqa: E402
-from pixelrec.items.text import TextEncoder  # noqa: E402
+from pixelrec.items.text import TextEncoder, TextSettings  # noqa: E402
 from test_pixels import _pixel_backbones, colour_store  # noqa: E402,F401  (fixture)
 
 COLOURS = ("red", "green", "blue", "yellow")
@@ -71,13 +71,20 @@ def item_texts(root: Path) -> ItemTexts:
     return ItemTexts.from_prepared(PreparedData(root))
 
 
+TEXT_KEYS = set(TextSettings.__dataclass_fields__)
+
+
 def encoder(root: Path, bert: Path, **kwargs) -> TextEncoder:
-    args = dict(n_items=40, embedding_size=16, item_texts=item_texts(root), encoder_weights=str(bert), tune_last=1)
-    return TextEncoder(**(args | kwargs))
+    """A TextEncoder of `bert`; `kwargs` are its items.text settings, and cache_dir."""
+    cache_dir = kwargs.pop("cache_dir", None)
+    text = TextSettings(**({"encoder_weights": str(bert), "tune_last": 1} | kwargs))
+    return TextEncoder(40, 16, item_texts(root), text=text, cache_dir=cache_dir)
 
 
 def text_config(data: Path, bert: Path, model: str = "sasrec", loss: str = "softmax", items=None, **train):
-    items = {"kind": "text", "encoder_weights": str(bert), "tune_last": 1, **(items or {})}
+    """`items`: items.text keys and the items section's own."""
+    text = {"encoder_weights": str(bert), "tune_last": 1} | {k: v for k, v in (items or {}).items() if k in TEXT_KEYS}
+    items = {"kind": "text", "text": text, **{k: v for k, v in (items or {}).items() if k not in TEXT_KEYS}}
     return tiny_config(data, model, loss, items=items, train={"epochs": 1, "lr": 3e-3, **train})
 
 
@@ -123,7 +130,7 @@ def test_tokens_are_written_once_and_reused_and_rewritten_when_their_key_changes
     again = encoder(text_data, bert).tokens
     assert calls == [32] and again.path == first.path and again.path.stat().st_mtime_ns == stamp
     shorter = encoder(text_data, bert, max_tokens=8).tokens
-    titles = encoder(text_data, bert, text_fields=["title"]).tokens
+    titles = encoder(text_data, bert, fields=["title"]).tokens
     assert calls == [32, 8, 32] and len({first.path, shorter.path, titles.path}) == 3
     rows = first.read(np.arange(1, 41))
     tokenizer = transformers.AutoTokenizer.from_pretrained(bert)
@@ -160,7 +167,7 @@ def test_tune_last_freezes_exactly_the_embeddings_and_layers_below(text_data, be
     assert not encoder(text_data, bert, tune_last=0).encoder_parameters()
     every = encoder(text_data, bert, tune_last="all")
     assert all(p.requires_grad for p in every.tower.parameters())
-    with pytest.raises(UserError, match=r"items.tune_last=3: bert has 2 layers"):
+    with pytest.raises(UserError, match=r"items.text.tune_last=3: bert has 2 layers"):
         encoder(text_data, bert, tune_last=3)
 
 
@@ -227,14 +234,14 @@ def test_cached_text_training_matches_plain(text_data, tmp_path):
     cached = losses_over_steps(cached_config, 4, tmp_path / "cached")
     assert list((text_data / "prefix_cache").glob("prefix-text-BertModel-layer1-*.npy"))
     np.testing.assert_allclose(cached, plain, rtol=2e-3, atol=2e-3)  # fp16 states
-    with pytest.raises(UserError, match="items.cache=prefix: nothing of quiet is frozen"):
+    with pytest.raises(UserError, match="items.text.cache=prefix: nothing of quiet is frozen"):
         encoder(text_data, quiet, tune_last="all", cache="prefix")
 
 
 # --- multimodal --------------------------------------------------------------------------------
-def multimodal_config(data: Path, bert: Path, **items):
-    items = {"kind": "multimodal", "encoder": "test_vit", "image_size": 32, "tune_last": 1,
-             "text_encoder_weights": str(bert), "text_tune_last": 1, **items}
+def multimodal_config(data: Path, bert: Path, text=None, image=None, **items):
+    items = {"kind": "multimodal", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1, **(image or {})},
+             "text": {"encoder_weights": str(bert), "tune_last": 1, **(text or {})}, **items}
     return tiny_config(data, "sasrec", "softmax", items=items, train={"epochs": 1, "lr": 3e-3})
 
 
@@ -247,7 +254,7 @@ def test_multimodal_fusions_train(items, text_data, bert, tmp_path, colour_store
 def test_multimodal_towers_freeze_apart_and_evaluate_through_workers(text_data, bert, tmp_path, colour_store):
     from pixelrec.training.trainer import Trainer
 
-    trainer = Trainer(multimodal_config(text_data, bert, text_tune_last=0, fusion="concat"), tmp_path / "run")
+    trainer = Trainer(multimodal_config(text_data, bert, text={"tune_last": 0}, fusion="concat"), tmp_path / "run")
     enc = trainer.model.item_encoder
     assert not any(p.requires_grad for p in enc.text.tower.parameters())
     assert any(p.requires_grad for p in enc.image.tower.parameters())
@@ -276,22 +283,39 @@ def test_multimodal_runs_report_images_per_step(text_data, bert, tmp_path, colou
         assert [e.value for e in events.Scalars("train/images_per_step")] == pytest.approx([results["images_per_step"]])
 
 
+def test_a_multimodal_run_reaches_every_option_of_both_towers(text_data, bert, colour_store):
+    from torch import nn
+
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.factory import build_model
+
+    image = {"final_norm": False, "projection_init": "xavier", "final_activation": True, "activation": "relu",
+             "projection_group": "encoder"}
+    text = {"projection_group": "encoder", "dnn_layers": 1, "activation": "tanh", "pooling": "cls"}
+    enc = build_model(multimodal_config(text_data, bert, text=text, image=image), PreparedData(text_data)).item_encoder
+    assert isinstance(enc.image.tower.norm, nn.Identity) and isinstance(enc.image.projection[-1], nn.ReLU)
+    assert not enc.image.projection[0].bias.any()  # Xavier: zero biases
+    assert any(p is enc.image.projection[0].weight for p in enc.image.encoder_parameters())
+    assert [type(m) for m in enc.text.projection] == [nn.Linear, nn.Tanh, nn.Linear] and enc.text.pooling == "cls"
+    assert any(p is enc.text.projection[0].weight for p in enc.text.encoder_parameters())
+
+
 # --- bad input, one line each ------------------------------------------------------------------
 def test_missing_and_empty_text_columns_are_named(text_data, bert):
     with pytest.raises(UserError, match=r"items.parquet: no text column 'summary' .*it has: title, tag, description"):
-        encoder(text_data, bert, text_fields=["title", "summary"])
+        encoder(text_data, bert, fields=["title", "summary"])
     write_texts(text_data, 40, description=[""] * 40)
     with pytest.raises(UserError, match="text column 'description' is empty for every item"):
-        encoder(text_data, bert, text_fields=["description"])
-    with pytest.raises(UserError, match="items.text_fields: empty"):
-        encoder(text_data, bert, text_fields=[])
+        encoder(text_data, bert, fields=["description"])
+    with pytest.raises(UserError, match="items.text.fields: empty"):
+        encoder(text_data, bert, fields=[])
 
 
 def test_a_missing_text_column_is_one_line_from_train_and_extract(text_data, bert, tmp_path, capsys):
     from data_fixtures import run_cli
 
     status, _, err = run_cli(capsys, "train", "--data", text_data, "--model", "sasrec", "--items", "text",
-                             "--set", f"items.encoder_weights={bert}", "--set", "items.text_fields=[title,summary]",
+                             "--set", f"items.text.encoder_weights={bert}", "--set", "items.text.fields=[title,summary]",
                              "--out", tmp_path / "run")
     assert status == 2 and err.count("\n") == 1 and "no text column 'summary'" in err, err
     status, _, err = run_cli(capsys, "extract", "--data", text_data, "--text-model", bert, "--text-fields",
@@ -307,17 +331,18 @@ def test_bad_models_are_one_line_errors(text_data, bert, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty: not a Hugging Face transformers model directory"):
         encoder(text_data, tmp_path / "empty")
-    with pytest.raises(UserError, match="items.encoder=nobody/no-model: neither a model directory nor"):
+    with pytest.raises(UserError, match="items.text.encoder=nobody/no-model: neither a model directory nor"):
         encoder(text_data, bert, encoder_weights=None, encoder="nobody/no-model")
     with pytest.raises(UserError, match="items.kind=text needs a text model"):
         encoder(text_data, bert, encoder_weights=None)
-    with pytest.raises(UserError, match="items.max_tokens=65: bert takes at most 64"):
+    with pytest.raises(UserError, match="items.text.max_tokens=65: bert takes at most 64"):
         encoder(text_data, bert, max_tokens=65)
-    with pytest.raises(UserError, match="items.kind=multimodal needs a text model: items.text_encoder_weights"):
+    with pytest.raises(UserError, match="items.kind=multimodal needs a text model: items.text.encoder_weights"):
         from pixelrec.items.multimodal import MultimodalEncoder
+        from pixelrec.items.pixels import ImageSettings
         from test_pixels import ColourStore
 
-        MultimodalEncoder(40, 16, ColourStore(), item_texts(text_data), encoder="test_vit", image_size=32)
+        MultimodalEncoder(40, 16, ColourStore(), item_texts(text_data), image=ImageSettings(encoder="test_vit", image_size=32))
 
 
 def test_directories_that_are_no_usable_text_model_are_one_line_errors(text_data, bert, tmp_path):
@@ -364,11 +389,24 @@ def test_text_keys_and_combinations_are_checked_at_config_time(text_data, bert):
         text_config(text_data, bert, loss="full-softmax")
 
 
-def test_text_lr_and_decay_are_multimodal_keys_checked_by_the_schema(text_data, bert):
-    with pytest.raises(UserError, match=r"items.text_lr"):
-        multimodal_config(text_data, bert, text_lr=-1.0)
-    with pytest.raises(UserError, match="items.text_weight_decay does not apply to items.kind=text"):
-        text_config(text_data, bert, items={"text_weight_decay": 0.1})
+def test_text_lr_and_decay_are_items_text_keys_checked_by_the_schema(text_data, bert):
+    with pytest.raises(UserError, match=r"items\.text\.lr: -1.0 is out of range"):
+        multimodal_config(text_data, bert, text={"lr": -1.0})
+    with pytest.raises(UserError, match="items.text_weight_decay is now items.text.weight_decay"):
+        tiny_config(text_data, "sasrec", items={"kind": "text", "text": {"encoder_weights": str(bert)},
+                                                "text_weight_decay": 0.1})
+
+
+def test_text_items_take_the_text_towers_own_rate_and_decay(text_data, bert):
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.factory import build_model
+    from pixelrec.training.trainer import parameter_groups
+
+    for text, (lr, decay) in (({}, (3e-3, 0.0)), ({"lr": 1e-5, "weight_decay": 0.5}, (1e-5, 0.5))):
+        config = text_config(text_data, bert, items=text)  # without: train.encoder_lr (= lr) and its decay
+        groups = parameter_groups(build_model(config, PreparedData(text_data)), config)
+        encoder = [g for g in groups if g["name"] == "encoder"]
+        assert {g["lr"] for g in encoder} == {lr} and max(g["weight_decay"] for g in encoder) == decay
 
 
 def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, bert, tmp_path, colour_store):
@@ -376,7 +414,7 @@ def test_multimodal_towers_take_their_own_learning_rate_and_decay(text_data, ber
     from pixelrec.factory import build_model
     from pixelrec.training.trainer import Trainer, parameter_groups
 
-    config = multimodal_config(text_data, bert, text_lr=1e-5, text_weight_decay=0.5, fusion="concat", with_id=True)
+    config = multimodal_config(text_data, bert, text={"lr": 1e-5, "weight_decay": 0.5}, fusion="concat", with_id=True)
     config.train.encoder_lr, config.train.encoder_weight_decay, config.train.weight_decay = 1e-4, 0.01, 0.1
     trainer = Trainer(config, tmp_path / "run")
     enc = trainer.model.item_encoder
@@ -520,12 +558,12 @@ def test_bench_gives_text_cells_the_text_model_and_multimodal_cells_an_image_enc
 
     cells = cells_of(["sasrec"], ["id", "text", "multimodal"], ["test_vit"])
     assert [c.name for c in cells] == ["sasrec-id", "sasrec-text", "sasrec-multimodal-test_vit"]
-    planned = plan(BenchSpec(data=str(text_data), cells=cells, text_model=str(bert), sets=["items.image_size=32"]))
+    planned = plan(BenchSpec(data=str(text_data), cells=cells, text_model=str(bert), sets=["items.image.image_size=32"]))
     configs = {entry.name: entry.config.items for entry in planned}
-    assert configs["sasrec-text"].encoder_weights == str(bert)
+    assert configs["sasrec-text"].text.encoder_weights == str(bert) and configs["sasrec-text"].image is None
     multimodal = configs["sasrec-multimodal-test_vit"]
-    assert (multimodal.encoder, multimodal.text_encoder_weights, multimodal.encoder_weights) == ("test_vit", str(bert),
-                                                                                                None)
+    assert (multimodal.image.encoder, multimodal.text.encoder_weights, multimodal.image.encoder_weights) == (
+        "test_vit", str(bert), None)
 
 
 def test_a_truncated_token_array_is_one_line_not_a_crash(tmp_path):

@@ -19,7 +19,7 @@ from pixelrec.runs import directory as rundir
 from pixelrec.training import transfer
 from pixelrec.training.trainer import Trainer, train
 
-PIXELS = {"kind": "pixels", "encoder": "test_vit", "image_size": 32, "tune_last": 1}
+PIXELS = {"kind": "pixels", "image": {"encoder": "test_vit", "image_size": 32, "tune_last": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_another_item_kind_or_encoder_is_one_line(datasets, pixel_source, id_sou
     with pytest.raises(UserError, match="items.kind=id, this run has items.kind=pixels"):
         started(config(datasets[1]), tmp_path / "t", id_source)
     with pytest.raises(UserError, match="image encoder test_vit, this run has test_resnet"):
-        started(config(datasets[1], items={**PIXELS, "encoder": "test_resnet"}), tmp_path / "t", pixel_source)
+        started(config(datasets[1], items={**PIXELS, "image": {**PIXELS["image"], "encoder": "test_resnet"}}), tmp_path / "t", pixel_source)
     with pytest.raises(UserError, match="is not a run directory"):
         started(config(datasets[1]), tmp_path / "t", tmp_path / "nowhere")
     # the backbone alone crosses item kinds: an ID run's sequence model starts a pixel run
@@ -189,7 +189,7 @@ def test_bench_variants_put_random_init_and_a_run_start_side_by_side(datasets, p
 
     variants = [parse_variant("random"), parse_variant(f"pre:train.init_from={pixel_source}")]
     spec = BenchSpec(str(datasets[1]), cells_of(["sasrec"], ["id", "pixels"], ["test_vit"], ["random", "pre"]),
-                     sets=["items.image_size=32"], variants=variants)
+                     sets=["items.image.image_size=32"], variants=variants)
     planned = {p.name: p for p in plan(spec)}
     assert planned["sasrec-pixels-test_vit-pre"].config.train.init_from == str(pixel_source)
     assert planned["sasrec-pixels-test_vit-random"].config.train.init_from is None

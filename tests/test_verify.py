@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from data_fixtures import HAND_ROWS, hand_raw, run_cli, write_interactions
+from helpers import pixel_encoder
 from pixelrec.data.images import ImageStore
 from pixelrec.data.prepare import prepare
 from pixelrec.data.prepared import PreparedData
-from pixelrec.items.pixels import PixelEncoder
 from pixelrec.runs.directory import dataset_fingerprint
 
 EXTRACT = ("--encoder", "test_vit", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--dtype", "fp32",
@@ -162,8 +162,8 @@ def test_feature_files_are_checked_against_the_item_order(dataset, copy, tmp_pat
 
 def test_a_prefix_cache_beside_the_dataset_is_checked_for_its_sidecar(copy, capsys):
     torch.manual_seed(0)
-    encoder = PixelEncoder(n_items=4, embedding_size=8, image_store=ImageStore.from_prepared(PreparedData(copy)),
-                           encoder="test_vit", image_size=32, tune_last=1, cache="prefix")
+    encoder = pixel_encoder(n_items=4, embedding_size=8, image_store=ImageStore.from_prepared(PreparedData(copy)),
+                            encoder="test_vit", image_size=32, tune_last=1, cache="prefix")
     cache = encoder.build_cache(torch.device("cpu"), progress=False).path
     capsys.readouterr()
     assert cache.parent == copy / "prefix_cache"

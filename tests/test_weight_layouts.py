@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pixelrec.errors import UserError
-from pixelrec.items.pixels import PixelEncoder
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.towers.image_tower import load_weights
 from pixelrec.towers.names import SHORT_NAMES
 from pixelrec.towers.weight_layouts import classifier_prefixes, convert, mismatches
@@ -333,12 +333,13 @@ def test_full_size_clip_keeps_its_output_projection_on_request(encoder, name):
 
 
 def test_encoder_weights_through_the_pixels_encoder(tmp_path):
-    """items.encoder_weights with a Hugging Face file for a (tiny) CLIP-ViT: the item tower gives its features."""
+    """items.image.encoder_weights with a Hugging Face file for a (tiny) CLIP-ViT: the item tower gives its features."""
     reference = randomised(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)))
     path = hf_files(reference, tmp_path)[0]
     tiny = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, act_layer="quick_gelu")
-    encoder = PixelEncoder(5, 8, None, encoder="clip-vit-b32", image_size=32, encoder_weights=path, timm_args=tiny)
+    encoder = PixelEncoder(5, 8, None, ImageSettings(encoder="clip-vit-b32", image_size=32, encoder_weights=path,
+                                                     timm_args=tiny))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert close(features(encoder.tower.eval(), x), reference(pixel_values=x).pooler_output)

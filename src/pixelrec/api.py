@@ -111,7 +111,8 @@ def train(
     holds YAML files or packaged names (presets, the `paper` profile), `set` any other key. With
     `resume=True`, continue the interrupted run in `out` where it stopped; with `overwrite=True`,
     replace the run files in a non-empty `out`. `init_from`: another run directory whose trained
-    weights start this run (train.init_from; train.init_parts says which)."""
+    weights start this run (train.init_from; train.init_parts says which). `encoder` is the item
+    kind's primary tower's: items.image.encoder (text items: items.text.encoder)."""
     path, _ = train_job(data=data, model=model, items=items, encoder=encoder, loss=loss, epochs=epochs,
                         device=device, seed=seed, init_from=init_from, config=config, set=set, out=out,
                         resume=resume, overwrite=overwrite)

@@ -10,11 +10,13 @@ mean" hint; every problem is one line naming the key, the value and what is allo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -24,7 +26,6 @@ from pixelrec.losses import LOSSES
 from pixelrec.models import BACKBONES, DATA_ARGUMENTS
 from pixelrec.registry import constructor_parameters
 from pixelrec.schema import (
-    AT_LEAST_ONE,
     NonNegative,
     NonNegativeInt,
     Positive,
@@ -50,41 +51,28 @@ class DataConfig:
 
 @dataclass
 class ItemsConfig:
+    """The item encoder's own keys, and a nested section per tower it builds on: `image` and `text`.
+    A tower section's keys are declared once, by the settings class that the chosen kind's constructor
+    takes for it (items.pixels.ImageSettings, FeatureSettings; items.text.TextSettings), and checked
+    against it; a kind without that tower has None there."""
+
     kind: str = "id"  # id | features | id+features | pixels | text | multimodal (cover and text)
-    encoder: str | None = None  # image encoder (pixels, features extraction): short name or timm name; text: a Hugging Face model directory or a hub name in the local cache
-    encoder_weights: str | None = None  # local checkpoint for the image encoder; text: the Hugging Face model directory
-    pretrained: bool = False  # timm hub weights, for users who have a hub or cache
+    image: Any = None  # the image tower (pixels, multimodal), or the image encoder of frozen features and their projection (features, id+features)
+    text: Any = None  # the text tower (text, multimodal)
     features: str | None = None  # path of extracted features (.npy, from `pixelrec extract`)
     project: bool = True  # features: project to embedding_size (false: the raw features, for VisRank)
     combine: Literal["sum", "concat"] = "sum"  # id+features: ID vector + projected features, or [ID ; features]
     id_size: PositiveInt | None = None  # id+features with combine=concat: size of the ID part (default: half)
-    image_size: Annotated[int, AT_LEAST_ONE] | None = None  # encoder input size; default: the encoder's own data config
-    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top blocks of the image encoder (text: top layers of the text model; all: its embeddings too)
-    pooling: str = "default"  # cls | mean | default (the encoder's own pooling) | head (its own head and output projection) | tokens (project every token, then average); text: mean (default) | cls
-    dnn_layers: NonNegativeInt = 0  # hidden layers of the projection MLP from image features to embedding_size
-    activation: str = "gelu"  # activation of the projection MLP
-    preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
-    cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
-    cache_dir: str | None = None  # where the prefix cache (and text items' token arrays) live (default: prefix_cache/ and text_tokens/ in the prepared dataset)
-    final_activation: bool = False  # apply items.activation after the projection's last Linear too (the paper's Linear -> ReLU)
-    projection_group: Literal["recommender", "encoder"] = "recommender"  # optimiser group (lr, decay) of the projection
-    projection_init: Literal["default", "xavier"] = "default"  # projection init: PyTorch's Linear default, or Xavier-normal weights and zero biases
-    final_norm: bool = True  # false: drop the norm after the encoder's last block (Hugging Face CLIP's last_hidden_state)
-    tune_head: bool = True  # false: the encoder's layers above its blocks (final norm, attention pool) stay frozen
-    tune_merging: bool = True  # false: a Swin's patch-merging layer below the lowest tuned block stays frozen (the paper's code)
-    timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
-    frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
-    text_fields: list[str] = field(default_factory=lambda: ["title", "tag"])  # text, multimodal: item text columns, joined by the tokenizer's separator
-    max_tokens: PositiveInt = 32  # text, multimodal: token budget per item (special tokens included)
-    text_encoder: str | None = None  # multimodal: the text model, a Hugging Face model directory or a hub name in the local cache
-    text_encoder_weights: str | None = None  # multimodal: the text model's directory (wins over text_encoder)
-    text_tune_last: NonNegativeInt | Literal["all"] = 2  # multimodal: trainable top layers of the text model (all: embeddings too)
-    text_pooling: Literal["mean", "cls"] = "mean"  # multimodal: the text tower's pooling (text items use items.pooling: mean | cls)
-    text_cache: Literal["none", "prefix"] | None = None  # multimodal: frozen-prefix cache of the text tower
-    text_lr: NonNegative | None = None  # multimodal: the text tower's learning rate (default: the image tower's, train.encoder_lr)
-    text_weight_decay: NonNegative | None = None  # multimodal: the text tower's weight decay (default: train.encoder_weight_decay)
+    cache_dir: str | None = None  # where the prefix caches (and text items' token arrays) live (default: prefix_cache/ and text_tokens/ in the prepared dataset)
     fusion: Literal["sum", "concat"] = "sum"  # multimodal: sum of the towers' item vectors, or their concatenation projected to embedding_size
     with_id: bool = False  # multimodal: add a learned ID vector per item to the fusion
+
+    @property
+    def encoder(self) -> str | None:
+        """The encoder of the kind's primary tower (`--encoder`; results.json's "encoder"): the image
+        encoder, the text model for items.kind=text, None for ID items."""
+        tower = ITEM_ENCODERS.get(self.kind).encoder_tower
+        return getattr(getattr(self, tower), "encoder", None) if tower else None
 
 
 @dataclass
@@ -216,15 +204,24 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def assign(out: dict[str, Any], path: str, value: Any) -> None:
+    """Set the dotted `path` (`train.lr`, `items.image.tune_last`) of the nested mapping `out` to `value`."""
+    *sections, name = path.split(".")
+    for section in sections:
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        out = out[section]
+    out[name] = value
+
+
 def overrides_to_dict(pairs: list[str]) -> dict[str, Any]:
-    """Turn `section.key=value` strings into a nested mapping."""
+    """Turn `section.key=value` strings (`section.tower.key=value` in a tower's section) into a nested mapping."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+        key = pair.split("=", 1)[0]
+        if "=" not in pair or "." not in key or "" in key.split("."):
             raise UserError(f"set={pair!r}: expected section.key=value, e.g. train.lr=1e-4")
-        key, value = pair.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = parse_value(value)
+        assign(out, key, parse_value(pair.split("=", 1)[1]))
     return out
 
 
@@ -249,12 +246,42 @@ def component(section: str, name: str) -> type:
 
 def component_keys(section: str, cls: type) -> set[str]:
     """The keys a component takes from its section: its constructor's parameters that the dataset does
-    not supply, and the keys it declares besides (`config_keys`, e.g. a label)."""
+    not supply, and the key that chooses it."""
     keys = set(constructor_parameters(cls)) - DATA_ARGUMENTS - {"embedding_size"}
-    keys |= set(getattr(cls, "config_keys", ())) | {COMPONENT_SECTIONS[section]}
+    keys |= {COMPONENT_SECTIONS[section]}
     if section == "model":
         keys.add("embedding_size")  # the composition's vector size, which the item encoder takes too
     return keys
+
+
+#: The `items` keys that are a tower's own section: each is checked against the settings class that the
+#: chosen item encoder's constructor parameter of that name is annotated with (see `tower_sections`).
+TOWERS = ("image", "text")
+
+
+def taken_keys(section: str, cls: type) -> set[str]:
+    """`component_keys`, with each tower section's keys as `tower.key` (`image.tune_last`)."""
+    keys = component_keys(section, cls)
+    towers = tower_sections(cls) if section == "items" else {}
+    return (keys - set(towers)) | {f"{tower}.{f.name}" for tower, settings in towers.items()
+                                   for f in dataclasses.fields(settings)}
+
+
+def tower_sections(cls: type) -> dict[str, type]:
+    """The tower sections an item encoder takes, {name: its settings class}, read from its constructor."""
+    params, types = constructor_parameters(cls), hints(cls.__init__)
+    return {name: next(t for t in get_args(types[name]) or (types[name],) if dataclasses.is_dataclass(t))
+            for name in TOWERS if name in params}
+
+
+@functools.lru_cache(maxsize=None)
+def tower_defaults(tower: str) -> dict[str, Any]:
+    """Every key that some item encoder's settings class declares for the section `tower`, with its default."""
+    out: dict[str, Any] = {}
+    for name in ITEM_ENCODERS.names():
+        settings = tower_sections(ITEM_ENCODERS.get(name)).get(tower)
+        out = (dataclasses.asdict(settings()) if settings else {}) | out
+    return out
 
 
 def build_config(raw: dict[str, Any], source: str = "configuration", explicit: set[tuple[str, str]] | None = None,
@@ -262,28 +289,30 @@ def build_config(raw: dict[str, Any], source: str = "configuration", explicit: s
     """Validate a nested mapping into a Config; every problem names its key.
 
     A key the chosen item encoder or loss does not take is an error when a layer set it (`explicit`:
-    (section, key) pairs; None: any) to something other than its default, so a whole saved
-    configuration reads back; not `strict` (`bench`, whose shared settings apply to the cells that take
-    them), such keys are dropped."""
+    (section, key) pairs, `items.image.tune_last` as ("items", "image.tune_last"); None: any) to
+    something other than its default, so a whole saved configuration reads back; not `strict`
+    (`bench`, whose shared settings apply to the cells that take them), such keys are dropped."""
     profile = raw.get("profile", "default")
     if profile not in profile_names():
         raise UserError(f"{source}: profile {profile!r} is not one of {', '.join(profile_names())}")
     for section in raw:
         if section != "profile" and section not in SECTIONS:
             raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
-    sections = {name: dict(_section(raw, name, source)) for name in SECTIONS}
+    sections = {name: copy.deepcopy(_section(raw, name, source)) for name in SECTIONS}
     _check_item_kind(sections["model"].get("name", "sasrec"), sections["items"].get("kind", ItemsConfig.kind))
     for name in ("items", "loss"):  # the model section's keys are all the backbone's: checked below
         selector = COMPONENT_SECTIONS[name]
         chosen = sections[name].get(selector, getattr(SECTIONS[name].default_factory(), selector))  # type: ignore[misc]
         _drop_inapplicable(sections[name], name, chosen, source, explicit, strict)
+    towers = tower_sections(component("items", sections["items"].get("kind", ItemsConfig.kind)))
+    refuse_flat_keys(sections["items"], sections["items"].get("kind", ItemsConfig.kind), source)
     kwargs: dict[str, Any] = {"model": validate_model_section(sections["model"], source)}
     for name, f in SECTIONS.items():
         if name == "model":
             continue
         cls = f.default_factory().__class__  # type: ignore[misc]
-        types = hints(cls)
-        checked = {}
+        types = hints(cls) | (towers if name == "items" else {})
+        checked = {tower: settings() for tower, settings in towers.items()} if name == "items" else {}
         for key, value in sections[name].items():
             if key not in types:
                 raise UserError(f"{source}: unknown key {name}.{key}{_hint(key, list(types))}")
@@ -309,23 +338,110 @@ def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     return values
 
 
+_UNSET = object()
+
+
 def _drop_inapplicable(values: dict[str, Any], section: str, chosen: Any, source: str,
                        explicit: set[tuple[str, str]] | None, strict: bool) -> None:
     """Refuse (or, not strict, remove) the keys of a component section that the chosen component does
-    not take; such keys at their defaults are removed. Misspelt keys are left for the section's own
+    not take, a tower's keys included (a tower the item encoder has not, or a key its settings class
+    has not); such keys at their defaults are removed. Misspelt keys are left for the section's own
     check, which suggests the right one."""
     selector = COMPONENT_SECTIONS[section]
     known = hints(SECTIONS[section].default_factory().__class__)  # type: ignore[misc]
     chosen = check(chosen, known[selector], f"{source}: {section}.{selector}")
-    accepted = component_keys(section, component(section, chosen))
+    cls = component(section, chosen)
+    accepted = component_keys(section, cls)
     defaults = SECTIONS[section].default_factory()  # type: ignore[misc]
-    for key in [k for k in values if k in known and k not in accepted]:
-        chosen_here = values[key] != getattr(defaults, key) and (explicit is None or (section, key) in explicit)
+    towers = tower_sections(cls) if section == "items" else {}
+
+    def refuse(key: str, value: Any, default: Any, tower: str | None = None) -> None:
+        chosen_here = value != default and (explicit is None or (section, key) in explicit)
         if strict and chosen_here:
-            takes = ", ".join(f"{section}.{k}" for k in sorted((accepted & set(known)) - {selector})) or "no other keys"
+            if tower:
+                takes = ", ".join(f"{section}.{tower}.{f.name}" for f in dataclasses.fields(towers[tower]))
+            else:
+                takes = ", ".join(f"{section}.{k}" + (".*" if k in towers else "")
+                                  for k in sorted((accepted & set(known)) - {selector})) or "no other keys"
             raise UserError(f"{source}: {section}.{key} does not apply to {section}.{selector}={chosen} "
                             f"(it takes {takes})")
+
+    for key in [k for k in values if k in known and k not in accepted]:
+        if key in TOWERS and isinstance(values[key], dict):
+            for name, value in values[key].items():
+                refuse(f"{key}.{name}", value, tower_defaults(key).get(name, _UNSET))
+        else:
+            refuse(key, values[key], getattr(defaults, key))
         del values[key]
+    for tower, settings in towers.items():
+        nested = values.get(tower)
+        if not isinstance(nested, dict):
+            continue
+        taken = {f.name for f in dataclasses.fields(settings)}
+        for name in [n for n in nested if n in tower_defaults(tower) and n not in taken]:
+            refuse(f"{tower}.{name}", nested[name], tower_defaults(tower)[name], tower)
+            del nested[name]
+
+
+# --- the flat items section of earlier versions -------------------------------------------------------
+#: A multimodal run's two towers shared these keys of the flat layout (the projection MLP's).
+_FLAT_SHARED = ("dnn_layers", "activation")
+
+
+def _flat_places(key: str, cls: type) -> list[str] | None:
+    """Where a key of the flat `items` layout (before the `image` and `text` sections) went for items of
+    the class `cls`, as paths in `items` (none: the kind did not take it); None for no flat key. The
+    text tower's keys were `text_*` (and max_tokens), the primary tower's unprefixed."""
+    towers, primary = tower_sections(cls), cls.encoder_tower
+    takes = {tower: {f.name for f in dataclasses.fields(settings)} for tower, settings in towers.items()}
+    text_key = key.removeprefix("text_") if key.startswith("text_") else None
+    if text_key in tower_defaults("text"):
+        places = [("text", text_key)] if key == "text_fields" or primary != "text" else []
+    elif key in tower_defaults("image") or key in tower_defaults("text"):
+        owner = primary if key in takes.get(primary, ()) else next((t for t in takes if key in takes[t]), None)
+        places = [(owner, key)] + ([("text", key)] if primary == "image" and key in _FLAT_SHARED else [])
+    else:
+        return None
+    return [f"{tower}.{name}" for tower, name in places if name in takes.get(tower, ())]
+
+
+def refuse_flat_keys(items: dict[str, Any], kind: Any, source: str) -> None:
+    """A key of the flat `items` layout is one line naming its new key (items.tune_last is now items.image.tune_last)."""
+    cls = component("items", kind)
+    for key in items:
+        places = None if key in TOWERS else _flat_places(key, cls)
+        if places is None:
+            continue
+        if not places:  # a key this kind does not take: it is its tower's all the same
+            text_key = key.removeprefix("text_")
+            places = [f"text.{text_key}" if key != text_key and text_key in tower_defaults("text")
+                      else f"{'image' if key in tower_defaults('image') else 'text'}.{key}"]
+        raise UserError(f"{source}: items.{key} is now items.{places[0]}")
+
+
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as saved by an earlier version (a run's config.yaml whose `items` section is flat)
+    in today's layout: each flat key moved where it now lives for the run's item kind, those the kind
+    did not take (its saved defaults) left out. Today's layout comes back as it is."""
+    items = raw.get("items")
+    kind = items.get("kind", ItemsConfig.kind) if isinstance(items, dict) else None
+    if not isinstance(kind, str) or kind not in ITEM_ENCODERS.names():
+        return raw
+    cls = ITEM_ENCODERS.get(kind)
+    moved = {key: _flat_places(key, cls) for key in items if key not in TOWERS}
+    if all(places is None for places in moved.values()):
+        return raw
+    out = {key: value for key, value in items.items() if moved.get(key) is None}
+    for key, places in moved.items():
+        for place in places or []:
+            value = "mean" if place == "text.pooling" and items[key] == "default" else items[key]  # text: default was mean
+            assign(out, place, copy.deepcopy(value))
+    return {**raw, "items": out}
+
+
+def read_saved(path: str | Path) -> dict[str, Any]:
+    """A run's saved config.yaml as a mapping in today's layout (see `upgrade`)."""
+    return upgrade(read_yaml(path))
 
 
 def validate_model_section(values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -416,10 +532,12 @@ def resolve(
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
     strict: bool = True,
+    encoder: str | None = None,
 ) -> Config:
     """Layer the sources in order: a run's saved config (`base`) or the packaged defaults of the
-    chosen combination, the user's YAML files, command-line flags, then `--set` overrides. A key that
-    the chosen item encoder or loss does not take is an error (`strict`) or left out."""
+    chosen combination, the user's YAML files, command-line flags (with `encoder`, the encoder of the
+    chosen item kind's primary tower), then `--set` overrides. A key that the chosen item encoder or
+    loss does not take is an error (`strict`) or left out."""
     user_layers = [(str(f), read_yaml(f)) for f in files or [] if not is_profile(f)]
     # a profile is chosen by name (--config paper) or by a YAML file that records one (a run's config.yaml)
     profiles = sorted({str(f) for f in files or [] if is_profile(f)}
@@ -434,6 +552,7 @@ def resolve(
         for section in layer:
             if section not in SECTIONS:
                 raise UserError(f"{source}: unknown section {section!r}{_hint(section, list(SECTIONS))}")
+    base = None if base is None else upgrade(base)
     probe: dict[str, Any] = dict(base or {})
     for _, layer in user_layers:
         probe = merge(probe, layer)
@@ -444,15 +563,46 @@ def resolve(
                         "a profile cannot change on resume=True")
     if base is None and chosen:
         items = probe.get("items", {})
+        image = items.get("image") if isinstance(items.get("image"), dict) else {}
+        image_encoder = image.get("encoder") or (encoder if _primary_tower(items.get("kind")) == "image" else None)
         profile = profiles[0] if profiles else "default"
         layers = [("profile", {"profile": profile})]
-        layers += [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), items.get("encoder"), profile)]
-    raw: dict[str, Any] = dict(base or {})
-    for _, layer in layers + user_layers:
-        raw = merge(raw, layer)
+        layers += [(str(p), read_yaml(p)) for p in packaged_defaults(chosen, items.get("kind"), image_encoder, profile)]
+    kind = (_merged(base, layers + user_layers).get("items") or {}).get("kind", ItemsConfig.kind)
+    if isinstance(kind, str) and kind in ITEM_ENCODERS.names():
+        for source, layer in user_layers:
+            if isinstance(layer.get("items"), dict):
+                refuse_flat_keys(layer["items"], kind, source)
+    if encoder is not None:  # among the command line's flags, under the later layers (--set)
+        tower = _primary_tower(kind)
+        if tower is None:
+            raise UserError(f"encoder={encoder}: items.kind={kind} has no encoder to set")
+        at = [source for source, _ in user_layers].index("command line")
+        user_layers[at] = ("command line", merge(user_layers[at][1], {"items": {tower: {"encoder": encoder}}}))
     explicit = {(section, key) for _, layer in layers + user_layers
-                for section, values in layer.items() if isinstance(values, dict) for key in values}
-    return build_config(raw, explicit=explicit, strict=strict)
+                for section, values in layer.items() if isinstance(values, dict) for key in dotted_keys(values)}
+    return build_config(_merged(base, layers + user_layers), explicit=explicit, strict=strict)
+
+
+def _merged(base: dict[str, Any] | None, layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    raw: dict[str, Any] = dict(base or {})
+    for _, layer in layers:
+        raw = merge(raw, layer)
+    return raw
+
+
+def dotted_keys(values: dict[str, Any]) -> list[str]:
+    """A section's keys, a tower section's as `tower.key`."""
+    out: list[str] = []
+    for key, value in values.items():
+        nested = key in TOWERS and isinstance(value, dict)
+        out += [f"{key}.{name}" for name in value] if nested else [key]
+    return out
+
+
+def _primary_tower(kind: Any) -> str | None:
+    """The tower whose encoder `--encoder` sets for items of `kind` (None: none, or an unknown kind)."""
+    return ITEM_ENCODERS.get(kind).encoder_tower if isinstance(kind, str) and kind in ITEM_ENCODERS.names() else None
 
 
 def dump(config: Config) -> str:

@@ -3,11 +3,14 @@
 A key of a configuration section (a dataclass field) and a parameter of a component (a backbone, item
 encoder or loss constructor) are checked the same way: the annotation gives the type, and
 `Annotated[T, Range(...)]` adds the allowed range. So a component declares its own hyper-parameters,
-their types and their ranges in its signature, in one place, and nothing else repeats them.
+their types and their ranges in its signature, in one place, and nothing else repeats them. A parameter
+annotated with a dataclass (a tower's settings) is a nested section, each of its fields checked alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -105,6 +108,8 @@ def check(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         return value
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _check_section(value, annotation, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if annotation in (int, float, str, bool):
@@ -113,6 +118,21 @@ def check(value: Any, annotation: Any, where: str) -> Any:
         if annotation is float and not math.isfinite(value):
             raise UserError(f"{where}: {value!r} is not a finite number")
     return value
+
+
+def _check_section(value: Any, cls: type, where: str) -> Any:
+    """A mapping checked field by field into the dataclass `cls` (an instance passes as it is)."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping, got {value!r}")
+    annotations = hints(cls)
+    types = {f.name: annotations[f.name] for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in types:
+            close = difflib.get_close_matches(str(key), list(types), n=1)
+            raise UserError(f"{where}: unknown key {key}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    return cls(**{key: check(item, types[key], f"{where}.{key}") for key, item in value.items()})
 
 
 def type_name(annotation: Any) -> str:

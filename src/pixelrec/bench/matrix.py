@@ -28,7 +28,17 @@ from typing import Any, Callable, Iterator
 
 from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
-from pixelrec.config import Config, component, component_keys, is_profile, overrides_to_dict, read_yaml, resolve
+from pixelrec.config import (
+    Config,
+    component,
+    dotted_keys,
+    is_profile,
+    overrides_to_dict,
+    read_yaml,
+    resolve,
+    taken_keys,
+    tower_sections,
+)
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.runs.directory import config_of_run
@@ -117,20 +127,18 @@ def cells_of(models: list[str], items: list[str], encoders: list[str], variants:
 def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     """The resolved configuration of a cell (raises UserError for a combination that cannot work)."""
     items: dict[str, Any] = {"kind": cell.items}
-    if cell.encoder:
-        items["encoder"] = cell.encoder
     declared = ITEM_ENCODERS.find(cell.items)
     if spec.features and declared is not None and declared.reads_features:
         items["features"] = spec.features.replace("{encoder}", cell.encoder or "")
-    if spec.text_model and declared is not None and declared.text_model_key is not None:
-        items[f"{declared.text_model_key}_weights"] = spec.text_model
+    if spec.text_model and declared is not None and "text" in tower_sections(declared):
+        items["text"] = {"encoder_weights": spec.text_model}
     sets = spec.sets + spec.variant_sets(cell.variant)  # the variant's settings win
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                     sets=sets, strict=False)
+                     sets=sets, strict=False, encoder=cell.encoder)
     if spec.weights and has_image_tower(cell.items) and not carries_items(config):  # encoder: maybe from a preset
-        items["encoder_weights"] = spec.weights.replace("{encoder}", config.items.encoder or "")
+        items["image"] = {"encoder_weights": spec.weights.replace("{encoder}", config.items.image.encoder or "")}
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
-                         sets=sets, strict=False)
+                         sets=sets, strict=False, encoder=cell.encoder)
     return config
 
 
@@ -140,8 +148,8 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
     shared = [read_yaml(f) for f in spec.files if not is_profile(f)] + [overrides_to_dict(spec.sets)]
     shared += [overrides_to_dict(list(variant.sets)) for variant in spec.variants]
     for section, selector in (("items", "kind"), ("loss", "name")):
-        keys = {key for layer in shared for key in (layer.get(section) or {})}
-        taken = {selector}.union(*(component_keys(section, component(section, getattr(getattr(c, section), selector)))
+        keys = {key for layer in shared for key in dotted_keys(layer.get(section) or {})}
+        taken = {selector}.union(*(taken_keys(section, component(section, getattr(getattr(c, section), selector)))
                                    for c in configs))
         for key in sorted(keys - taken):
             raise UserError(f"{section}.{key} applies to no cell of the matrix (no cell's {section}.{selector} takes it)")
@@ -177,7 +185,7 @@ def check_weights(planned: list["Planned"], pattern: str) -> None:
         raise UserError(f"weights={pattern}: one file for {len(encoders)} encoders ({', '.join(encoders)}); "
                         "put {encoder} in the pattern")
     for entry in pixels:
-        weights = entry.config.items.encoder_weights
+        weights = entry.config.items.image.encoder_weights
         if weights and not Path(weights).is_file():
             raise UserError(f"weights=: cell {entry.name}: {weights} not found")
 

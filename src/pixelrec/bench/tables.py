@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pixelrec.config import component_keys
+from pixelrec.config import tower_sections, upgrade
 from pixelrec.items import ITEM_ENCODERS, ItemEncoder
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import FAMILIES
@@ -43,12 +43,12 @@ def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | 
     """The encoder a result belongs to: none for ID items (whatever the record says); for feature
     items the recorded name, else the one in the feature file's sidecar (`pixelrec extract`), else the
     feature file's name, so runs on different features never share a row; for text items the text
-    model (items.encoder, else its directory's name), for multimodal items 'image + text model'."""
+    model (items.text.encoder, else its directory's name), for multimodal items 'image + text model'."""
     kind = ITEM_ENCODERS.find(record.get("items"))
-    if kind is not None and "encoder" not in component_keys("items", kind):
+    if kind is not None and kind.encoder_tower is None:  # no tower names an encoder (ID items)
         return None
     encoder = record.get("encoder")
-    if run_dir is not None and kind is not None and kind.text_model_key is not None:
+    if run_dir is not None and kind is not None and "text" in tower_sections(kind):
         return _text_label(run_dir, kind, encoder)
     if encoder or kind is None or not kind.reads_features or run_dir is None:
         return encoder
@@ -56,22 +56,27 @@ def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | 
 
 
 def _items_section(run_dir: Path) -> dict[str, Any]:
-    """The `items` section of a run's config.yaml ({} when unreadable)."""
+    """The `items` section of a run's config.yaml, in today's layout ({} when unreadable)."""
     import yaml
 
     try:
-        items = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("items")
+        items = upgrade(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("items")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return {}
     return items if isinstance(items, dict) else {}
 
 
+def _tower(items: dict[str, Any], name: str) -> dict[str, Any]:
+    """A tower's section of an `items` section ({} when it has none)."""
+    tower = items.get(name)
+    return tower if isinstance(tower, dict) else {}
+
+
 def _text_label(run_dir: Path, kind: type[ItemEncoder], image: str | None) -> str | None:
     """The text model's name (as set, else its directory's name); with an image tower too
     (multimodal): 'image + text model'."""
-    items = _items_section(run_dir)
-    key = kind.text_model_key
-    given = [items.get(key), items.get(f"{key}_weights")]
+    text_tower = _tower(_items_section(run_dir), "text")
+    given = [text_tower.get("encoder"), text_tower.get("encoder_weights")]
     source = next((value for value in given if isinstance(value, str) and value), None)
     text = (Path(source).name or source) if source else None
     if kind.image_tower is None:
@@ -100,11 +105,11 @@ def start_label(record: dict[str, Any], run_dir: Path | None = None) -> str | No
     kind = ITEM_ENCODERS.find(record.get("items"))
     if kind is None or kind.image_tower is None or run_dir is None:
         return None
-    items = _items_section(run_dir)
-    weights = items.get("encoder_weights")
+    image = _tower(_items_section(run_dir), "image")
+    weights = image.get("encoder_weights")
     if isinstance(weights, str) and weights:
         return f"weights {Path(weights).name}"
-    return "pretrained" if items.get("pretrained") is True else "random init"
+    return "pretrained" if image.get("pretrained") is True else "random init"
 
 
 def cell_of(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str, str | None]:

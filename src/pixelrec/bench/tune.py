@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pixelrec.bench.matrix import directory_lock, one_line
-from pixelrec.config import Config, parse_value, resolve
+from pixelrec.config import Config, assign, parse_value, resolve
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import MetricsLog, config_of_run
 from pixelrec.runs.results import read_results
@@ -103,12 +103,9 @@ def trial_config(spec: TuneSpec, params: dict[str, Any]) -> Config:
     flags: dict[str, Any] = {"data": {"path": spec.data}, "items": {}}
     if spec.items:
         flags["items"]["kind"] = spec.items
-    if spec.encoder:
-        flags["items"]["encoder"] = spec.encoder
     for key, value in params.items():
-        section, name = key.split(".", 1)
-        flags.setdefault(section, {})[name] = value
-    return resolve(model=spec.model, files=spec.files, flags=flags, sets=spec.sets)
+        assign(flags, key, value)
+    return resolve(model=spec.model, files=spec.files, flags=flags, sets=spec.sets, encoder=spec.encoder)
 
 
 def check_spec(spec: TuneSpec) -> str:

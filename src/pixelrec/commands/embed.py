@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ".png, .webp); needed by pixels and multimodal runs, kept for the contact sheet by text runs")
     parser.add_argument("--item-info", metavar="CSV", help="item info of the new items (item_id, title, tag, ...): "
                         "embed the items it lists, in its order, with their titles; needed by text and multimodal "
-                        "runs (their items.text_fields are read from it); pixels runs: default every cover in --covers")
+                        "runs (their items.text.fields are read from it); pixels runs: default every cover in --covers")
     parser.add_argument("--out", required=True, metavar="F.npy", help="vectors file; its sidecar F.json holds the "
                         "item tokens in row order and the run's checkpoint hash")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best", help="the run's weights to use")

@@ -1,5 +1,5 @@
 """`pixelrec export`: a run's user and item vectors as .npy with their tokens, for serving elsewhere;
-or (--tower) its trained image tower, for items.encoder_weights and `pixelrec extract`."""
+or (--tower) its trained image tower, for items.image.encoder_weights and `pixelrec extract`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pixelrec.errors import UserError
 
 #: The command's line in `pixelrec --help`, and its place there (the order of a workflow).
 SUMMARY = ('user and item vectors of a trained run as .npy with their tokens, for serving elsewhere; or '
-           'its image tower (--tower) for items.encoder_weights and extract')
+           'its image tower (--tower) for items.image.encoder_weights and extract')
 ORDER = 12
 
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="where items.npy, users.npy, items.txt, users.txt and "
                         "export.json go")
     parser.add_argument("--tower", metavar="OUT.safetensors", help="write the run's trained image tower (timm "
-                        "weights; its description in OUT.json) for items.encoder_weights and extract --encoder-weights")
+                        "weights; its description in OUT.json) for items.image.encoder_weights and extract --encoder-weights")
     parser.add_argument("--new-items", metavar="F.npy", help="with --out: append these new items' vectors (from "
                         "`pixelrec embed` with this run) after the catalogue's")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         tower = export_tower(run_directory(args), args.tower, args.checkpoint, run_data(args))
         source = tower["source"]
         print(f"wrote {args.tower}: {tower['timm_name']} tower ({tower['image_size']} px, pooling {tower['pooling']}) "
-              f"from {source['checkpoint']} (epoch {source['epoch']}); use it as items.encoder_weights={args.tower} "
+              f"from {source['checkpoint']} (epoch {source['epoch']}); use it as items.image.encoder_weights={args.tower} "
               f"or `pixelrec extract --encoder-weights {args.tower}`")
     if args.out:
         manifest = export_vectors(run_directory(args), args.out, args.checkpoint, args.batch_size, run_data(args),

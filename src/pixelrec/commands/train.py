@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pixelrec.items import ITEM_ENCODERS
 
     parser.add_argument("--items", choices=ITEM_ENCODERS.names(), help="item encoder kind")
-    parser.add_argument("--encoder", help="image encoder for pixels/features (short name or timm name)")
+    parser.add_argument("--encoder", help="the item kind's encoder: the image encoder (items.image.encoder: a short "
+                        "or timm name) for pixels, features, multimodal; the text model (items.text.encoder) for text")
     parser.add_argument("--loss", choices=["bpr", "softmax", "full-softmax"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")

@@ -113,17 +113,17 @@ class ItemTexts:
 
         path = self.root / "items.parquet"
         if not fields:
-            raise UserError("items.text_fields: empty; name at least one text column (e.g. [title, tag])")
+            raise UserError("items.text.fields: empty; name at least one text column (e.g. [title, tag])")
         available = pq.read_schema(path).names
         missing = [f for f in fields if f not in available]
         if missing:
             text = [n for n in available if n in ("title", "tag", "description")] or available
-            raise UserError(f"{path}: no text column {missing[0]!r} for items.text_fields (it has: {', '.join(text)}); "
+            raise UserError(f"{path}: no text column {missing[0]!r} for items.text.fields (it has: {', '.join(text)}); "
                             "prepare the dataset from an item_info.csv with that column")
         table = pq.read_table(path, columns=list(dict.fromkeys(fields)))
         for name in fields:
             if not pc.any(pc.not_equal(_clean(table.column(name)), "")).as_py():
-                raise UserError(f"{path}: text column {name!r} is empty for every item; choose other items.text_fields")
+                raise UserError(f"{path}: text column {name!r} is empty for every item; choose other items.text.fields")
         return joined_texts(table, fields, separator)
 
     def tokens(self, tokenizer: Any, fields: Sequence[str], max_tokens: int,

@@ -35,8 +35,9 @@ class ItemEncoder(nn.Module):
     catalogue_chunk: ClassVar[int] = 65536
     #: bf16 autocast when the catalogue is encoded on a GPU (train.amp; the paper's code runs fp32).
     amp: bool = True
-    #: `items` keys the encoder takes besides its constructor's parameters (labels, read by others).
-    config_keys: ClassVar[tuple[str, ...]] = ()
+    #: The tower section (`items.image`, `items.text`) whose encoder `--encoder` sets and results.json
+    #: names; None for an encoder without one (ID tables).
+    encoder_tower: ClassVar[str | None] = None
     #: What `pixelrec embed` reads to encode items outside the catalogue ("covers", "item info");
     #: empty where an item's vector exists only for the catalogue (a learned ID, a row of a feature file).
     new_items_from: ClassVar[tuple[str, ...]] = ()
@@ -62,8 +63,6 @@ class ItemEncoder(nn.Module):
     image_tower: ClassVar[str | None] = None
     #: Items are rows of a feature file (items.features) written by `pixelrec extract`.
     reads_features: ClassVar[bool] = False
-    #: The `items` key naming the text model (its `<key>_weights` names the model's directory); None: no text model.
-    text_model_key: ClassVar[str | None] = None
     #: Why a run of this kind cannot score items outside the catalogue (when `new_items_from` is empty).
     new_items_refusal: ClassVar[str] = "its item vectors exist only for the catalogue's items"
     #: Every weight belongs to the catalogue's items (an ID table), so none crosses datasets.

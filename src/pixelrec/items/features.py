@@ -21,7 +21,7 @@ from pixelrec.distributed import SINGLE, Job
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
-from pixelrec.items.pixels import projection
+from pixelrec.items.pixels import FeatureSettings, projection
 from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
 from pixelrec.towers.caveats import UPSCALED_IMAGES, tower_caveats
 
@@ -32,7 +32,7 @@ class FeatureEncoder(ItemEncoder):
     `embedding_size` becomes the feature size), for models that compare features directly (VisRank)."""
 
     catalogue_each_step = True  # a gather and a small MLP: every backbone and loss can afford the catalogue
-    config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
+    encoder_tower = "image"  # items.image.encoder: the image encoder the features came from, a label for tables
     label = "features"
     table_order = 2
     family = "vinet"
@@ -46,9 +46,7 @@ class FeatureEncoder(ItemEncoder):
         item_order_sha256: str,
         features: str | None = None,
         project: bool = True,
-        dnn_layers: int = 0,
-        activation: str = "gelu",
-        final_activation: bool = False,
+        image: FeatureSettings | None = None,
     ) -> None:
         if features is None:
             raise UserError("items.kind=features needs a feature file in items.features (write one with "
@@ -68,8 +66,9 @@ class FeatureEncoder(ItemEncoder):
         self.register_buffer("features", table, persistent=False)
         self.feature_size = table.shape[1]
         self.component_size = self.embedding_size
-        self.projection = (projection(self.feature_size, embedding_size, dnn_layers, activation, final_activation)
-                           if project else None)
+        image = image or FeatureSettings()
+        self.projection = (projection(self.feature_size, embedding_size, image.dnn_layers, image.activation,
+                                      image.final_activation) if project else None)
 
     def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
         """Those of the tower that extracted the features, from the feature file's sidecar (a projection
@@ -110,7 +109,7 @@ class IDFeatureEncoder(ItemEncoder):
     concatenated as [ID ; projected features] (`combine=concat`, ID part `id_size`, default half of
     `embedding_size`), so the item vector keeps `embedding_size` either way. VBPR's item is the concat."""
 
-    config_keys = ("encoder",)  # the image encoder the features came from: a label for tables
+    encoder_tower = "image"  # items.image.encoder: the image encoder the features came from, a label for tables
     label = "id+features"
     table_order = 3
     family = "vinet"
@@ -126,9 +125,7 @@ class IDFeatureEncoder(ItemEncoder):
         features: str | None = None,
         combine: Literal["sum", "concat"] = "sum",
         id_size: int | None = None,
-        dnn_layers: int = 0,
-        activation: str = "gelu",
-        final_activation: bool = False,
+        image: FeatureSettings | None = None,
     ) -> None:
         super().__init__(n_items, embedding_size)
         if combine not in ("sum", "concat"):
@@ -142,8 +139,7 @@ class IDFeatureEncoder(ItemEncoder):
         self.combine, self.id_size = combine, id_size
         visual_size = embedding_size - id_size if combine == "concat" else embedding_size
         self.ids = IDEncoder(n_items, id_size)
-        self.visual = FeatureEncoder(n_items, visual_size, item_order_sha256, features, True, dnn_layers, activation,
-                                     final_activation)
+        self.visual = FeatureEncoder(n_items, visual_size, item_order_sha256, features, True, image)
         self.component_count, self.component_size = self.visual.component_count, self.visual.component_size
 
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:

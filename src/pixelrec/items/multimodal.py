@@ -1,10 +1,10 @@
 """Items as cover and text together: the pixels and text encoders as parts, fused per item.
 
 `fusion: sum` adds the two towers' item vectors (and the ID vector, `with_id`); `fusion: concat`
-concatenates them and projects back to the embedding size. Each tower keeps its own freezing
-(`tune_last` for the image, `text_tune_last` for the text), pooling, frozen-prefix cache and optimiser
-group: the image tower takes train.encoder_lr / encoder_weight_decay, the text tower `text_lr` /
-`text_weight_decay` (by default the image tower's).
+concatenates them and projects back to the embedding size. Each tower takes every option of its own
+section, `items.image` and `items.text` (freezing, pooling, frozen-prefix cache, projection), and has its
+own optimiser group: the image tower takes train.encoder_lr / encoder_weight_decay, the text tower
+`items.text.lr` / `weight_decay` (by default the image tower's).
 
 Items outside the catalogue (`pixelrec embed`) are encoded from their cover and item info through
 the same forward; with `with_id` they are refused, for a new item has no learned ID vector (a zero
@@ -13,7 +13,7 @@ one would put its score on a scale the model was never trained on).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,16 +23,14 @@ from pixelrec.data.text_tokens import ItemTexts
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
-from pixelrec.items.pixels import PixelEncoder
-from pixelrec.items.text import DEFAULT_FIELDS, TextEncoder, to_device
+from pixelrec.items.pixels import ImageSettings, PixelEncoder
+from pixelrec.items.text import TextEncoder, TextSettings, to_device
 
 
 class TextPart(TextEncoder):
-    """The text encoder as the multimodal encoder's part: the same encoder, its keys named as set."""
+    """The text encoder as the multimodal encoder's part: the same encoder, its kind named as set."""
 
-    KEYS: ClassVar[dict[str, str]] = {"encoder": "items.text_encoder", "encoder_weights": "items.text_encoder_weights",
-                                      "tune_last": "items.text_tune_last", "pooling": "items.text_pooling",
-                                      "cache": "items.text_cache", "kind": "items.kind=multimodal"}
+    KIND = "items.kind=multimodal"
 
 
 @ITEM_ENCODERS.register("multimodal")
@@ -43,11 +41,11 @@ class MultimodalEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 256
     new_items_from = ("covers", "item info")
+    encoder_tower = "image"  # --encoder names the image tower; the text model is items.text.encoder(_weights)
     label = "multimodal"
     table_order = 5
     images_per_item = 1  # one cover per item, through the image part
     image_tower = "image"
-    text_model_key = "text_encoder"
 
     def __init__(
         self,
@@ -56,47 +54,17 @@ class MultimodalEncoder(ItemEncoder):
         image_store: Any,
         item_texts: ItemTexts,
         item_order_sha256: str | None = None,
-        encoder: str | None = None,
-        encoder_weights: str | None = None,
-        pretrained: bool = False,
-        image_size: int | None = None,
-        tune_last: int | str = 2,
-        pooling: str = "default",
-        preprocess: Literal["encoder", "paper"] = "encoder",
-        frozen_mode: Literal["eval", "train"] = "eval",
-        timm_args: dict[str, Any] | None = None,
-        cache: str | None = None,
+        image: ImageSettings | None = None,
+        text: TextSettings | None = None,
         cache_dir: str | None = None,
-        text_encoder: str | None = None,
-        text_encoder_weights: str | None = None,
-        text_fields: Sequence[str] = DEFAULT_FIELDS,
-        max_tokens: int = 32,
-        text_pooling: str = "mean",
-        text_tune_last: int | str = 2,
-        text_cache: str | None = None,
-        text_lr: float | None = None,
-        text_weight_decay: float | None = None,
         fusion: Literal["sum", "concat"] = "sum",
         with_id: bool = False,
-        dnn_layers: int = 0,
-        activation: str = "gelu",
     ) -> None:
         super().__init__(n_items, embedding_size)
         if fusion not in ("sum", "concat"):
             raise UserError(f"items.fusion: {fusion!r} is not one of sum, concat")
-        self.image = PixelEncoder(
-            n_items, embedding_size, image_store, encoder=encoder, encoder_weights=encoder_weights,
-            pretrained=pretrained, image_size=image_size, tune_last=tune_last, pooling=pooling, dnn_layers=dnn_layers,
-            activation=activation, preprocess=preprocess, cache=cache, cache_dir=cache_dir,
-            item_order_sha256=item_order_sha256, timm_args=timm_args, frozen_mode=frozen_mode,
-        )
-        self.text = TextPart(
-            n_items, embedding_size, item_texts, encoder=text_encoder, encoder_weights=text_encoder_weights,
-            text_fields=text_fields, max_tokens=max_tokens, pooling=text_pooling, tune_last=text_tune_last,
-            dnn_layers=dnn_layers, activation=activation, cache=text_cache, cache_dir=cache_dir,
-            item_order_sha256=item_order_sha256,
-        )
-        self.text_lr, self.text_weight_decay = text_lr, text_weight_decay
+        self.image = PixelEncoder(n_items, embedding_size, image_store, image, cache_dir, item_order_sha256)
+        self.text = TextPart(n_items, embedding_size, item_texts, text, cache_dir, item_order_sha256)
         self.ids = IDEncoder(n_items, embedding_size) if with_id else None
         self.fusion = fusion
         parts = 2 + int(with_id)
@@ -141,8 +109,8 @@ class MultimodalEncoder(ItemEncoder):
     def encoder_groups(self) -> list[dict[str, Any]]:
         """The image tower at the encoder rate and decay, the text tower at its own (None: the same)."""
         return [{"name": "encoder", "params": self.image.encoder_parameters(), "lr": None, "weight_decay": None},
-                {"name": "text_encoder", "params": self.text.encoder_parameters(), "lr": self.text_lr,
-                 "weight_decay": self.text_weight_decay}]
+                {"name": "text_encoder", "params": self.text.encoder_parameters(), "lr": self.text.lr,
+                 "weight_decay": self.text.weight_decay}]
 
 
 class Parts:

@@ -1,7 +1,12 @@
-"""Items as raw cover pixels through an image encoder trained end to end (PixelNet)."""
+"""Items as raw cover pixels through an image encoder trained end to end (PixelNet).
+
+`ImageSettings` is the image tower's section of the configuration, `items.image`: the settings class
+declares every option of the tower once (type, range, default), and the configuration is checked against it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +16,7 @@ from torch import Tensor, nn
 
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
+from pixelrec.schema import NonNegativeInt, PositiveInt
 from pixelrec.towers.caveats import tower_caveats
 from pixelrec.towers.freezing import frozen_modules
 from pixelrec.towers.image_tower import (
@@ -33,15 +39,47 @@ from pixelrec.towers.tower_file import tower_settings
 PIXEL_POOLINGS = POOLINGS + ("tokens",)
 
 
+@dataclass
+class FeatureSettings:
+    """`items.image` of frozen image features (items.kind=features, id+features): the encoder that
+    extracted them, a label for tables, and the projection MLP from the features to the item vector."""
+
+    encoder: str | None = None  # image encoder: short name (clip-vit-b32, ...) or timm name; features: the one that extracted them
+    dnn_layers: NonNegativeInt = 0  # hidden layers of the projection MLP from image features to embedding_size
+    activation: str = "gelu"  # activation of the projection MLP: gelu | relu | tanh
+    final_activation: bool = False  # apply the activation after the projection's last Linear too (the paper's Linear -> ReLU)
+
+
+@dataclass
+class ImageSettings(FeatureSettings):
+    """`items.image` of an image tower trained end to end (items.kind=pixels, multimodal): the timm
+    model, its weights, input, freezing, pooling, frozen-prefix cache, and the projection."""
+
+    encoder_weights: str | None = None  # local checkpoint of the image encoder (or a tower file from `pixelrec export --tower`)
+    pretrained: bool = False  # timm hub weights, for users who have a hub or cache
+    image_size: PositiveInt | None = None  # encoder input size; default: the encoder's own data config
+    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top blocks of the image encoder (all: every block)
+    pooling: str = "default"  # default (the encoder's own pooling) | cls | mean | head (its own head and output projection) | tokens (project every token, then average)
+    preprocess: Literal["encoder", "paper"] = "encoder"  # encoder's data config, or resize 224 with mean = std = 0.5
+    cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen lower part of the encoder once per item, cached on disk
+    projection_group: Literal["recommender", "encoder"] = "recommender"  # optimiser group (lr, decay) of the projection
+    projection_init: Literal["default", "xavier"] = "default"  # projection init: PyTorch's Linear default, or Xavier-normal weights and zero biases
+    final_norm: bool = True  # false: drop the norm after the encoder's last block (Hugging Face CLIP's last_hidden_state)
+    tune_head: bool = True  # false: the encoder's layers above its blocks (final norm, attention pool) stay frozen
+    tune_merging: bool = True  # false: a Swin's patch-merging layer below the lowest tuned block stays frozen (the paper's code)
+    timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
+    frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
+
+
 def projection(in_features: int, out_features: int, hidden_layers: int, activation: str,
-               final_activation: bool = False, init: str = "default") -> nn.Sequential:
+               final_activation: bool = False, init: str = "default", section: str = "items.image") -> nn.Sequential:
     """An MLP from the pooled image features to the recommender's embedding size; `final_activation`
     also applies the activation after the last Linear; `init` is PyTorch's default Linear init or
-    `xavier` (Xavier-normal weights, zero biases)."""
+    `xavier` (Xavier-normal weights, zero biases); `section` names the settings in errors."""
     act = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
     if activation not in act:
-        raise UserError(f"items.activation: {activation!r} is not one of {', '.join(act)}")
-    _check_choice("items.projection_init", init, ("default", "xavier"))
+        raise UserError(f"{section}.activation: {activation!r} is not one of {', '.join(act)}")
+    _check_choice(f"{section}.projection_init", init, ("default", "xavier"))
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(hidden_layers):
@@ -91,6 +129,7 @@ class PixelEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 256
     new_items_from = ("covers",)
+    encoder_tower = "image"
     label = "pixels"
     row_label = "{encoder}"  # PixelNet rows are named by their image encoder alone, as in the paper
     table_order = 1
@@ -103,42 +142,28 @@ class PixelEncoder(ItemEncoder):
         n_items: int,
         embedding_size: int,
         image_store: Any,
-        encoder: str | None = None,
-        encoder_weights: str | None = None,
-        pretrained: bool = False,
-        image_size: int | None = None,
-        tune_last: int | str = 2,
-        pooling: str = "default",
-        dnn_layers: int = 0,
-        activation: str = "gelu",
-        preprocess: Literal["encoder", "paper"] = "encoder",
-        cache: str | None = None,
+        image: ImageSettings | None = None,
         cache_dir: str | None = None,
         item_order_sha256: str | None = None,
-        final_activation: bool = False,
-        projection_group: Literal["recommender", "encoder"] = "recommender",
-        projection_init: Literal["default", "xavier"] = "default",
-        final_norm: bool = True,
-        tune_head: bool = True,
-        timm_args: dict[str, Any] | None = None,
-        frozen_mode: Literal["eval", "train"] = "eval",
-        tune_merging: bool = True,
     ) -> None:
         super().__init__(n_items, embedding_size)
+        image = image or ImageSettings()
+        encoder_weights, pretrained, tune_last, cache, frozen_mode = (
+            image.encoder_weights, image.pretrained, image.tune_last, image.cache, image.frozen_mode)
         # a tower exported from a run (`pixelrec export --tower`) brings its own encoder, size, pooling, ...
         encoder, image_size, pooling, preprocess, final_norm, timm_args = tower_settings(
-            encoder_weights, encoder=encoder, image_size=image_size, pooling=pooling, preprocess=preprocess,
-            final_norm=final_norm, timm_args=timm_args)
+            encoder_weights, encoder=image.encoder, image_size=image.image_size, pooling=image.pooling,
+            preprocess=image.preprocess, final_norm=image.final_norm, timm_args=image.timm_args)
         if encoder is None:
             raise UserError("items.kind=pixels needs an image encoder: encoder=NAME (e.g. clip-vit-b32, test_vit)")
-        _check_choice("items.pooling", pooling, PIXEL_POOLINGS)
-        _check_choice("items.projection_group", projection_group, ("recommender", "encoder"))
-        _check_choice("items.frozen_mode", frozen_mode, ("eval", "train"))
+        _check_choice("items.image.pooling", pooling, PIXEL_POOLINGS)
+        _check_choice("items.image.projection_group", image.projection_group, ("recommender", "encoder"))
+        _check_choice("items.image.frozen_mode", frozen_mode, ("eval", "train"))
         if cache not in (None, "none", "prefix"):
-            raise UserError(f"items.cache: {cache!r} is not one of none, prefix")
+            raise UserError(f"items.image.cache: {cache!r} is not one of none, prefix")
         if frozen_mode == "train" and cache == "prefix":
-            raise UserError("items.frozen_mode=train runs the frozen layers in training mode (batch statistics, "
-                            "drop-path), so their output is not fixed: it cannot combine with items.cache=prefix")
+            raise UserError("items.image.frozen_mode=train runs the frozen layers in training mode (batch statistics, "
+                            "drop-path), so their output is not fixed: it cannot combine with items.image.cache=prefix")
         self.image_store = image_store
         self.timm_args = dict(timm_args or {})
         self.tower = create_tower(encoder, encoder_weights, pretrained, image_size, keep_head=pooling == "head",
@@ -147,12 +172,12 @@ class PixelEncoder(ItemEncoder):
             remove_final_norm(self.tower, encoder)
         if pooling != "tokens":
             check_pooling(self.tower, pooling, encoder)
-        freeze_below(self.tower, tune_last, tune_head, tune_merging)
+        freeze_below(self.tower, tune_last, image.tune_head, image.tune_merging)
         self.pooling = pooling
         self.preprocess = Preprocess(self.tower, image_size, preprocess)
-        self.projection = projection(pooled_size(self.tower, pooling), embedding_size, dnn_layers, activation,
-                                     final_activation, projection_init)
-        self.projection_group = projection_group
+        self.projection = projection(pooled_size(self.tower, pooling), embedding_size, image.dnn_layers,
+                                     image.activation, image.final_activation, image.projection_init)
+        self.projection_group = image.projection_group
         # frozen_mode=train: the whole tower follows train()/eval(), as the paper's code (model.train())
         self._frozen = frozen_modules(self.tower) if frozen_mode == "eval" else []
         self.cache_mode, self.cache_dir = (cache if cache != "none" else None), cache_dir
@@ -223,12 +248,12 @@ class PixelEncoder(ItemEncoder):
         if inputs.dtype == torch.uint8:
             return self.tower.forward_features(self.preprocess(inputs).contiguous(memory_format=memory))
         if self.split is None:
-            raise RuntimeError("prefix activations given to an encoder without items.cache=prefix")
+            raise RuntimeError("prefix activations given to an encoder without items.image.cache=prefix")
         return self.split.suffix(inputs.float().contiguous(memory_format=memory))
 
     def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
         """Before training: memory savers from `train` (grad_checkpointing, channels_last, compile),
-        then the frozen-prefix cache when items.cache=prefix (built on `device`)."""
+        then the frozen-prefix cache when items.image.cache=prefix (built on `device`)."""
         if getattr(train, "grad_checkpointing", False):
             self.tower.set_grad_checkpointing(True)
             if self.split is not None:
@@ -260,7 +285,7 @@ class PixelEncoder(ItemEncoder):
             return Path(self.cache_dir)
         store = getattr(self.image_store, "path", None)
         if store is None:
-            raise UserError("items.cache=prefix: the image store has no location; set items.cache_dir")
+            raise UserError("items.image.cache=prefix: the image store has no location; set items.cache_dir")
         return Path(store).parent / "prefix_cache"
 
     def encoder_parameters(self) -> list[nn.Parameter]:

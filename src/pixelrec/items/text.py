@@ -5,13 +5,17 @@ DataLoader workers read the token rows of a batch's distinct items, and the enco
 transformers model (top `tune_last` layers trainable) -> mean or first-token pooling -> the same
 projection MLP as pixels -> item vector. With `cache: prefix` the frozen embeddings and lower layers
 run once per item and their hidden states are read from disk instead (items/prefix_cache).
+
+`TextSettings` is the text tower's section of the configuration, `items.text`: the settings class
+declares every option of the tower once, and the configuration is checked against it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -21,11 +25,31 @@ from pixelrec.data.text_tokens import ItemTexts, TokenArray, tokenise
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.pixels import projection
+from pixelrec.schema import NonNegative, NonNegativeInt, PositiveInt
 from pixelrec.towers import prefix_cache
 from pixelrec.towers.prefix_cache import PrefixCache
 from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
 
 DEFAULT_FIELDS = ("title", "tag")
+
+
+@dataclass
+class TextSettings:
+    """`items.text`: the text tower (a Hugging Face model, items.kind=text, multimodal), the item text it
+    reads, its freezing, pooling, frozen-prefix cache, projection and optimiser group."""
+
+    encoder: str | None = None  # the text model: a Hugging Face model directory or a hub name in the local cache
+    encoder_weights: str | None = None  # the text model's directory (wins over encoder)
+    fields: list[str] = field(default_factory=lambda: list(DEFAULT_FIELDS))  # item text columns, joined by the tokenizer's separator
+    max_tokens: PositiveInt = 32  # token budget per item (special tokens included)
+    tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top layers of the text model (all: its embeddings too)
+    pooling: Literal["mean", "cls"] = "mean"  # mean of the tokens, or the first token
+    cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen embeddings and lower layers once per item, cached on disk
+    dnn_layers: NonNegativeInt = 0  # hidden layers of the projection MLP from the text features to embedding_size
+    activation: str = "gelu"  # activation of the projection MLP: gelu | relu | tanh
+    projection_group: Literal["recommender", "encoder"] = "recommender"  # optimiser group (lr, decay) of the projection
+    lr: NonNegative | None = None  # the text tower's learning rate (default: train.encoder_lr)
+    weight_decay: NonNegative | None = None  # the text tower's weight decay (default: train.encoder_weight_decay)
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
@@ -44,57 +68,50 @@ class TextEncoder(ItemEncoder):
     needs_inputs = True
     catalogue_chunk = 1024
     new_items_from = ("item info",)
+    encoder_tower = "text"
     label = "text"
     table_order = 4
-    text_model_key = "encoder"
-    #: the `items` keys as errors name them (the multimodal encoder's text part has its own)
-    KEYS: ClassVar[dict[str, str]] = {"encoder": "items.encoder", "encoder_weights": "items.encoder_weights",
-                                      "tune_last": "items.tune_last", "pooling": "items.pooling",
-                                      "cache": "items.cache", "kind": "items.kind=text"}
+    #: the kind as errors name it (the multimodal encoder's text part has its own)
+    KIND: ClassVar[str] = "items.kind=text"
 
     def __init__(
         self,
         n_items: int,
         embedding_size: int,
         item_texts: ItemTexts,
-        encoder: str | None = None,
-        encoder_weights: str | None = None,
-        text_fields: Sequence[str] = DEFAULT_FIELDS,
-        max_tokens: int = 32,
-        pooling: str = "mean",
-        tune_last: int | str = 2,
-        dnn_layers: int = 0,
-        activation: str = "gelu",
-        projection_group: Literal["recommender", "encoder"] = "recommender",
-        cache: str | None = None,
+        text: TextSettings | None = None,
         cache_dir: str | None = None,
         item_order_sha256: str | None = None,
     ) -> None:
         super().__init__(n_items, embedding_size)
-        keys = self.KEYS
+        text = text or TextSettings()
+        encoder, encoder_weights, pooling, tune_last, cache = (
+            text.encoder, text.encoder_weights, text.pooling, text.tune_last, text.cache)
         source = encoder_weights or encoder
         if source is None:
-            raise UserError(f"{keys['kind']} needs a text model: {keys['encoder_weights']}=DIR (a Hugging Face model "
-                            f"directory) or {keys['encoder']}=NAME (a model in the local Hugging Face cache)")
-        pooling = "mean" if pooling == "default" else pooling
+            raise UserError(f"{self.KIND} needs a text model: items.text.encoder_weights=DIR (a Hugging Face model "
+                            "directory) or items.text.encoder=NAME (a model in the local Hugging Face cache)")
         if pooling not in TEXT_POOLINGS:
-            raise UserError(f"{keys['pooling']}: {pooling!r} is not one of {', '.join(TEXT_POOLINGS)} (text)")
-        if projection_group not in ("recommender", "encoder"):
-            raise UserError(f"items.projection_group: {projection_group!r} is not one of recommender, encoder")
+            raise UserError(f"items.text.pooling: {pooling!r} is not one of {', '.join(TEXT_POOLINGS)} (text)")
+        if text.projection_group not in ("recommender", "encoder"):
+            raise UserError(f"items.text.projection_group: {text.projection_group!r} is not one of recommender, "
+                            "encoder")
         if cache not in (None, "none", "prefix"):
-            raise UserError(f"{keys['cache']}: {cache!r} is not one of none, prefix")
-        self.tower, tokenizer = text_tower(source, keys["encoder_weights"] if encoder_weights else keys["encoder"])
-        self.tower.check_length(max_tokens, "items.max_tokens")
-        self.tower.freeze(tune_last, keys["tune_last"])
+            raise UserError(f"items.text.cache: {cache!r} is not one of none, prefix")
+        self.tower, tokenizer = text_tower(source, "items.text.encoder_weights" if encoder_weights else "items.text.encoder")
+        self.tower.check_length(text.max_tokens, "items.text.max_tokens")
+        self.tower.freeze(tune_last, "items.text.tune_last")
         self.cache_mode, self.cache_dir = (cache if cache != "none" else None), cache_dir
         if self.cache_mode == "prefix" and self.tower.cut == 0:
-            raise UserError(f"{keys['cache']}=prefix: nothing of {self.tower.name} is frozen ({keys['tune_last']}="
-                            f"{tune_last} trains its embeddings); lower {keys['tune_last']} or drop {keys['cache']}")
-        self.tokens = item_texts.tokens(tokenizer, list(text_fields), max_tokens, cache_dir)
+            raise UserError(f"items.text.cache=prefix: nothing of {self.tower.name} is frozen (items.text.tune_last="
+                            f"{tune_last} trains its embeddings); lower items.text.tune_last or drop items.text.cache")
+        self.tokens = item_texts.tokens(tokenizer, list(text.fields), text.max_tokens, cache_dir)
         self.tokenizer = tokenizer  # new items' texts are tokenised as the catalogue's were
         self.data_root = item_texts.root
-        self.pooling, self.projection_group = pooling, projection_group
-        self.projection = projection(self.tower.width, embedding_size, dnn_layers, activation)
+        self.pooling, self.projection_group = pooling, text.projection_group
+        self.projection = projection(self.tower.width, embedding_size, text.dnn_layers, text.activation,
+                                     section="items.text")
+        self.lr, self.weight_decay = text.lr, text.weight_decay
         self.item_order_sha256 = item_order_sha256
         self.tune_last = tune_last
         self.cache: PrefixCache | None = None
@@ -134,7 +151,7 @@ class TextEncoder(ItemEncoder):
 
     def prepare(self, device: torch.device, train: Any = None, workers: int = 0, progress: bool = True) -> None:
         """Before training: gradient checkpointing (train.grad_checkpointing), then the frozen-prefix
-        cache when items.cache=prefix (built on `device`)."""
+        cache when items.text.cache=prefix (built on `device`)."""
         if getattr(train, "grad_checkpointing", False):
             self.tower.model.gradient_checkpointing_enable()
         if self.cache_mode == "prefix":
@@ -161,6 +178,11 @@ class TextEncoder(ItemEncoder):
         """The text model's trainable layers, and the projection with projection_group=encoder."""
         modules = [self.tower, self.projection] if self.projection_group == "encoder" else [self.tower]
         return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def encoder_groups(self) -> list[dict[str, Any]]:
+        """One group at the text tower's rate and decay (items.text.lr, weight_decay; None: the encoder's)."""
+        return [{"name": "encoder", "params": self.encoder_parameters(), "lr": self.lr,
+                 "weight_decay": self.weight_decay}]
 
 
 class NewTokens(TokenArray):

@@ -7,7 +7,7 @@ seen; a server does the same with its own copy of the history. export.json is wr
 directory without it is not a complete export. New items' vectors (from `pixelrec embed`) are
 appended after the catalogue's rows, and export.json says where they start.
 
-`export_tower` writes a pixel run's image tower instead: timm weights that `items.encoder_weights`
+`export_tower` writes a pixel run's image tower instead: timm weights that `items.image.encoder_weights`
 and `pixelrec extract --encoder-weights` take (see `pixelrec.towers.tower_file`).
 """
 
@@ -140,22 +140,22 @@ def export_tower(run: str | Path, tower: str | Path, checkpoint: str = "best",
         raise UserError(f"{run}: a run with items.kind={kind} has no image tower to export (runs with items.kind "
                         f"{having} have)")
     loaded = open_run(run, checkpoint, data_path)
-    items = loaded.config.items
+    given = loaded.config.items.image  # the image tower's settings
     image = loaded.model.item_encoder.get_submodule(reach)
     # the settings the run's tower was built with (a run may itself start from an exported tower)
-    settings = tower_settings(items.encoder_weights, encoder=items.encoder, image_size=items.image_size,
-                              pooling=items.pooling, preprocess=items.preprocess, timm_args=items.timm_args)
+    settings = tower_settings(given.encoder_weights, encoder=given.encoder, image_size=given.image_size,
+                              pooling=given.pooling, preprocess=given.preprocess, timm_args=given.timm_args)
     description = {
         "encoder": settings.encoder, "timm_name": timm_name(settings.encoder), "timm_args": image.timm_args,
         "image_size": image.preprocess.size, "preprocess": settings.preprocess,
         "preprocessing": image.preprocess.describe(), "pooling": image.pooling,
-        "final_norm": not getattr(image.tower, "final_norm_removed", False), "tune_last": items.tune_last,
-        "tune_head": items.tune_head, "features": int(image.tower.num_features),
+        "final_norm": not getattr(image.tower, "final_norm_removed", False), "tune_last": given.tune_last,
+        "tune_head": given.tune_head, "features": int(image.tower.num_features),
         "source": {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name,
                    "checkpoint_sha256": file_sha256(loaded.checkpoint), "epoch": loaded.epoch,
                    "run_finished": loaded.finished, "model": loaded.config.model_name, "items": kind,
-                   "dataset": loaded.data.name, "encoder_weights": items.encoder_weights,
-                   "pretrained": items.pretrained},
+                   "dataset": loaded.data.name, "encoder_weights": given.encoder_weights,
+                   "pretrained": given.pretrained},
         "note": "the run's image tower only; its projection to the recommender's vectors stays with the run "
                 "(`pixelrec embed` uses the run)",
     }

@@ -223,7 +223,7 @@ class NewItemData:
         missing = [f for f in fields if f not in table.column_names]
         if missing:
             raise UserError(f"item_info={path}: no text column {missing[0]!r}, which the run's items are made of "
-                            f"(items.text_fields: {', '.join(fields)}; the file has: {', '.join(table.column_names)})")
+                            f"(items.text.fields: {', '.join(fields)}; the file has: {', '.join(table.column_names)})")
         texts = joined_texts(table, fields, separator)
         empty = [token for token, text in zip(self.tokens, texts) if not text]
         if empty:
@@ -259,7 +259,7 @@ def embed_new_items(run: str | Path, covers: str | Path | None, out: str | Path,
         raise UserError(f"covers=DIR is needed: a run with items.kind={kind} encodes new items from their covers")
     if "item info" in needs and item_info is None:
         raise UserError(f"item_info=CSV is needed: a run with items.kind={kind} encodes new items from their texts "
-                        "(its items.text_fields)")
+                        "(its items.text.fields)")
     info = read_item_list(Path(item_info)) if item_info else None
     loaded = open_run(run, checkpoint, data_path)
     model, data = loaded.model, loaded.data

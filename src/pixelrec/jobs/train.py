@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pixelrec import distributed
-from pixelrec.config import Config, merge, read_yaml, resolve
+from pixelrec.config import Config, assign, merge, read_saved, resolve
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import default_run_dir
 from pixelrec.training.trainer import train as train_run
 
 PathLike = str | os.PathLike
 
-#: The named arguments that set a configuration key: argument -> (section, key).
+#: The named arguments that set a configuration key: argument -> (section, key). `encoder` sets the
+#: encoder of the item kind's primary tower (items.image or items.text), which `resolve` finds.
 ARGUMENT_KEYS = {
-    "data": ("data", "path"), "items": ("items", "kind"), "encoder": ("items", "encoder"), "loss": ("loss", "name"),
+    "data": ("data", "path"), "items": ("items", "kind"), "loss": ("loss", "name"),
     "epochs": ("train", "epochs"), "device": ("train", "device"), "seed": ("train", "seed"),
     "init_from": ("train", "init_from"),
 }
@@ -40,8 +41,8 @@ def argument_layer(**arguments: Any) -> dict[str, Any]:
 
 
 def override_layer(values: Mapping[str, Any] | Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
-    """`set` as (nested mapping, "section.key=value" strings): a mapping {"train.lr": 1e-3} or
-    {"train": {"lr": 1e-3}}, or strings parsed as YAML values."""
+    """`set` as (nested mapping, "section.key=value" strings): a mapping {"train.lr": 1e-3},
+    {"items.image.tune_last": 3} or {"train": {"lr": 1e-3}}, or strings parsed as YAML values."""
     if values is None:
         return {}, []
     if isinstance(values, str):
@@ -51,12 +52,11 @@ def override_layer(values: Mapping[str, Any] | Sequence[str] | None) -> tuple[di
     nested: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Mapping) and "." not in str(key):
-            nested.setdefault(str(key), {}).update(value)
+            nested = merge(nested, {str(key): dict(value)})
             continue
-        section, dot, name = str(key).partition(".")
-        if not dot or not section or not name:
+        if "." not in str(key) or "" in str(key).split("."):
             raise UserError(f"set: {key!r} is not 'section.key' (e.g. 'train.lr' or 'model.embedding_size')")
-        nested.setdefault(section, {})[name] = value
+        assign(nested, str(key), value)
     return nested, []
 
 
@@ -73,7 +73,7 @@ def resumable_base(out: Path, model: str | None, data: PathLike | None) -> dict[
     there, its model stays, and its dataset is where it recorded it (else `data=` must say where)."""
     if not (out / "config.yaml").is_file():
         raise UserError(f"{out}: not a run directory (no config.yaml); nothing to resume")
-    base = read_yaml(out / "config.yaml")
+    base = read_saved(out / "config.yaml")
     saved_model = (base.get("model") or {}).get("name")
     if model and model != saved_model:
         raise UserError(f"{out}: cannot change on resume=True: model.name ({saved_model} -> {model}); "
@@ -102,8 +102,8 @@ def resolve_training(
     overwrite: bool = False,
 ) -> tuple[Config, Path | None]:
     """The resolved configuration of a run and its folder (None: not chosen yet, see `run_folder`)."""
-    layer = argument_layer(data=data, items=items, encoder=encoder, loss=loss, epochs=epochs, device=device,
-                           seed=seed, init_from=init_from)
+    layer = argument_layer(data=data, items=items, loss=loss, epochs=epochs, device=device, seed=seed,
+                           init_from=init_from)
     nested, sets = override_layer(set)
     layer = merge(layer, nested)
     if resume:
@@ -113,10 +113,10 @@ def resolve_training(
             raise UserError("overwrite=True starts a run anew and resume=True continues it; choose one")
         path = Path(out)
         base = resumable_base(path, model, data)
-        return resolve(files=_paths(config), flags=layer, sets=sets, base=base), path
+        return resolve(files=_paths(config), flags=layer, sets=sets, base=base, encoder=encoder), path
     if model is None:
         raise UserError("model= is required: a backbone such as 'sasrec', 'gru4rec' or 'mf'")
-    resolved = resolve(model=model, files=_paths(config), flags=layer, sets=sets)
+    resolved = resolve(model=model, files=_paths(config), flags=layer, sets=sets, encoder=encoder)
     if resolved.data.path is None:
         raise UserError("data= is required: a dataset folder written by `pixelrec prepare`")
     return resolved, None if out is None else Path(out)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pixelrec.config import Config, build_config, read_yaml
+from pixelrec.config import TOWERS, Config, build_config, read_saved
 from pixelrec.data.prepared import PreparedData
 from pixelrec.errors import UserError
 from pixelrec.storage import locks
@@ -46,7 +46,7 @@ RESUME_FREE = frozenset({
     "data.path", "train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.ties_improve",
     "train.num_workers", "train.device", "train.progress", "train.dist_timeout_minutes", "train.threads",
     "train.amp", "train.grad_checkpointing", "train.channels_last", "train.compile",
-    "eval.batch_size", "eval.score_budget_mb", "items.cache", "items.cache_dir",
+    "eval.batch_size", "eval.score_budget_mb", "items.image.cache", "items.text.cache", "items.cache_dir",
 })
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tail>[0-9a-f]{16}\.tmp|[a-z0-9_]{8})$")
 
@@ -185,10 +185,10 @@ def with_absolute_paths(config: Config) -> Config:
     if config.data.path is not None:
         config.data.path = os.path.abspath(config.data.path)
     items = config.items
-    for key in ("features", "encoder_weights"):
-        value = getattr(items, key)
+    for owner, key in ((items, "features"), (items.image, "encoder_weights"), (items.text, "encoder_weights")):
+        value = getattr(owner, key, None)
         if value is not None and Path(value).exists():
-            setattr(items, key, os.path.abspath(value))
+            setattr(owner, key, os.path.abspath(value))
     if items.cache_dir is not None:
         items.cache_dir = os.path.abspath(items.cache_dir)
     if config.train.init_from is not None:
@@ -304,10 +304,11 @@ def clear(out: Path) -> list[str]:
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`section.key` -> value, and `items.tower.key` -> value in a tower's section."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and prefix == "":
+        if isinstance(value, dict) and (prefix == "" or prefix == "items." and key in TOWERS):
             out |= _flat(value, f"{name}.")
         else:
             out[name] = value
@@ -396,8 +397,8 @@ class MetricsLog:
 
 
 def config_of_run(run: str | Path) -> Config:
-    """The resolved configuration saved in a run directory."""
+    """The resolved configuration saved in a run directory (one saved by an earlier version too)."""
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run}: not a run directory (no config.yaml)")
-    return build_config(read_yaml(path), source=str(path))
+    return build_config(read_saved(path), source=str(path))

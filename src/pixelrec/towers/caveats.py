@@ -21,7 +21,7 @@ KINDS = (RANDOM_WEIGHTS, UPSCALED_IMAGES)
 
 def tower_caveats(encoder: str | None, *, weights: str | None = None, pretrained: bool | None = False,
                   stored_size: int | None = None, input_size: int | None = None, carried: bool = False,
-                  features: str | None = None, hint: str = "give items.encoder_weights=FILE") -> list[dict[str, Any]]:
+                  features: str | None = None, hint: str = "give items.image.encoder_weights=FILE") -> list[dict[str, Any]]:
     """The caveats of an image tower: `weights` (a file or its sha256) or `pretrained` gives it real
     weights, and so does `carried` (loaded from another run: train.init_from); `stored_size` and
     `input_size` are the image store's and the encoder's sizes in px. `features`: the feature file the

@@ -74,7 +74,7 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
     kwargs: dict[str, Any] = {"pretrained": pretrained and not weights}
     if not keep_head:
         kwargs["num_classes"] = 0
-    kwargs |= check_timm_args(timm_args, "items.timm_args")
+    kwargs |= check_timm_args(timm_args, "items.image.timm_args")
     if image_size:
         kwargs["img_size"] = image_size
     try:
@@ -88,12 +88,12 @@ def create_tower(name: str, weights: str | None = None, pretrained: bool = False
     except TypeError as err:
         if not timm_args:
             raise
-        raise UserError(f"items.timm_args: {resolved} does not take {sorted(timm_args)} ({err})") from None
+        raise UserError(f"items.image.timm_args: {resolved} does not take {sorted(timm_args)} ({err})") from None
     except (OSError, ValueError, RuntimeError) as err:
         if kwargs["pretrained"]:
             raise UserError(
                 f"cannot fetch pretrained weights for {resolved} ({type(err).__name__}); this machine may have no "
-                "hub access: pass items.encoder_weights=PATH to a local checkpoint"
+                "hub access: pass items.image.encoder_weights=PATH to a local checkpoint"
             ) from None
         raise
     if weights:
@@ -155,7 +155,7 @@ def freeze_below(tower: nn.Module, tune_last: int | str, tune_head: bool = True,
     'all' trains every block. Not `tune_merging`: a Swin's patch-merging layer below the lowest tuned
     block stays frozen (Hugging Face's Swin puts it at the end of the stage below)."""
     if not tune_merging and not any(MERGING.match(name) for name, _ in tower.named_parameters()):
-        raise UserError(f"items.tune_merging=false: {type(tower).__name__} has no patch-merging layers "
+        raise UserError(f"items.image.tune_merging=false: {type(tower).__name__} has no patch-merging layers "
                         "(Swin towers have)")
     if tune_last == "all":
         if not tune_head:
@@ -185,18 +185,18 @@ def remove_final_norm(tower: nn.Module, name: str) -> None:
         return
     norm = getattr(tower, "norm", None)
     if not isinstance(norm, nn.Module) or isinstance(norm, nn.Identity):
-        raise UserError(f"items.final_norm=false: {name} has no final norm after its blocks to remove")
+        raise UserError(f"items.image.final_norm=false: {name} has no final norm after its blocks to remove")
     tower.norm = nn.Identity()
     tower.final_norm_removed = True
 
 
 def check_pooling(tower: nn.Module, pooling: str, name: str, allowed: tuple[str, ...] = POOLINGS) -> None:
     if pooling not in allowed:
-        raise UserError(f"items.pooling: {pooling!r} is not one of {', '.join(allowed)}")
+        raise UserError(f"items.image.pooling: {pooling!r} is not one of {', '.join(allowed)}")
     if pooling == "cls" and getattr(tower, "num_prefix_tokens", 0) < 1:
-        raise UserError(f"items.pooling=cls: {name} has no class token; use mean or default")
+        raise UserError(f"items.image.pooling=cls: {name} has no class token; use mean or default")
     if pooling == "head" and not getattr(tower, "num_classes", 0):
-        raise UserError(f"items.pooling=head: {name} was created without its own head (create_tower keep_head)")
+        raise UserError(f"items.image.pooling=head: {name} was created without its own head (create_tower keep_head)")
 
 
 def pooled_size(tower: nn.Module, pooling: str) -> int:

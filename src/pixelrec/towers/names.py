@@ -55,7 +55,7 @@ def check_timm_args(args: object, where: str) -> dict:
     """`args` for timm.create_model, refused (one line naming `where` and the key) unless they only shape
     the network: no argument that loads or fetches (pretrained, checkpoint_path, pretrained_cfg_overlay,
     ...), and only plain values (numbers, booleans, names, lists of them), never a path or an address.
-    Weights come only from items.encoder_weights or items.pretrained, never through these arguments."""
+    Weights come only from items.image.encoder_weights or items.image.pretrained, never through these arguments."""
     if args is None:
         return {}
     if not isinstance(args, dict):
@@ -63,7 +63,7 @@ def check_timm_args(args: object, where: str) -> dict:
     for key, value in args.items():
         if not isinstance(key, str) or _LOADING_WORDS & set(key.lower().split("_")):  # drop_path_rate is fine
             raise UserError(f"{where}: {key!r} is not an architecture argument; weights come only from "
-                            "items.encoder_weights or items.pretrained")
+                            "items.image.encoder_weights or items.image.pretrained")
         for item in value if isinstance(value, (list, tuple)) else [value]:
             # what a file can hold is JSON; Python callers may pass timm's own config objects, which no file can
             nested = isinstance(item, (dict, list, tuple))

@@ -1,4 +1,4 @@
-"""Frozen-prefix cache (`items.cache: prefix`): the frozen lower part of the image tower runs once per item.
+"""Frozen-prefix cache (`items.image.cache: prefix`): the frozen lower part of the image tower runs once per item.
 
 Pre-processing is deterministic and the layers below `tune_last` never change, so their output is a
 pure function of the item. `split_tower` cuts a timm tower into an ordered list of units (stem, then
@@ -125,8 +125,8 @@ class TowerSplit:
     def __init__(self, tower: nn.Module, name: str) -> None:
         family = type(tower).__name__
         if family not in FAMILIES:
-            raise UserError(f"items.cache=prefix: {name} ({family}) has no supported cut point; supported: "
-                            f"{', '.join(FAMILIES)} towers; drop items.cache")
+            raise UserError(f"items.image.cache=prefix: {name} ({family}) has no supported cut point; supported: "
+                            f"{', '.join(FAMILIES)} towers; drop items.image.cache")
         self.tower = tower
         self.units, self.tail = FAMILIES[family](tower)
         owner = {}
@@ -135,8 +135,8 @@ class TowerSplit:
         trainable = [owner[n] for n, p in tower.named_parameters() if p.requires_grad]
         self.cut = min(trainable, default=len(self.units))
         if self.cut == 0:
-            raise UserError(f"items.cache=prefix: nothing of {name} is frozen (items.tune_last trains the stem); "
-                            "lower items.tune_last or drop items.cache")
+            raise UserError(f"items.image.cache=prefix: nothing of {name} is frozen (items.image.tune_last trains the "
+                            "stem); lower items.image.tune_last or drop items.image.cache")
         self.prefix_names = sorted(n for n, i in owner.items() if i < self.cut)
         self.checkpointing = False
 
@@ -259,7 +259,7 @@ def _check_room(out: Path, need: int, total: int, shape: tuple[int, ...], n_item
              f"({need / 2**30:.2f} GiB to write, {free / 2**30:.1f} GiB free) -> {out}")
     if need > free:
         raise UserError(f"{out.parent}: not enough disk for the prefix cache: needs {need / 2**30:.2f} GiB, "
-                        f"{free / 2**30:.2f} GiB free; set items.cache_dir elsewhere or drop items.cache")
+                        f"{free / 2**30:.2f} GiB free; set items.cache_dir elsewhere or drop the cache (items.image.cache, items.text.cache)")
 
 
 @torch.inference_mode()

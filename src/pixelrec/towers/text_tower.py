@@ -146,7 +146,7 @@ class TextTower(nn.Module):
         """Parameter-name prefix of each layer, bottom to top (as `named_parameters` of the tower spells them)."""
         return [f"model.{self.layers_path}.{i}." for i in range(len(self.layers))]
 
-    def freeze(self, tune_last: int | str, key: str = "items.tune_last") -> None:
+    def freeze(self, tune_last: int | str, key: str = "items.text.tune_last") -> None:
         """Train the top `tune_last` layers and what runs after them (a final norm), freeze what runs
         before them; 0 freezes the whole model, 'all' trains all of it, embeddings included."""
         n_layers = len(self.layers)

@@ -7,7 +7,7 @@ pre-processing and input size, final norm, which layers were tuned, and the run 
 sha256) it came from. The run's projection is not part of it: it maps into that run's recommender
 space, not an image space (`pixelrec embed` uses the run itself for that).
 
-`items.encoder_weights=OUT.safetensors` and `pixelrec extract --encoder-weights OUT.safetensors`
+`items.image.encoder_weights=OUT.safetensors` and `pixelrec extract --encoder-weights OUT.safetensors`
 read the description from the file: the settings it fixes are taken from it where left unset, and
 one given otherwise is a one-line error, so the tower computes what it computed in its run.
 """
@@ -27,11 +27,13 @@ from pixelrec.towers.names import check_timm_args, timm_name
 FORMAT = "pixelrec-tower"
 VERSION = 1
 METADATA_KEY = "pixelrec_tower"
-#: The settings' names in errors: `items.*` keys (train), or the parameters of `extract_features`.
-ITEM_KEYS = {"encoder": "items.encoder", "image_size": "items.image_size", "pooling": "items.pooling",
-             "preprocess": "items.preprocess", "final_norm": "items.final_norm", "timm_args": "items.timm_args"}
+#: The settings' names in errors: `items.image.*` keys (train), or the parameters of `extract_features`.
+ITEM_KEYS = {"encoder": "items.image.encoder", "image_size": "items.image.image_size",
+             "pooling": "items.image.pooling", "preprocess": "items.image.preprocess",
+             "final_norm": "items.image.final_norm", "timm_args": "items.image.timm_args"}
 EXTRACT_NAMES = {"encoder": "encoder", "image_size": "image_size", "pooling": "pooling",
-                 "preprocess": "preprocess", "final_norm": "items.final_norm", "timm_args": "items.timm_args"}
+                 "preprocess": "preprocess", "final_norm": "items.image.final_norm",
+                 "timm_args": "items.image.timm_args"}
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pixelrec.config import read_yaml
+from pixelrec.config import read_saved
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.runs.directory import load_checkpoint, read_dataset_record
@@ -58,7 +58,7 @@ def source_checkpoint(run: Path) -> Path:
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
-    return read_yaml(run / "config.yaml")
+    return read_saved(run / "config.yaml")
 
 
 def check_source(config: Any) -> None:
@@ -69,7 +69,7 @@ def check_source(config: Any) -> None:
     source_checkpoint(run)
     saved = _saved_config(run)
     items = saved.get("items") or {}
-    kind, encoder = items.get("kind", "id"), items.get("encoder")
+    kind, encoder = items.get("kind", "id"), (items.get("image") or {}).get("encoder")
     here, parts = config.items, config.train.init_parts
     encoder_cls = ITEM_ENCODERS.get(here.kind)
     if "items" in parts and kind != here.kind:
@@ -77,9 +77,9 @@ def check_source(config: Any) -> None:
                         "its item encoder starts only a run of the same item kind (train.init_parts=[backbone] "
                         "carries the backbone alone)")
     if "items" in parts and encoder_cls.image_tower is not None \
-            and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.encoder, here.encoder):
+            and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.image.encoder, here.image.encoder):
         raise UserError(f"train.init_from: {run} was trained with image encoder {encoder}, this run has "
-                        f"{here.encoder}; a tower starts only a run of the same encoder")
+                        f"{here.image.encoder}; a tower starts only a run of the same encoder")
     if encoder_cls.tied_to_catalogue and "items" in parts:
         raise UserError(f"train.init_from: with items.kind={here.kind} the item encoder is an ID table, tied to {run}'s catalogue "
                         "(ID tables never cross datasets), so train.init_parts=[items] carries nothing; "
