@@ -3,7 +3,7 @@
 `extract_text_features` runs a Hugging Face text model, wholly frozen and in eval mode, over the
 dataset's stored tokenisation (data/text_tokens: the token array that text items train on), pools each
 item's hidden states (the mean over its tokens, or the first token) and writes the same `.npy` +
-sidecar as image extraction, through its machinery (items/extract): resumable, one writer per file,
+sidecar as image extraction, through the same machinery (storage/row_files): resumable, one writer per file,
 disk reserved before rows are written. `items.kind=features` reads the file like any other.
 """
 
