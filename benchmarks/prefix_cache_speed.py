@@ -34,8 +34,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pixelrec.config import CONFIG_DIR, read_yaml
 from pixelrec.items.pixels import ImageSettings, PixelEncoder
+from pixelrec.packaged import CONFIG_DIR, read_yaml
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.towers.prefix_cache import PrefixCache
 

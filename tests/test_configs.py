@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pixelrec.config import CONFIG_DIR, resolve
+from pixelrec.config import resolve
 from pixelrec.models import BACKBONES
+from pixelrec.packaged import CONFIG_DIR
 from pixelrec.towers.names import SHORT_NAMES
 
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import patterned_sequences, write_prepared
 from pixelrec.bench.tables import backbone_order, display_name, paper_table
-from pixelrec.config import CONFIG_DIR, PROFILE_DIR, DataConfig, tower_sections
+from pixelrec.config import DataConfig, tower_sections
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.specs import SamplingSpec, ViewSpec
 from pixelrec.data.views import VIEWS, TrainingView, batch_rng
@@ -23,6 +23,7 @@ from pixelrec.items.id import IDEncoder
 from pixelrec.losses import LOSSES
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import FAMILIES, Backbone
+from pixelrec.packaged import CONFIG_DIR, PROFILE_DIR
 from pixelrec.recommender import Recommender
 from pixelrec.registry import constructor_parameters
 from test_pixels import ColourStore

@@ -9,10 +9,11 @@ import torch
 from conftest import write_prepared
 from helpers import tiny_config
 from pixelrec.cli import main
-from pixelrec.config import CONFIG_DIR, PROFILE_DIR, packaged_defaults, resolve
+from pixelrec.config import packaged_defaults, resolve
 from pixelrec.errors import UserError
 from pixelrec.evaluation.evaluator import rank_targets
 from pixelrec.models import BACKBONES
+from pixelrec.packaged import CONFIG_DIR, PROFILE_DIR
 from pixelrec.towers.names import SHORT_NAMES
 from pixelrec.training.trainer import Trainer, parameter_groups, train
 

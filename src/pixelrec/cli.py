@@ -53,7 +53,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _config_names() -> str:
-    from pixelrec.config import preset_names, profile_names
+    from pixelrec.packaged import preset_names, profile_names
 
     return f"presets {', '.join(preset_names())}; profiles {', '.join(profile_names())}"
 

@@ -24,6 +24,7 @@ from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
 from pixelrec.losses import LOSSES
 from pixelrec.models import BACKBONES, DATA_ARGUMENTS
+from pixelrec.packaged import CONFIG_DIR, PROFILE_DIR, is_profile, profile_names, read_yaml
 from pixelrec.registry import constructor_parameters
 from pixelrec.schema import (
     NonNegative,
@@ -34,8 +35,6 @@ from pixelrec.schema import (
     check,
     hints,
 )
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -148,7 +147,6 @@ class Config:
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "profile"}
-PROFILE_DIR = CONFIG_DIR / "profiles"
 
 
 def _hint(word: str, choices: list[str]) -> str:
@@ -168,29 +166,6 @@ def parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml"))
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML configuration file, or a packaged preset by name (e.g. `cpu-small`)."""
-    path = Path(path)
-    if not path.is_file() and path.suffix == "":
-        packaged = [CONFIG_DIR / "presets" / f"{path}.yaml", CONFIG_DIR / f"{path}.yaml"]
-        path = next((p for p in packaged if p.is_file()), path)
-    if not path.is_file():
-        raise UserError(f"{path}: configuration file not found (packaged presets: {', '.join(preset_names())})")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} is not valid YAML") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"{path}: expected a mapping of sections (model, data, items, loss, train, eval)")
-    return loaded
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -223,16 +198,6 @@ def overrides_to_dict(pairs: list[str]) -> dict[str, Any]:
             raise UserError(f"set={pair!r}: expected section.key=value, e.g. train.lr=1e-4")
         assign(out, key, parse_value(pair.split("=", 1)[1]))
     return out
-
-
-def profile_names() -> list[str]:
-    """`default` and the packaged profiles (configs/profiles/<name>/)."""
-    return ["default"] + sorted(p.name for p in PROFILE_DIR.iterdir() if p.is_dir())
-
-
-def is_profile(name: str | Path) -> bool:
-    """True when a `--config` entry names a packaged profile rather than a YAML file."""
-    return not Path(name).is_file() and str(name) in profile_names()
 
 
 #: The sections that configure one component each, and the key that chooses it.

@@ -28,19 +28,10 @@ from typing import Any, Callable, Iterator
 
 from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
-from pixelrec.config import (
-    Config,
-    component,
-    dotted_keys,
-    is_profile,
-    overrides_to_dict,
-    read_yaml,
-    resolve,
-    taken_keys,
-    tower_sections,
-)
+from pixelrec.config import Config, component, dotted_keys, overrides_to_dict, resolve, taken_keys, tower_sections
 from pixelrec.errors import UserError
 from pixelrec.items import ITEM_ENCODERS
+from pixelrec.packaged import is_profile, read_yaml
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
