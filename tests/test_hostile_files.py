@@ -227,3 +227,24 @@ def test_sizes_that_would_exhaust_memory_are_refused_before_any_work(tiny_data, 
     status, _, err = run_cli(capsys, "extract", "--data", tmp_path / "ok", "--encoder", "test_vit", "--image-size", "0",
                              "--out", tmp_path / "f.npy")
     assert status == 2 and "--image-size 0: allowed 8 <= x <= 1024" in one_line(err), err
+
+
+def test_export_never_replaces_files_silently(tiny_data, tmp_path, capsys):
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    out = tmp_path / "vectors"
+    out.mkdir()
+    (out / "items.npy").write_text("someone's own file\n")
+    (out / "notes.txt").write_text("keep me\n")
+    status, _, err = run_cli(capsys, "export", run, "--out", out)
+    assert status == 2 and "items.npy: already exists; use --overwrite to replace it" in one_line(err), err
+    assert (out / "items.npy").read_text() == "someone's own file\n"
+    assert run_cli(capsys, "export", run, "--out", out, "--overwrite")[0] == 0
+    assert (out / "export.json").is_file() and (out / "notes.txt").read_text() == "keep me\n"
+    status, _, err = run_cli(capsys, "export", run, "--out", out)  # an earlier export is not replaced either
+    assert status == 2 and "already exists" in one_line(err)
+    status, _, err = run_cli(capsys, "export", run, "--out", tmp_path / "v2", "--batch-size", "0")
+    assert status == 2 and "--batch-size 0: must be at least 1" in one_line(err), err

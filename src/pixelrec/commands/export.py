@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="best (last.pt, said so, when the run has no best.pt) or last")
     parser.add_argument("--batch-size", type=int, default=1024, metavar="N", help="users per forward pass")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export "
+                        "(other files in --out stay)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if args.new_items and not args.out:
         raise UserError("--new-items goes with --out DIR: the new items' vectors are appended to items.npy there")
     if args.tower:
-        tower = export_tower(run_directory(args), args.tower, args.checkpoint, run_data(args))
+        tower = export_tower(run_directory(args), args.tower, args.checkpoint, run_data(args), args.overwrite)
         source = tower["source"]
         print(f"wrote {args.tower}: {tower['timm_name']} tower ({tower['image_size']} px, pooling {tower['pooling']}) "
               f"from {source['checkpoint']} (epoch {source['epoch']}); use it as items.image.encoder_weights={args.tower} "
               f"or `pixelrec extract --encoder-weights {args.tower}`")
     if args.out:
         manifest = export_vectors(run_directory(args), args.out, args.checkpoint, args.batch_size, run_data(args),
-                                  new_items=args.new_items)
+                                  new_items=args.new_items, overwrite=args.overwrite)
         new = f" ({manifest['new_items']['count']:,} of them new)" if "new_items" in manifest else ""
         print(f"wrote {args.out}: {manifest['n_users']:,} users and {manifest['n_items']:,} items{new} x "
               f"{manifest['dim']} from {manifest['checkpoint']} (epoch {manifest['epoch']}) "

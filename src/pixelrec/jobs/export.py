@@ -70,14 +70,31 @@ def check_dot_product(model, lookup, scoring: torch.Tensor, batch, vectors: np.n
                         f"cannot be served as user . item")
 
 
+#: What `export_vectors` writes into its folder; nothing else there is touched.
+VECTOR_FILES = ("items.npy", "users.npy", "items.txt", "users.txt", "export.json")
+
+
+def refuse_replacing(paths: list[Path], overwrite: bool) -> None:
+    """Outputs are never replaced silently: an existing one is one line unless `overwrite`."""
+    found = [path for path in paths if path.exists() or path.is_symlink()]
+    if found and not overwrite:
+        raise UserError(f"{found[0]}: already exists; use overwrite=True to replace "
+                        f"{'it' if len(found) == 1 else f'it and {len(found) - 1} more'}, or another path")
+
+
 def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
                    batch_size: int = 1024, data_path: str | Path | None = None,
-                   new_items: str | Path | None = None) -> dict[str, Any]:
+                   new_items: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write items.npy, items.txt, users.npy, users.txt and export.json for a run; returns export.json,
     which names the checkpoint the vectors come from (and its epoch). `data_path`: the run's dataset
     where it is now, if it moved. `new_items`: vectors from `pixelrec embed` for this run, appended
-    after the catalogue's rows."""
+    after the catalogue's rows. Files of an earlier export in `out` are replaced only with `overwrite`."""
     run, out = Path(run), Path(out)
+    if batch_size < 1:
+        raise UserError(f"batch_size={batch_size}: must be at least 1")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out}: is a file; give a folder for the vectors")
+    refuse_replacing([out / name for name in VECTOR_FILES], overwrite)
     if new_items is not None and run.is_dir():
         refuse_kind(run, config_of_run(run).items.kind)  # before the model is loaded
     loaded = open_run(run, checkpoint, data_path)
@@ -124,13 +141,14 @@ def export_vectors(run: str | Path, out: str | Path, checkpoint: str = "best",
 
 
 def export_tower(run: str | Path, tower: str | Path, checkpoint: str = "best",
-                 data_path: str | Path | None = None) -> dict[str, Any]:
+                 data_path: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write a pixel (or multimodal) run's image tower to `tower` (.safetensors) and its description
     to the .json beside it; returns the description: timm name and arguments, input size,
     pre-processing, pooling, final norm, tuned layers, and the run and checkpoint it came from."""
     run, tower = Path(run), Path(tower)
     if tower.suffix != ".safetensors":
         raise UserError(f"tower={tower}: the tower file must end in .safetensors")
+    refuse_replacing([tower, tower.with_suffix(".json")], overwrite)
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     kind = config_of_run(run).items.kind
