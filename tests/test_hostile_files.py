@@ -248,3 +248,29 @@ def test_export_never_replaces_files_silently(tiny_data, tmp_path, capsys):
     assert status == 2 and "already exists" in one_line(err)
     status, _, err = run_cli(capsys, "export", run, "--out", tmp_path / "v2", "--batch-size", "0")
     assert status == 2 and "--batch-size 0: must be at least 1" in one_line(err), err
+
+
+# --- files that are not what they say ---------------------------------------------------------
+def test_files_that_are_not_what_they_claim_are_one_line(tiny_data, tmp_path, capsys):
+    from PIL import Image
+
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    binary = tmp_path / "settings.yaml"
+    binary.write_bytes(bytes(range(256)))
+    status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", "sasrec", "--config", binary)
+    assert status == 2 and "settings.yaml: not a text file" in one_line(err), err
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    status, _, err = run_cli(capsys, "train", "--resume", run, "--set", "train.epochs=2")
+    assert status == 2 and "metrics.jsonl: line 2 is not a metrics row" in one_line(err), err
+
+    raw = hand_raw(tmp_path / "raw")
+    cover = sorted((raw / "covers").glob("*.jpg"))[0]
+    Image.open(cover).save(cover.with_suffix(".png"))
+    status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds")
+    assert status == 2 and f"item {cover.stem} has two covers, {cover.name} and {cover.stem}.png" in one_line(err)

@@ -53,19 +53,22 @@ def _listing(tokens: Sequence[str], n: int) -> str:
 
 # --- encoding ------------------------------------------------------------------------------
 def scan_covers(covers: Path) -> dict[str, str]:
-    """Cover file name by item token in a covers folder (`<token>.jpg`, else .jpeg/.png/.webp)."""
-    rank = {suffix: i for i, suffix in enumerate(COVER_SUFFIXES)}
-    best: dict[str, tuple[int, str]] = {}
+    """Cover file name by item token in a covers folder (`<token>.jpg`, .jpeg, .png or .webp; two covers
+    of one item are one line, never a silent choice)."""
+    found: dict[str, str] = {}
     try:
         with os.scandir(covers) as entries:
             for entry in entries:
                 stem, suffix = os.path.splitext(entry.name)
-                r = rank.get(suffix.lower())
-                if r is not None and (stem not in best or r < best[stem][0]):
-                    best[stem] = (r, entry.name)
+                if suffix.lower() not in COVER_SUFFIXES:
+                    continue
+                if stem in found:  # which of two images is the item's cover is not ours to guess
+                    first, second = sorted((found[stem], entry.name))
+                    raise UserError(f"{covers}: item {stem} has two covers, {first} and {second}; keep one")
+                found[stem] = entry.name
     except OSError as err:
         raise UserError(f"{covers}: cannot read the covers folder ({err.strerror or err})") from None
-    return {stem: name for stem, (_, name) in best.items()}
+    return found
 
 
 def find_covers(covers: Path, tokens: Sequence[str]) -> list[Path | None]:

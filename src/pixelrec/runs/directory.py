@@ -380,7 +380,23 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path}: not a text file of metrics; restore it from a copy or remove it") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                raise UserError(f"{self.path}: line {number} is not a metrics row (JSON object); remove that line "
+                                "or the file to go on (the checkpoint holds the training state)")
+            rows.append(row)
+        return rows
 
     def truncate_after(self, epoch: int) -> None:
         kept = [row for row in self.read() if row.get("epoch", 0) <= epoch]
