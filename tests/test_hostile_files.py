@@ -274,3 +274,28 @@ def test_files_that_are_not_what_they_claim_are_one_line(tiny_data, tmp_path, ca
     Image.open(cover).save(cover.with_suffix(".png"))
     status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds")
     assert status == 2 and f"item {cover.stem} has two covers, {cover.name} and {cover.stem}.png" in one_line(err)
+
+
+def test_values_whose_type_passes_but_meaning_does_not_are_one_line_before_training(tiny_data, tmp_path, capsys):
+    for key, culprit in (("eval.valid_metric=NDGC@10", "eval.valid_metric=NDGC@10: not a metric"),
+                         ("eval.valid_metric=NDCG@7", "needs 7 in eval.ks"),
+                         ("train.seed=-1", "train.seed: -1 is out of range"),
+                         ("train.seed=99999999999", "train.seed: 99999999999 is out of range"),
+                         ("train.device=gpu", "train.device=gpu: not a device"),
+                         ("train.device=meta", "train.device=meta: pixelrec runs on cpu or cuda")):
+        status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", "sasrec", "--set", key,
+                                 "--set", "train.epochs=1", "--out", tmp_path / "run")
+        assert status == 2 and culprit in one_line(err), (key, err)
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_token_budget_without_room_for_a_token_is_refused():
+    import pytest
+
+    from pixelrec.config import resolve
+    from pixelrec.errors import UserError
+
+    for budget in (0, 1, 2):
+        with pytest.raises(UserError, match=rf"items.text.max_tokens: {budget} is out of range \(allowed: 3 <= x"):
+            resolve(model="sasrec", flags={"items": {"kind": "text"}}, sets=[f"items.text.max_tokens={budget}"])
+    assert resolve(model="sasrec", flags={"items": {"kind": "text"}}, sets=["items.text.max_tokens=3"]).items.text.max_tokens == 3

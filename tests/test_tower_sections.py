@@ -54,7 +54,7 @@ def test_a_tower_key_the_kind_does_not_take_is_one_line_naming_it(kind, key, tak
 
 
 def test_tower_values_are_checked_by_the_schema_with_hints():
-    with pytest.raises(UserError, match=r"items\.text\.max_tokens: 0 is out of range \(allowed: 1 <= x\)"):
+    with pytest.raises(UserError, match=r"items\.text\.max_tokens: 0 is out of range \(allowed: 3 <= x <= 8192\)"):
         resolve(model="sasrec", flags={"items": {"kind": "text"}}, sets=["items.text.max_tokens=0"])
     with pytest.raises(UserError, match=r"items\.image: unknown key tune_lst; did you mean 'tune_last'\?"):
         resolve(model="sasrec", flags={"items": {"kind": "pixels"}}, sets=["items.image.tune_lst=1"])

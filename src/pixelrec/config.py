@@ -16,7 +16,7 @@ import difflib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 
@@ -31,10 +31,14 @@ from pixelrec.schema import (
     NonNegativeInt,
     Positive,
     PositiveInt,
+    Range,
     SequenceLength,
     check,
     hints,
 )
+
+#: The ranking metrics evaluation reports, each at every K of eval.ks (`NDCG@10`).
+METRICS = ("Recall", "NDCG", "MRR", "HR")
 
 
 @dataclass
@@ -99,7 +103,7 @@ class TrainConfig:
     eval_every: PositiveInt = 1  # evaluate every N epochs
     clip_grad: Positive | None = None  # max gradient norm
     decay_all: bool = False  # weight decay on every parameter, norms and biases too (the paper's code)
-    seed: int = 0
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # every random stream of the run (numpy takes 0 .. 2**32 - 1)
     num_workers: NonNegativeInt = 0  # DataLoader workers that build batches (and load images)
     threads: PositiveInt | None = None  # torch intra-op threads (null: at most the CPUs this process may use, shared among local ranks)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -446,10 +450,12 @@ def check_combination(config: Config) -> None:
     if config.model.get("mask_token") == "encoded_ones" and not hasattr(encoder_cls, "ones_image_vector"):
         raise UserError(f"model.mask_token=encoded_ones is the image encoder's vector for an all-ones image, which "
                         f"items.kind={config.items.kind} has not; use items.kind=pixels or model.mask_token=learned")
-    if config.eval.valid_metric.split("@")[-1].isdigit():
-        k = int(config.eval.valid_metric.split("@")[-1])
-        if k not in config.eval.ks:
-            raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
+    name, _, k = config.eval.valid_metric.partition("@")
+    if name not in METRICS or not k.isdigit():
+        raise UserError(f"eval.valid_metric={config.eval.valid_metric}: not a metric; choose NAME@K with NAME one of "
+                        f"{', '.join(METRICS)} and K in eval.ks {config.eval.ks} (e.g. NDCG@10)")
+    if int(k) not in config.eval.ks:
+        raise UserError(f"eval.valid_metric {config.eval.valid_metric} needs {k} in eval.ks {config.eval.ks}")
     check_init_parts(config.train)
 
 

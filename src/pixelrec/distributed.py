@@ -84,9 +84,19 @@ def resolve_device(name: str) -> torch.device:
     """`auto` (a GPU when there is one), `cpu`, `cuda` or `cuda:N`; a missing GPU is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name}: no CUDA device is available here")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"train.device={name}: not a device; choose auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name}: no CUDA device is available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered from 0")
+    elif device.type != "cpu":
+        raise UserError(f"train.device={name}: pixelrec runs on cpu or cuda; choose auto, cpu, cuda or cuda:N")
+    return device
 
 
 def leave() -> None:

@@ -1,14 +1,13 @@
 """Top-k metrics of a single held-out target from its 0-based rank among the ranked items.
 
-With one target per user, Recall@K and HR@K coincide; both are reported under their usual names.
+With one target per user, Recall@K and HR@K coincide; both are reported under their usual names (the
+names `config.METRICS` lists, which eval.valid_metric chooses from).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-METRICS = ("Recall", "NDCG", "MRR", "HR")
 
 
 def metric_sums(ranks: Tensor, ks: list[int]) -> dict[str, float]:

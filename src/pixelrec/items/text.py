@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from pixelrec.data.text_tokens import ItemTexts, TokenArray, tokenise
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.pixels import projection
-from pixelrec.schema import NonNegative, NonNegativeInt, PositiveInt
+from pixelrec.schema import NonNegative, NonNegativeInt, Range
 from pixelrec.towers import prefix_cache
 from pixelrec.towers.prefix_cache import PrefixCache
 from pixelrec.towers.text_tower import TEXT_POOLINGS, pool_tokens, text_tower
@@ -41,7 +41,7 @@ class TextSettings:
     encoder: str | None = None  # the text model: a Hugging Face model directory or a hub name in the local cache
     encoder_weights: str | None = None  # the text model's directory (wins over encoder)
     fields: list[str] = field(default_factory=lambda: list(DEFAULT_FIELDS))  # item text columns, joined by the tokenizer's separator
-    max_tokens: PositiveInt = 32  # token budget per item (special tokens included)
+    max_tokens: Annotated[int, Range(3, 8192)] = 32  # token budget per item (special tokens included: at least one real token)
     tune_last: NonNegativeInt | Literal["all"] = 2  # trainable top layers of the text model (all: its embeddings too)
     pooling: Literal["mean", "cls"] = "mean"  # mean of the tokens, or the first token
     cache: Literal["none", "prefix"] | None = None  # prefix: run the frozen embeddings and lower layers once per item, cached on disk
