@@ -299,3 +299,43 @@ def test_a_token_budget_without_room_for_a_token_is_refused():
         with pytest.raises(UserError, match=rf"items.text.max_tokens: {budget} is out of range \(allowed: 3 <= x"):
             resolve(model="sasrec", flags={"items": {"kind": "text"}}, sets=[f"items.text.max_tokens={budget}"])
     assert resolve(model="sasrec", flags={"items": {"kind": "text"}}, sets=["items.text.max_tokens=3"]).items.text.max_tokens == 3
+
+
+# --- recovery after kill -9 -------------------------------------------------------------------
+def test_a_lock_left_to_the_children_of_a_killed_holder_is_taken_once_they_end(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "run.lock"
+    holder = """
+import os, signal, sys, time
+from pixelrec.storage import locks
+lock = locks.acquire(sys.argv[1], "run x")
+if os.fork() == 0:  # a DataLoader worker: forked with the lock's descriptor, ends a little later
+    time.sleep(1.5)
+    os._exit(0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", holder, str(path)], check=False)
+    started = time.monotonic()
+    lock = locks.acquire(path, "run x")  # the named holder is gone: wait for its children, not refuse
+    try:
+        assert locks.holder(path) == os.getpid() and time.monotonic() - started < locks.LEFTOVER_SECONDS
+    finally:
+        lock.release()
+
+
+def test_a_run_killed_between_its_first_best_and_last_checkpoints_can_be_started_again(tiny_data, tmp_path, capsys):
+    from helpers import tiny_config
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    config = tiny_config(tiny_data, "sasrec", train={"epochs": 1})
+    train(config, run)
+    for name in ("last.pt", "results.json"):  # as if killed after writing best.pt
+        (run / name).unlink()
+    status, _, err = run_cli(capsys, "train", "--resume", run)
+    assert status == 2 and "nothing to resume (no last.pt" in one_line(err), err
+    results = train(config, run)  # the same configuration starts again in place
+    assert (run / "last.pt").is_file() and results["epochs_run"] == 1

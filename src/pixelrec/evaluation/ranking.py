@@ -22,7 +22,8 @@ def user_indices(data: PreparedData, tokens: list[str]) -> np.ndarray:
     missing = [t for t, f in zip(tokens, found) if f is None or np.isnan(f)]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"unknown user {shown} in {data.root} (tokens as in the interactions file)")
+        raise UserError(f"unknown user {shown} in {data.root} (tokens as in the interactions file; `pixelrec prepare` "
+                        "keeps users with at least 3 interactions, so a user with fewer is not in the dataset)")
     return np.asarray(found, dtype=np.int64) + 1
 
 

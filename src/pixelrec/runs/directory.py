@@ -272,7 +272,8 @@ def start_refusal(out: Path, config: Config) -> str | None:
     if "results.json" in names:
         return (f"{out}: already holds a finished run (results.json; {what}); use another out=, or overwrite=True "
                 "to replace it")
-    if all(_is_run_file(n) for n in names) and not set(names) & set(CHECKPOINTS) \
+    # best.pt without last.pt: killed between the first two checkpoint writes, nothing to resume from
+    if all(_is_run_file(n) for n in names) and "last.pt" not in names \
             and ("config.yaml" not in names or _same_config(out, config)):
         return None
     return (f"{out}: not empty ({what}) and not a run of this configuration to restart; use another out=, or "

@@ -143,6 +143,32 @@ def _holder_pid(path: Path) -> int | None:
     return None
 
 
+#: How long a lock named by a process that has ended may still be held by its children (DataLoader
+#: workers forked with the lock's descriptor finish their batch and exit within seconds).
+LEFTOVER_SECONDS = 15.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _wait_for_leftovers(path: Path) -> int | None:
+    """The lock, once the children of its ended holder let it go (None if they still hold it)."""
+    deadline = time.monotonic() + LEFTOVER_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        fd = _open_locked(path, blocking=False)
+        if fd is not None:
+            return fd
+    return None
+
+
 def _who(pid: int | None) -> str:
     return f"process {pid}" if pid is not None else "another process"
 
@@ -160,6 +186,9 @@ def acquire(path: str | Path, what: str, *, wait: bool = False) -> Lock:
         raise UserError(f"{path}: cannot create the lock file for {what} ({err.strerror or err})") from None
     if fd is None:
         pid = _holder_pid(path)
+        if pid is not None and not _alive(pid):  # its worker processes, forked with the lock, are still ending
+            fd = _wait_for_leftovers(path)
+    if fd is None:
         raise Busy(f"{what} is being written by {_who(pid)} (lock {path}); wait for it to finish or stop it", pid)
     try:
         os.ftruncate(fd, 0)

@@ -389,9 +389,11 @@ class Trainer:
             found = [f for f in distributed.gather_objects(first) if f is not None]
             first = min(found) if found else None
         if first is not None:
+            last = self.out / "last.pt"
+            kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written yet"
             raise UserError(
                 f"loss became {first[1]} at epoch {epoch + 1}, step {first[0]}; stopped. "
-                f"The last good checkpoint is {self.out / 'last.pt'}; try a lower train.lr or train.clip_grad"
+                f"{kept}; try a lower train.lr or train.clip_grad"
             )
         return float(losses.double().sum())
 
