@@ -339,3 +339,30 @@ def test_a_run_killed_between_its_first_best_and_last_checkpoints_can_be_started
     assert status == 2 and "nothing to resume (no last.pt" in one_line(err), err
     results = train(config, run)  # the same configuration starts again in place
     assert (run / "last.pt").is_file() and results["epochs_run"] == 1
+
+
+def test_a_checkpoint_write_that_fails_is_one_line_and_keeps_the_last_good_one(tiny_data, tmp_path, capsys,
+                                                                             monkeypatch):
+    import torch
+
+    from helpers import tiny_config
+    from pixelrec.runs import directory
+    from pixelrec.training.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 1}), run)
+    before = (run / "last.pt").read_bytes()
+    real = torch.save
+
+    def failing(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nmore")
+
+    monkeypatch.setattr(directory.torch, "save", failing)
+    monkeypatch.setattr(directory, "free_bytes", lambda folder: 0)  # as on a full disk
+    status, _, err = run_cli(capsys, "train", "--resume", run, "--set", "train.epochs=2")
+    line = one_line(err)
+    assert status == 2 and ".pt: cannot write" in line and "free some space" in line, line
+    monkeypatch.setattr(directory.torch, "save", real)
+    assert (run / "last.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -10,6 +10,7 @@ be used from any working directory and pointed at its dataset after the dataset 
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from pixelrec.errors import UserError
 from pixelrec.storage import locks
 from pixelrec.storage.atomic import atomic_write, atomic_write_with, write_error
 from pixelrec.storage.feature_files import dataset_order_sha256
-from pixelrec.storage.files import read_json_object
+from pixelrec.storage.files import disk_full, free_bytes, read_json_object
 from pixelrec.version import __version__
 
 CHECKPOINT_FORMAT = "pixelrec-checkpoint"
@@ -54,7 +55,15 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<tail>[0-9a-f]{16}\.tmp|[a-z0-9_]{8})$"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
     body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    atomic_write_with(Path(path), lambda handle: torch.save(body, handle))
+
+    def write(handle: Any) -> None:
+        try:
+            torch.save(body, handle)
+        except RuntimeError as err:  # torch words a failed write (a full disk among them) as a RuntimeError
+            full = disk_full(err) or (free_bytes(Path(path).parent) or 0) < (1 << 20)
+            raise OSError(errno.ENOSPC if full else errno.EIO, str(err).splitlines()[0]) from None
+
+    atomic_write_with(Path(path), write)
 
 
 def is_temp_name(name: str) -> bool:
