@@ -366,3 +366,15 @@ def test_a_checkpoint_write_that_fails_is_one_line_and_keeps_the_last_good_one(t
     monkeypatch.setattr(directory.torch, "save", real)
     assert (run / "last.pt").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_item_info_without_item_ids_is_one_line(tmp_path):
+    import pytest
+
+    from pixelrec.errors import UserError
+    from pixelrec.jobs.new_items import read_item_list
+
+    info = tmp_path / "new_items.csv"
+    info.write_text("title,tag\na cover,red\n")
+    with pytest.raises(UserError, match=r"new_items\.csv: no item_id column \(its header: title,tag\)"):
+        read_item_list(info)

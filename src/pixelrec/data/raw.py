@@ -430,6 +430,9 @@ def read_item_info(path: Path) -> pa.Table:
     """Read the item-info CSV: text columns as strings, count columns as int64 (float64 if not whole).
     A file that gives no rows, or that cannot be parsed, is an error naming the file and line."""
     columns = _header(path, expect="a header line starting item_id")
+    if "item_id" not in columns:
+        raise UserError(f"{path}: no item_id column (its header: {','.join(columns)[:120]}); item info starts with "
+                        "a header line item_id,...")
     read = pv.ReadOptions(block_size=BLOCK_SIZE)
     convert = pv.ConvertOptions(column_types={name: pa.string() for name in columns}, strings_can_be_null=True)
     try:
