@@ -67,11 +67,11 @@ def test_caveat_messages_say_what_and_how_to_fix_it():
                                  "with the paper's (give the weights)")
     assert upscaled == {"kind": UPSCALED_IMAGES, "encoder": "clip-rn50", "stored_size": 16, "input_size": 224,
                         "message": "the image store holds 16 px images; clip-rn50 upscales them to 224 px (prepare "
-                                   "the data with --image-size 224 for real detail)"}
+                                   "the data with `pixelrec prepare --image-size 224` for real detail)"}
     made = tower_caveats("clip-rn50", stored_size=16, input_size=224, features="f.npy")
     assert [c["message"].split(":")[0] for c in made] == [
         "f.npy was extracted by a randomly initialised clip-rn50",
-        "f.npy was extracted from 16 px images that clip-rn50 upscaled to 224 px (prepare the data with --image-size 224 "
+        "f.npy was extracted from 16 px images that clip-rn50 upscaled to 224 px (prepare the data with `pixelrec prepare --image-size 224` "
         "for real detail)"]
 
 
@@ -99,7 +99,7 @@ def test_a_feature_file_brings_the_caveats_of_the_tower_that_made_it(tmp_path, c
     assert capsys.readouterr() == ("", "") and caplog.records == []
     assert [c["message"] for c in caveats] == [
         f"{path} was extracted by a randomly initialised clip-rn50: its numbers are not comparable with the "
-        "paper's (extract them again with --encoder-weights FILE)"]
+        "paper's (extract them again with `pixelrec extract --encoder-weights FILE`)"]
     write_sidecar(path, made | {"weights_sha256": "ab" * 32})
     assert FeatureEncoder(3, 8, order, features=str(path)).caveats() == []
     upscaled = tower_caveats("clip-rn50", weights="w.pt", stored_size=16, input_size=224)
@@ -180,9 +180,9 @@ def test_extract_logs_the_caveats_of_its_encoder_and_records_them(tmp_path, caps
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warned == [
         "warning: image encoder resnet50 is randomly initialised: its numbers are not comparable with the paper's "
-        "(give --encoder-weights FILE)",
+        "(give encoder_weights=FILE)",
         "warning: the image store holds 16 px images; resnet50 upscales them to 32 px (prepare the data with "
-        "--image-size 32 for real detail)",
+        "`pixelrec prepare --image-size 32` for real detail)",
     ]
     recorded = json.loads((tmp_path / "f.json").read_text())["caveats"]
     assert [f"warning: {c['message']}" for c in recorded] == warned

@@ -78,7 +78,7 @@ class FeatureEncoder(ItemEncoder):
         sizes = upscaled[0] if upscaled else {}
         return tower_caveats(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
                              stored_size=sizes.get("stored_size"), input_size=sizes.get("input_size"),
-                             features=self.source, hint="extract them again with --encoder-weights FILE")
+                             features=self.source, hint="extract them again with `pixelrec extract --encoder-weights FILE`")
 
     def raw(self, item_ids: Tensor) -> Tensor:
         """The frozen features of `item_ids` as float32 (zeros for padding)."""

@@ -115,7 +115,7 @@ def extract_features(
         store = ImageStore.from_prepared(data)
         tower = FeatureTower(encoder, encoder_weights, pretrained, image_size, pooling, preprocess, seed).to(device)
         caveats = tower_caveats(encoder, weights=encoder_weights, pretrained=pretrained, stored_size=store.size,
-                                input_size=tower.preprocess.size, hint="give --encoder-weights FILE")
+                                input_size=tower.preprocess.size, hint="give encoder_weights=FILE")
         for caveat in caveats:
             log.warning(caveat["message"])
         with torch.inference_mode():

@@ -40,5 +40,5 @@ def tower_caveats(encoder: str | None, *, weights: str | None = None, pretrained
                 f"the image store holds {stored_size} px images; {encoder} upscales them to {input_size} px")
         caveats.append({"kind": UPSCALED_IMAGES, "encoder": encoder, "stored_size": stored_size,
                         "input_size": input_size,
-                        "message": f"{what} (prepare the data with --image-size {input_size} for real detail)"})
+                        "message": f"{what} (prepare the data with `pixelrec prepare --image-size {input_size}` for real detail)"})
     return caveats
