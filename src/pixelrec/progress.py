@@ -209,6 +209,12 @@ def console(info: str = "stderr") -> Iterator[Console]:
         detach(handler)
 
 
+def bar(desc: str, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A bar on stderr for a command's own long step (prepare, extract, embed, caches): shown on a
+    terminal, silent elsewhere or when not `enabled`; `kwargs` are tqdm's (total, unit, initial)."""
+    return tqdm(desc=desc, file=sys.stderr, disable=None if enabled else True, dynamic_ncols=True, **kwargs)
+
+
 def progress(desc: str, total: int, unit: str) -> Silent | PlainProgress | tqdm:
     """Progress of one long step (encoding the catalogue, scoring users): a bar that appears once the
     step has taken `BAR_DELAY` seconds, or plain lines; nothing outside `progress_scope(True)`."""

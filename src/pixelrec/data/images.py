@@ -14,7 +14,6 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import struct
-import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from pixelrec.data.raw import COVER_SUFFIXES
 from pixelrec.errors import UserError
+from pixelrec.progress import bar
 from pixelrec.storage.files import printable
 
 if TYPE_CHECKING:
@@ -42,8 +42,7 @@ MIN_POOL_TASKS = 64  # below this, starting processes costs more than it saves
 
 
 def _bar(desc: str, total: int, progress: bool) -> tqdm:
-    return tqdm(desc=desc, total=total, unit="img", file=sys.stderr, disable=None if progress else True,
-                dynamic_ncols=True)
+    return bar(desc, progress, total=total, unit="img")
 
 
 def _listing(tokens: Sequence[str], n: int) -> str:

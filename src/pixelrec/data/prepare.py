@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from pixelrec.data import images as image_store
 from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
-from pixelrec.progress import log
+from pixelrec.progress import bar, log
 from pixelrec.schema import IMAGE_SIDE
 from pixelrec.storage import locks
 from pixelrec.storage.files import disk_full, free_bytes, printable, size_text
@@ -59,7 +58,7 @@ class Sequences:
 
 
 def _bar(desc: str, progress: bool, **kwargs) -> tqdm:
-    return tqdm(desc=desc, file=sys.stderr, disable=None if progress else True, dynamic_ncols=True, **kwargs)
+    return bar(desc, progress, **kwargs)
 
 
 @contextmanager

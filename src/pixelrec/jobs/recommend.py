@@ -16,7 +16,6 @@ from pixelrec.errors import UserError
 from pixelrec.evaluation.ranking import recommend as ranked
 from pixelrec.evaluation.ranking import user_indices
 from pixelrec.jobs.new_items import NewItems, new_items_for_run, refuse_kind
-from pixelrec.progress import note
 from pixelrec.recommender import Recommender
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.loading import LoadedRun, open_run
@@ -128,7 +127,6 @@ def recommend(run: str | Path, users: list[str], *, k: int = 10, checkpoint: str
     if new_items is not None:
         refuse_kind(run, config_of_run(run).items.kind)
     loaded = open_run(run, checkpoint, data)
-    if loaded.fallback:
-        note(f"{loaded.run}: {loaded.fallback}")
+    loaded.say_fallback()
     found, new = rank(run, loaded.model, loaded.data, loaded.config, loaded.checkpoint, users, k, new_items)
     return found, loaded, new

@@ -41,6 +41,11 @@ class LoadedRun:
             out["note"] = self.fallback
         return out
 
+    def say_fallback(self) -> None:
+        """A checkpoint other than the one asked for, said once as a note (rank 0 of a job only)."""
+        if self.fallback and distributed.current().main:
+            progress.note(f"{self.run}: {self.fallback}")
+
     def line(self) -> str:
         state = "finished run" if self.finished else "unfinished run"
         text = f"weights: {self.checkpoint} (epoch {self.epoch}, {state})"
@@ -98,6 +103,5 @@ def load_run(run: Path, checkpoint: str = "best", data_path: str | None = None, 
     """(config, prepared data, model with the checkpoint's weights, in eval mode) of a run directory;
     a checkpoint other than the one asked for is said as a note (the `pixelrec` logger)."""
     loaded = open_run(run, checkpoint, data_path, shared)
-    if loaded.fallback and distributed.current().main:
-        progress.note(f"{loaded.run}: {loaded.fallback}")
+    loaded.say_fallback()
     return loaded.config, loaded.data, loaded.model

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pixelrec.errors import UserError
-
-log = logging.getLogger(__name__)  # the `pixelrec` logger's child (progress, which holds that one, is a sibling)
+from pixelrec.progress import log
 
 
 class Busy(UserError):

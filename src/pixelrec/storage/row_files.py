@@ -6,17 +6,15 @@ stopped and ends with the same bytes."""
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from pixelrec.errors import UserError, worker_errors
+from pixelrec.progress import bar, log
 from pixelrec.storage.feature_files import (
     DTYPES,
     check_identity,
@@ -26,8 +24,6 @@ from pixelrec.storage.feature_files import (
     write_sidecar,
 )
 from pixelrec.storage.files import allocate, disk_full, free_bytes, npy_info, size_text
-
-log = logging.getLogger(__name__)  # the `pixelrec` logger's child (progress, which holds that one, is a sibling)
 
 
 class _ItemRows(torch.utils.data.Dataset):
@@ -127,9 +123,7 @@ def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_
     chunks = _ItemRows(image_store, start, n_items, batch_size)
     loader = (chunks[k] for k in range(len(chunks))) if workers == 0 else torch.utils.data.DataLoader(
         chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=n_items, initial=start, desc=desc, unit=unit, file=sys.stderr,
-               disable=None if progress else True, dynamic_ncols=True)
-    with bar, worker_errors():
+    with bar(desc, progress, total=n_items, initial=start, unit=unit) as shown, worker_errors():
         for first, inputs in loader:
             rows = compute(inputs.to(device, non_blocking=True))
             bad = first_non_finite(rows.reshape(len(rows), -1))
@@ -140,7 +134,7 @@ def fill_item_rows(out: Path, array: np.ndarray, sidecar: dict[str, Any], image_
             done = first + len(rows)
             sidecar.update(rows_done=done, batch_size=batch_size, complete=done == n_items)
             write_sidecar(out, sidecar)
-            bar.update(len(rows))
+            shown.update(len(rows))
 
 
 def _open(out: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], np.memmap | None]:
