@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from data_fixtures import hand_raw, one_line, run_cli
 from pixelrec.storage import locks
 
@@ -227,6 +229,33 @@ def test_sizes_that_would_exhaust_memory_are_refused_before_any_work(tiny_data, 
     status, _, err = run_cli(capsys, "extract", "--data", tmp_path / "ok", "--encoder", "test_vit", "--image-size", "0",
                              "--out", tmp_path / "f.npy")
     assert status == 2 and "--image-size 0: allowed 8 <= x <= 1024" in one_line(err), err
+
+
+def test_an_image_size_the_encoder_cannot_take_is_one_line_before_any_work(tmp_path, capsys):
+    """A ViT's patch grid (8 and 24 px against 16 px patches) and CLIP-ResNet's attention pool (40 px)
+    were timm tracebacks at the first batch; a size that fits still builds, and the probe leaves the
+    encoder's weights and mode as they were."""
+    import torch
+
+    from pixelrec.errors import UserError
+    from test_pixels import encoder as pixel_encoder
+
+    raw = hand_raw(tmp_path / "raw")
+    assert run_cli(capsys, "prepare", "--raw", raw, "--out", tmp_path / "ds", "--image-size", "16")[0] == 0
+    status, _, err = run_cli(capsys, "extract", "--data", tmp_path / "ds", "--encoder", "test_vit", "--image-size", "8",
+                             "--out", tmp_path / "f.npy")
+    line = one_line(err)
+    assert status == 2 and line.startswith("pixelrec: error: --image-size 8: test_vit cannot take 8x8 images"), err
+    assert "a multiple of its 16 px patches" in line and not list(tmp_path.glob("f.*"))
+    for encoder, side in (("test_vit", 24), ("clip-rn50", 40)):
+        with pytest.raises(UserError, match=rf"^items.image.image_size={side}: {encoder} cannot take"):
+            pixel_encoder(encoder=encoder, image_size=side)
+    torch.manual_seed(0)
+    fits = pixel_encoder().train()
+    torch.manual_seed(0)
+    again = pixel_encoder().train()
+    assert fits.training and all(torch.equal(a, b) for a, b in zip(fits.state_dict().values(), again.state_dict().values()))
+    assert all(t.device.type == "cpu" for t in fits.state_dict().values())
 
 
 def test_export_never_replaces_files_silently(tiny_data, tmp_path, capsys):

@@ -27,6 +27,7 @@ from pixelrec.towers.image_tower import (
     freeze_below,
     pool,
     pooled_size,
+    refuse_unfit_size,
     remove_final_norm,
     tokens,
 )
@@ -188,6 +189,8 @@ class PixelEncoder(ItemEncoder):
         self.cache: PrefixCache | None = None
         self.channels_last = False
         self._features = self._tower_features
+        refuse_unfit_size(self, lambda x: self._head(self.tower.forward_features(x)), self.preprocess.size,
+                          encoder, f"{pooling} {final_norm}", key="items.image.image_size")
 
     def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
         """A paper encoder with random weights (unless `carried` from another run); images upscaled."""

@@ -41,7 +41,7 @@ from pixelrec.storage.feature_files import (
 from pixelrec.storage.files import open_npy
 from pixelrec.storage.row_files import check_output, create_rows, npy_path, write_errors, write_item_rows
 from pixelrec.towers.caveats import tower_caveats
-from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, tokens
+from pixelrec.towers.image_tower import Preprocess, check_pooling, create_tower, pool, refuse_unfit_size, tokens
 from pixelrec.towers.names import timm_name
 from pixelrec.towers.tower_file import EXTRACT_NAMES, tower_settings
 
@@ -67,9 +67,14 @@ class FeatureTower(nn.Module):
         self.pooling, self.style = pooling, preprocess
         self.requires_grad_(False)
         self.eval()
+        refuse_unfit_size(self.tower, self.pooled, self.preprocess.size, encoder, pooling)
 
     def forward(self, images: Tensor) -> Tensor:
-        features = self.tower.forward_features(self.preprocess(images))
+        return self.pooled(self.preprocess(images))
+
+    def pooled(self, inputs: Tensor) -> Tensor:
+        """What the file stores for normalised inputs: pooled vectors, or the tokens with pooling none."""
+        features = self.tower.forward_features(inputs)
         if self.pooling == "none":
             return tokens(self.tower, features)[:, getattr(self.tower, "num_prefix_tokens", 0) :]
         return pool(self.tower, features, self.pooling)

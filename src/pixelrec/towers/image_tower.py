@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +256,62 @@ class Preprocess(nn.Module):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False)
         return (x - self.mean) / self.std
+
+
+#: (encoder, side, what its forward does) -> the refusal, or None: one probe per process and setting
+_SIZE_PROBES: dict[tuple[str, int, str], str | None] = {}
+
+
+def refuse_unfit_size(module: nn.Module, features: Callable[[Tensor], Tensor], side: int, name: str,
+                      setting: str = "", key: str = "image_size") -> None:
+    """One line now, rather than a traceback at the first batch, when the encoder cannot take square
+    inputs of `side` pixels (a ViT's patch grid, CLIP-ResNet's attention pool, a kernel larger than its
+    map). `features` (normalised input -> what the caller uses) runs with `module`'s weights swapped for
+    meta tensors: shapes only, no arithmetic, nothing of the module changed."""
+    tower = getattr(module, "tower", module)
+    if side == int(getattr(tower, "pretrained_cfg", {}).get("input_size", (0, 0, 0))[-1]):
+        return  # the size the architecture was made for
+    probe = (name, side, setting)
+    if probe not in _SIZE_PROBES:
+        _SIZE_PROBES[probe] = _probe(module, features, side)
+    if _SIZE_PROBES[probe]:
+        patch = getattr(getattr(tower, "patch_embed", None), "patch_size", None)
+        multiples = f", a multiple of its {patch[0]} px patches" if patch else ""
+        raise UserError(f"{key}={side}: {name} cannot take {side}x{side} images ({_SIZE_PROBES[probe]}); choose "
+                        f"another size (its own is {_native(tower)}{multiples})")
+
+
+def _native(tower: nn.Module) -> str:
+    size = getattr(tower, "pretrained_cfg", {}).get("input_size")
+    return f"{size[-1]} px" if size else "a larger size"
+
+
+class _Features(nn.Module):
+    def __init__(self, module: nn.Module, features: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.module, self.features = module, features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def _probe(module: nn.Module, features: Callable[[Tensor], Tensor], side: int) -> str | None:
+    """The first line of what the forward raises on a meta input of this side, or None."""
+    meta = {f"module.{n}": torch.empty_like(t, device="meta")
+            for n, t in chain(module.named_parameters(), module.named_buffers())}
+    training = module.training
+    module.eval()  # batch statistics of one image would refuse anything
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(_Features(module, features), meta, (torch.zeros(1, 3, side, side, device="meta"),))
+    except NotImplementedError:
+        return None  # an operation without a meta kernel: nothing learnt, nothing refused
+    except (AssertionError, RuntimeError, ValueError, IndexError) as err:
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        return line if len(line) <= 120 else line[:119] + "…"
+    finally:
+        module.train(training)
+    return None
 
 
 def fit_tower(tower: nn.Module, weights: str | Path, resolved: str, timm_args: dict[str, Any] | None) -> None:
