@@ -238,12 +238,18 @@ def test_report_figures_have_their_series(tmp_path, capsys):
     bars_axis, line_axis = figure.axes
     assert len(bars_axis.patches) == 3 and len(line_axis.lines) == 2  # Recall@10 line + dashed ID line
     assert line_axis.lines[1].get_linestyle() == "--" and list(line_axis.lines[1].get_ydata()) == [2.5, 2.5]
-    assert [t.get_text() for t in bars_axis.get_xticklabels()] == ["clip-rn50", "clip-vit-b32", "swin-t"]
+    assert [t.get_text() for t in bars_axis.get_xticklabels()] == [  # each point names its run
+        f"{e}\nsasrec-pixels-{e}" for e in ("clip-rn50", "clip-vit-b32", "swin-t")]
+    assert line_axis.lines[1].get_label() == "IDNet test Recall@10 (2.500, sasrec-id)"
     assert plots.encoder_figure(results[:2], "sasrec") is None  # one encoder is not a comparison
 
-    curves = plots.learning_curves([(Path(r["run"]).name, [json.loads(line) for line in
-                                     (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]) for r in results])
+    rows = [(Path(r["run"]).name, [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()])
+            for r in results]
+    curves = plots.learning_curves(rows)
     assert [len(axis.lines) for axis in curves.axes] == [4, 4]
+    curves = plots.learning_curves(rows, losses=["bpr", "softmax", "softmax", "bpr"])  # a panel per loss
+    assert [(axis.get_title(), len(axis.lines)) for axis in curves.axes] == [
+        ("training loss (bpr)", 2), ("training loss (softmax)", 2), ("validation NDCG@10", 4)]
 
     study_dir = tmp_path / "study"
     study_dir.mkdir()

@@ -142,7 +142,7 @@ def test_a_run_logs_its_caveats_once_records_them_and_the_report_marks_it(tiny_d
     records = load_results([run, plain])
     assert [bool(run_caveats(r)) for r in records] == [True, False]
     table = paper_table(records)
-    assert f"| {PAPER_VIT} {MARK} | Recall@10 |" in table and "| ID | Recall@10 |" in table
+    assert f"| {PAPER_VIT} (random init) {MARK} | Recall@10 |" in table and "| ID | Recall@10 |" in table
     summary = summary_table(records).splitlines()
     assert f"| sasrec | pixels | {PAPER_VIT} {MARK} |" in summary[2] and MARK not in summary[3]
     text = tables_text(ReportInputs(runs=records))
@@ -163,7 +163,7 @@ def test_a_run_from_before_caveats_were_recorded_is_marked_by_its_start():
     record = {"model": "sasrec", "items": "pixels", "encoder": "clip-vit-b32", "start": "random init",
               "test": {"Recall@10": 0.01, "NDCG@10": 0.005}}
     assert kinds(run_caveats(record)) == [RANDOM_WEIGHTS]
-    assert f"| clip-vit-b32 {MARK} |" in paper_table([record])
+    assert f"| clip-vit-b32 (random init) {MARK} |" in paper_table([record])  # never as if pretrained
     assert run_caveats(record | {"caveats": []}) == [] and run_caveats(record | {"start": "weights w.pt"}) == []
 
 
