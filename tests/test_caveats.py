@@ -25,7 +25,7 @@ from pixelrec.data.images import build_image_store
 from pixelrec.items.features import FeatureEncoder
 from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
-from pixelrec.towers.caveats import RANDOM_WEIGHTS, UPSCALED_IMAGES, tower_caveats
+from pixelrec.towers.caveats import RANDOM_WEIGHTS, UPSCALED_IMAGES, imported_caveat, tower_caveats
 from pixelrec.training.trainer import train
 from test_pixels import ColourStore
 
@@ -105,6 +105,12 @@ def test_a_feature_file_brings_the_caveats_of_the_tower_that_made_it(tmp_path, c
     upscaled = tower_caveats("clip-rn50", weights="w.pt", stored_size=16, input_size=224)
     write_sidecar(path, made | {"weights_sha256": "ab" * 32, "caveats": upscaled})  # as `extract` records them
     assert kinds(FeatureEncoder(3, 8, order, features=str(path)).caveats()) == [UPSCALED_IMAGES]
+    imported = made | {"encoder": None, "timm_name": None, "source": {"file": "theirs.npy", "sha256": "0" * 64}}
+    write_sidecar(path, imported)  # as `extract --import` records it
+    assert FeatureEncoder(3, 8, order, features=str(path)).caveats() == [imported_caveat(str(path), "theirs.npy")]
+    assert imported_caveat("f.npy", "theirs.npy")["message"] == (
+        "f.npy was imported from theirs.npy: the image encoder and weights that made it are not recorded, so nothing "
+        "here says which of the paper's rows it compares with")
 
 
 # --- a run: logged once, recorded, marked ----------------------------------------------------------

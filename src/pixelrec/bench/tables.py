@@ -223,7 +223,7 @@ def caveats_note(results: list[dict[str, Any]]) -> str:
              for r in results for caveat in run_caveats(r)]
     if not lines:
         return ""
-    return f"{MARK} Not comparable with the paper's numbers:\n\n" + "\n".join(lines)
+    return f"{MARK} Read before comparing with the paper's numbers:\n\n" + "\n".join(lines)
 
 
 def _percent(metrics: dict[str, Any] | None, name: str) -> str:

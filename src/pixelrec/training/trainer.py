@@ -38,6 +38,7 @@ from pixelrec.storage.atomic import atomic_json, atomic_write
 from pixelrec.threads import use_threads
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
+from pixelrec.towers.caveats import transfer_caveat
 from pixelrec.training import report, transfer
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
@@ -505,9 +506,10 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     images = model.item_encoder.images_per_item  # per item encoded: pixel and multimodal runs report images
     if images:
         record["images_per_step"] = images * s.items_encoded / s.step if s.step else 0.0
-    record["caveats"] = getattr(trainer, "caveats", [])
+    record["caveats"] = list(getattr(trainer, "caveats", []))
     if getattr(trainer, "transfer", None):
         record["init_from"] = trainer.transfer
+        record["caveats"].append(transfer_caveat(str(trainer.transfer["run"]), str(trainer.transfer["checkpoint"])))
     return record
 
 
