@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import patterned_sequences, write_prepared
+from data_fixtures import one_line
 from pixelrec.bench import matrix, plots, tune
 from pixelrec.bench.matrix import BenchSpec, cells_of, run_matrix
 from pixelrec.bench.report import load_study
@@ -360,3 +361,43 @@ def test_shared_item_keys_apply_to_the_cells_that_take_them_and_a_useless_one_st
     assert planned["sasrec-pixels-test_vit"].items.image.tune_last == "all" and planned["sasrec-id"].items.image is None
     with pytest.raises(UserError, match="loss.logq applies to no cell of the matrix"):
         plan(BenchSpec(data="unused", cells=cells_of(["sasrec"], ["id"], []), sets=["loss.logq=true"]))
+
+
+def test_the_readme_bench_line_plans_every_cell_and_inputs_are_checked_before_any_cell_runs(data, tmp_path,
+                                                                                          monkeypatch, capsys):
+    from pixelrec.bench.matrix import DEFAULT_ENCODER, plan
+
+    planned = plan(BenchSpec(str(data), cells_of(["mf", "sasrec"], ["id", "pixels"], []), sets=TINY))  # no --encoders
+    assert [(p.name, p.config is not None) for p in planned] == [
+        ("mf-id", True), (f"mf-pixels-{DEFAULT_ENCODER}", True), ("sasrec-id", True),
+        (f"sasrec-pixels-{DEFAULT_ENCODER}", True)]
+    assert planned[1].config.items.image.encoder == DEFAULT_ENCODER
+
+    calls = counting(monkeypatch, matrix)
+    out = tmp_path / "bench"
+    tiny = sum((["--set", s] for s in TINY), [])
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "features,text", "--out", str(out), *tiny]) == 2
+    err = one_line(capsys.readouterr().err)  # every cell lacks an input: one line in bench's own flags, nothing run
+    assert err == ("pixelrec: error: no cell of the matrix can run: mf-features: features cells need a feature file: "
+                   "give --features PATTERN, e.g. --features feats/{encoder}.npy (written by `pixelrec extract`) "
+                   "(and 1 more cells that cannot run)")
+    assert calls == [] and not out.exists()
+
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "id,features", "--features",
+                 str(tmp_path / "{encoder}.npy"), "--encoders", "test_vit", "--out", str(out), *tiny]) == 1
+    captured = capsys.readouterr()
+    assert calls == [("mf-id", False)]  # the features cell failed before it ran, the ID cell ran
+    assert f"[2/2] mf-features-test_vit: failed ({tmp_path / 'test_vit.npy'} not found: write it with `pixelrec " \
+           f"extract --encoder test_vit --out {tmp_path / 'test_vit.npy'}`)" in captured.out
+    assert "| ID | Recall@10 |" in captured.out and "1 failed" in captured.out
+
+
+def test_a_bench_whose_every_cell_fails_prints_no_table(data, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, "mf", 0, RuntimeError)
+    out = tmp_path / "bench"
+    code = main(["bench", "--data", str(data), "--models", "mf", "--items", "id", "--out", str(out),
+                 *sum((["--set", s] for s in TINY), [])])
+    captured = capsys.readouterr()
+    assert code == 2 and "| Item encoder |" not in captured.out
+    assert one_line(captured.err) == (f"pixelrec: error: no cell finished: mf-id failed: RuntimeError: boom (every "
+                                      f"cell's status: {out / 'results.md'})")

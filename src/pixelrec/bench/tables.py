@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,28 @@ def _text_label(run_dir: Path, kind: type[ItemEncoder], image: str | None) -> st
     """The text model's name (as set, else its directory's name); with an image tower too
     (multimodal): 'image + text model'."""
     text_tower = _tower(_items_section(run_dir), "text")
-    given = [text_tower.get("encoder"), text_tower.get("encoder_weights")]
-    source = next((value for value in given if isinstance(value, str) and value), None)
-    text = (Path(source).name or source) if source else None
+    named, folder = text_tower.get("encoder"), text_tower.get("encoder_weights")
+    text = named if isinstance(named, str) and named else (
+        model_folder_label(folder) if isinstance(folder, str) and folder else None)
     if kind.image_tower is None:
         return text or image
     return " + ".join(x for x in (image, text) if x) or None
+
+
+#: Folder names that say nothing about the model inside (a package's `model/`, a hub snapshot's hash).
+_GENERIC = re.compile(r"^(models?|weights|checkpoints?|snapshots|hf|huggingface|[0-9a-f]{40})$", re.IGNORECASE)
+
+
+def model_folder_label(folder: str) -> str:
+    """A model directory's name for tables: the nearest folder name that is not generic ('model',
+    'snapshots', a commit hash), a hub cache's `models--org--name` as `name`."""
+    parts = [part for part in Path(folder).parts if part not in ("/", "")]
+    for part in reversed(parts):
+        if part.startswith("models--"):
+            return part.rsplit("--", 1)[-1]
+        if not _GENERIC.match(part):
+            return part
+    return parts[-1] if parts else folder
 
 
 def _features_label(run_dir: Path) -> str | None:
