@@ -57,7 +57,7 @@ def test_log_file_holds_the_banner_each_epoch_and_why_training_stopped(tiny_data
     assert f"loss {_rows(out)[2]['loss']:.4f}" in epochs[2]
     stop = [line for line in lines if line.startswith("early stopping")]
     assert stop == [f"early stopping at epoch 3/10: valid NDCG@10 did not improve for 2 evaluations "
-                    f"(train.patience 2); best epoch 1 (NDCG@10 {_rows(out)[0]['valid']['NDCG@10']:.4f})"]
+                    f"(train.patience 2); best epoch 1 (NDCG@10 {100 * _rows(out)[0]['valid']['NDCG@10']:.3f}%)"]
     assert lines[-1].startswith("done: 3 epochs, best epoch 1;")
 
     printed = capsys.readouterr()

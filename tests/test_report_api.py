@@ -231,10 +231,19 @@ def test_help_lists_presets_profiles_and_defaults(capsys):
     assert "(default 224, as the paper) (default" not in prepare_help  # said once
 
 
-def test_results_print_as_fractions_with_four_significant_digits():
-    printed = json.loads(results_json({"run": "r", "test": {"Recall@10": 0.0251234567, "NDCG@10": 0.5,
-                                                            "users": 12, "MRR@10": float("nan")}}))
-    assert printed["test"]["Recall@10"] == 0.02512 and printed["test"]["NDCG@10"] == 0.5
+def test_one_unit_policy_fractions_with_five_decimals_in_json_percent_with_three_for_people():
+    from pixelrec.bench.tables import paper_table
+    from pixelrec.training.report import epoch_line
+
+    printed = json.loads(results_json({"run": "r", "test": {"Recall@10": 0.4035334, "NDCG@10": 0.5,
+                                                            "users": 12, "MRR@10": float("nan")},
+                                       "train_seconds_per_step": 0.000123456}))
+    assert printed["test"]["Recall@10"] == 0.40353 and printed["test"]["NDCG@10"] == 0.5
+    assert printed["train_seconds_per_step"] == 0.0001235  # not a metric: four significant digits
+    line = epoch_line({"epoch": 2, "loss": 0.5, "seconds": 1.0, "steps": 3, "valid": {"NDCG@10": 0.4035334}},
+                      "NDCG@10", 5, True)
+    assert line.endswith("valid NDCG@10 40.353% (best)")  # the same digits as the JSON and the table
+    assert "| 40.353 |" in paper_table([{"model": "mf", "items": "id", "test": {"Recall@10": 0.4035334}}])
     assert printed["test"]["users"] == 12 and math.isnan(printed["test"]["MRR@10"]) and printed["run"] == "r"
 
 

@@ -37,6 +37,7 @@ from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.training.trainer import train
 from pixelrec.training.transfer import check_source, source_checkpoint
+from pixelrec.units import percent
 
 
 def has_image_encoder(kind: str) -> bool:
@@ -362,7 +363,7 @@ def run_cell(entry: Planned, run_dir: Path, status: Status, log: Callable[[str],
     elapsed = seconds + time.perf_counter() - started
     status.set(name, status="done", error=None, seconds=elapsed)
     recall = (results.get("test") or {}).get("Recall@10")
-    shown = f", test Recall@10 {100 * recall:.3f}%" if recall is not None else ""
+    shown = f", test Recall@10 {percent(recall)}" if recall is not None else ""
     return f"done in {elapsed:.1f}s{shown}"
 
 

@@ -28,6 +28,7 @@ from pixelrec.models.base import FAMILIES
 from pixelrec.runs.results import read_results, results_path
 from pixelrec.towers.caveats import RANDOM_WEIGHTS
 from pixelrec.towers.names import SHORT_NAMES
+from pixelrec.units import percent
 
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -246,8 +247,7 @@ def caveats_note(results: list[dict[str, Any]]) -> str:
 def _percent(metrics: dict[str, Any] | None, name: str) -> str:
     if not metrics or name not in metrics:
         return "-"
-    value = 100 * metrics[name]
-    return f"{value:.3f}" if math.isfinite(value) else str(value)
+    return percent(metrics[name], sign=False)
 
 
 def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:

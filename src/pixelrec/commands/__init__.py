@@ -44,19 +44,24 @@ def run_data(args: argparse.Namespace) -> str | None:
 
 
 def rounded(value: Any, digits: int = 4) -> Any:
-    """`value` with every float rounded to `digits` significant digits (ints, strings, None kept)."""
+    """`value` with every metric (NAME@K) a fraction with five decimals (`units.fraction`: the
+    precision of the tables' percent) and every other float rounded to `digits` significant digits
+    (ints, strings, None kept)."""
+    from pixelrec.units import fraction, is_metric
+
     if isinstance(value, float):
         return float(f"{value:.{digits}g}") if math.isfinite(value) else value
     if isinstance(value, dict):
-        return {key: rounded(item, digits) for key, item in value.items()}
+        return {key: fraction(item) if is_metric(key) and isinstance(item, float) else rounded(item, digits)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [rounded(item, digits) for item in value]
     return value
 
 
 def results_json(payload: Any) -> str:
-    """Results as printed by every command: JSON, metrics as fractions with 4 significant digits
-    (results.json and metrics.jsonl keep full precision)."""
+    """Results as printed by every command: JSON, metrics as fractions with five decimals (see
+    `rounded`; results.json and metrics.jsonl keep full precision)."""
     return json.dumps(rounded(payload), indent=2)
 
 

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial completed")
         return 1
-    print(f"best: trial {best.number}, objective {best.value:.5f}; "
+    from pixelrec.units import percent
+
+    print(f"best: trial {best.number}, objective {percent(best.value)}; "
           f"configuration in {Path(args.study_dir) / 'best.yaml'}")
     return 0

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pixelrec.progress import FILE_ONLY, Console, PlainProgress, Silent, attach, detach, log, progress_log, reporter
 from pixelrec.storage.atomic import atomic_write
+from pixelrec.units import percent
 from pixelrec.version import __version__
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def banner(trainer: Trainer) -> list[str]:
 def epoch_line(row: dict[str, Any], metric: str, epochs: int, best: bool) -> str:
     text = f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f} ({row['seconds']:.1f}s, {row['steps']} steps)"
     if "valid" in row:
-        text += f"  valid {metric} {row['valid'][metric]:.4f}" + (" (best)" if best else "")
+        text += f"  valid {metric} {percent(row['valid'][metric])}" + (" (best)" if best else "")
     return text
 
 
@@ -256,7 +257,7 @@ class RunReport:
         if not self.main:
             return
         s, t, metric = trainer.state, trainer.config.train, trainer.config.eval.valid_metric
-        best = (f"best epoch {s.best_epoch} ({metric} {s.best_metric:.4f})" if s.best_epoch
+        best = (f"best epoch {s.best_epoch} ({metric} {percent(s.best_metric)})" if s.best_epoch
                 else "no best epoch")
         if s.stopped == "early stopping":
             log.info(f"early stopping at epoch {s.epoch}/{t.epochs}: valid {metric} did not improve for "
@@ -270,7 +271,7 @@ class RunReport:
         if not self.main:
             return
         metric = trainer.config.eval.valid_metric
-        scores = ", ".join(f"{split} {metric} {results[split][metric]:.4f}" for split in ("valid", "test")
+        scores = ", ".join(f"{split} {metric} {percent(results[split][metric])}" for split in ("valid", "test")
                            if metric in results.get(split, {}))
         log.info(f"done: {results.get('epochs_run', 0)} epochs, best epoch {results.get('best_epoch', 0)}; "
                  f"{scores}; results in {self.out / 'results.json'}")
