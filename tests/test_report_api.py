@@ -217,6 +217,25 @@ def help_of(capsys, *argv: str) -> str:
     return " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())  # undo argparse's wrapping
 
 
+def test_every_option_of_every_command_has_help_and_says_its_default():
+    import argparse
+
+    from pixelrec.cli import COMMANDS, HelpFormatter, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser(only=name)
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            where = f"pixelrec {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where}: no help"
+            unset = action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0
+            shown = HelpFormatter("pixelrec")._get_help_string(action) or ""
+            if action.option_strings and not unset:  # a value used when the option is left out is said
+                assert "default" in shown.lower(), f"{where}: its default {action.default!r} is not shown"
+
+
 def test_help_lists_presets_profiles_and_defaults(capsys):
     top = help_of(capsys)
     assert "presets cpu-small, pixels-tiny; profiles default, paper" in top
