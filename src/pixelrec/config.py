@@ -110,6 +110,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on a GPU, in training and when the catalogue is encoded (the paper's code: fp32)
     progress: bool = True  # progress bar (plain lines when stderr is not a terminal); false: epoch lines only
+    log_every: NonNegativeInt = 0  # a line every N steps (loss, learning rate, examples and images per second) in long epochs; 0: none
     dist_timeout_minutes: Positive = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
     channels_last: bool | None = None  # NHWC memory format for convolutional image encoders (null: on a GPU, where it is faster)

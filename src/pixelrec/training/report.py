@@ -251,6 +251,29 @@ class RunReport:
         if self.tracker is not None:
             self.tracker.epoch(row, learning_rates(trainer), self.images)
 
+    def interval_start(self, now: float) -> None:
+        """An epoch begins: the first interval of `interval` lines starts now."""
+        self._interval = (now, 0, 0.0, 0.0)  # started, steps, loss sum, items encoded, at the last line
+
+    def interval(self, trainer: Trainer, epoch: int, steps: int, n_batches: int, loss_sum: float,
+                 encoded: float) -> None:
+        """train.log_every's line, for the steps since the last one: mean loss, learning rates, examples
+        per second and, where items are images, images per second (sums and counts so far this epoch)."""
+        import time
+
+        now = time.perf_counter()
+        started, steps_before, loss_before, encoded_before = self._interval
+        self._interval = (now, steps, loss_sum, encoded)
+        if not self.main or steps == steps_before:
+            return
+        c, seconds, done = trainer.config, max(now - started, 1e-9), steps - steps_before
+        rates = ", ".join(f"{name} {lr:.2e}" for name, lr in learning_rates(trainer).items())
+        text = (f"epoch {epoch + 1}/{c.train.epochs} step {steps}/{n_batches}: loss {(loss_sum - loss_before) / done:.4f}, "
+                f"lr {rates or '-'}, {done * c.train.batch_size / seconds:,.0f} examples/s")
+        if self.images:
+            text += f", {self.images * (encoded - encoded_before) / seconds:,.0f} images/s"
+        log.info(text)
+
     def stopped(self, trainer: Trainer) -> None:
         """Why training stopped, when it was not the last epoch; the run's bar ends here."""
         self.progress.close()

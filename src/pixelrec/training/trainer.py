@@ -342,6 +342,7 @@ class Trainer:
         pending: list[torch.Tensor] = []  # the losses not yet looked at, on the device
         total, count, encoded, positions = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
+        self.report.interval_start(started)
         bar = self.report.progress.epoch(epoch, t.epochs, n_batches, self.state.step, t.max_steps)
         for batch in self.batches(epoch):
             positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())  # still on the CPU
@@ -359,6 +360,9 @@ class Trainer:
             count += 1
             encoded += float(out["items_encoded"])
             bar.update()
+            if t.log_every and count % t.log_every == 0:
+                total += self._checked_losses(pending, epoch)
+                self.report.interval(self, epoch, count, n_batches, total, encoded)
             if count % LOSS_CHECK_EVERY == 0:
                 total += self._checked_losses(pending, epoch)
                 bar.set_postfix(loss=f"{total / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
