@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pixelrec.bench.settings import run_settings
 from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.config import Config, component, dotted_keys, overrides_to_dict, resolve, taken_keys, tower_sections
@@ -379,6 +380,7 @@ def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
     if results:
         results["start"] = start_label(results, run_dir)  # tells apart rows that differ only in their start
         results["encoder"] = encoder_label(results, run_dir)  # text and multimodal rows name their text model
+        results["settings"] = run_settings(run_dir)  # variants that change a setting are rows of their own
         state = "done"
     elif not entry.runs:
         state = "failed" if entry.failed else "skipped"
