@@ -150,7 +150,7 @@ def test_a_run_logs_its_caveats_once_records_them_and_the_report_marks_it(tiny_d
     table = paper_table(records)
     assert f"| {PAPER_VIT} (random init) {MARK} | Recall@10 |" in table and "| ID | Recall@10 |" in table
     summary = summary_table(records).splitlines()
-    assert f"| sasrec | pixels | {PAPER_VIT} {MARK} |" in summary[2] and MARK not in summary[3]
+    assert f"| sasrec | pixels | {PAPER_VIT} (random init) {MARK} |" in summary[2] and MARK not in summary[3]
     text = tables_text(ReportInputs(runs=records))
     note = caveats_note(records)
     assert note in text and note.startswith(MARK)

@@ -250,6 +250,14 @@ def _percent(metrics: dict[str, Any] | None, name: str) -> str:
     return percent(metrics[name], sign=False)
 
 
+def _encoder_cell(record: dict[str, Any]) -> str:
+    """The encoder column: its label, '(random init)' for a paper encoder with random weights, and the
+    mark of a run with caveats."""
+    caveats = run_caveats(record)
+    random = any(c.get("kind") == RANDOM_WEIGHTS for c in caveats)
+    return (encoder_label(record) or "-") + (" (random init)" if random else "") + (f" {MARK}" if caveats else "")
+
+
 def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     """Markdown: one row per run with test metrics (percent, as the paper), cold-item metrics,
     trainable parameters, seconds per epoch and the run directory; dataset and profile columns when
@@ -263,7 +271,7 @@ def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     for r in results:
         cold = r.get(f"{split}_cold")
         rows.append([
-            r.get("model", "?"), r.get("items", "?"), (encoder_label(r) or "-") + (f" {MARK}" if run_caveats(r) else ""),
+            r.get("model", "?"), r.get("items", "?"), _encoder_cell(r),
             *([r.get("dataset") or "-"] if datasets else []), *([r.get("profile") or "default"] if profiles else []),
             *(run_settings.shown((r.get("settings") or {}).get(key)) for key in differ),
             _percent(r.get(split), "Recall@10"), _percent(r.get(split), "NDCG@10"),
