@@ -128,6 +128,18 @@ def test_a_cell_is_its_whole_configuration_and_unfinished_runs_are_one_line(tmp_
                                             f"directories (1 unfinished: {running})"
 
 
+def test_settings_differ_only_where_every_run_of_a_cell_records_them():
+    from pixelrec.bench.settings import differing
+
+    def run(model: str, **settings: str) -> dict:
+        return {"model": model, "settings": settings}
+
+    runs = [run("mf", **{"train.epochs": "6", "train.lr": "0.001"}), run("mf", **{"train.epochs": "36"}),
+            run("sasrec", **{"train.lr": "0.01"}), run("sasrec", **{"train.lr": "0.001", "model.n_layers": "2"})]
+    assert differing(runs, lambda r: r["model"]) == ["train.epochs", "train.lr"]
+    assert differing(runs[:2], lambda r: r["model"]) == ["train.epochs"]  # mf's lr: recorded by one run only
+
+
 def test_run_labels_tell_apart_two_bench_folders():
     from pixelrec.bench.report import run_labels
 

@@ -58,14 +58,17 @@ def settings_key(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def differing(records: list[dict[str, Any]], base: Callable[[dict[str, Any]], Hashable]) -> list[str]:
     """The settings that differ between runs of one `base` cell (model, items, encoder, ...), in key
-    order: the columns a table needs so that those runs can be told apart."""
+    order: the columns a table needs so that those runs can be told apart. Keys that some run of
+    the cell does not record are not compared."""
     groups: dict[Hashable, list[dict[str, str]]] = {}
     for record in records:
         groups.setdefault(base(record), []).append(record.get("settings") or {})
     keys: set[str] = set()
     for group in groups.values():
-        names = set().union(*group)
-        keys |= {k for k in names if len({s.get(k) for s in group}) > 1}
+        # only keys every run records: a run saved before a key existed, or one without config.yaml,
+        # says nothing about it, which is not a difference
+        shared = set.intersection(*(set(s) for s in group))
+        keys |= {k for k in shared if len({s[k] for s in group}) > 1}
     return sorted(keys)
 
 
