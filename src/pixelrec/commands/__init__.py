@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,26 @@ def say_written(out: str, sidecar: dict[str, Any], what: str, done: str = "extra
         print(f"wrote {out}: {what}")
     else:
         print(f"{out}: already {done}, nothing to do: {what}; --overwrite {again} again")
+
+
+#: A parameter as the library names it in a message: `name=` with a value, `name=` alone, or a switch,
+#: `name=True` (`name=False` for an option that turns something off, such as prepare's --no-images).
+_PARAMETER = re.compile(r"(?<![\w.\-/'\"])([a-z][a-z0-9_]*)=(True\b|False\b)?")
+
+
+def in_flags(message: str, flags: dict[str, str], aliases: dict[str, str] | None = None) -> str:
+    """`message` with each parameter that the command has an option for written as that option:
+    `data=DIR` -> `--data DIR`, `out=` -> `--out`, `overwrite=True` -> `--overwrite`; `aliases` (the
+    command's entry of ALIASES) first."""
+    for words, parameter in (aliases or {}).items():
+        message = message.replace(words, parameter)
+
+    def option(match: re.Match) -> str:
+        name, switch = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        following = message[match.end():match.end() + 1]
+        valued = not switch and following not in ("", " ", ":", ";", ",", ")")
+        return flags[name] + (" " if valued else "")
+
+    return _PARAMETER.sub(option, message)

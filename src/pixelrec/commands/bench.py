@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
                                                     split_list(args.encoders), names or None),
                      files=args.config, sets=args.set, features=args.features, weights=args.weights,
                      text_model=args.text_model, variants=variants)
-    try:
-        rows = run_matrix(spec, Path(args.out))
+    from pixelrec.commands import in_flags
+
+    try:  # each cell's line speaks of bench's own options (--features, --text-model), as its errors do
+        rows = run_matrix(spec, Path(args.out), log=lambda line: print(in_flags(line, args.flags)))
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to continue {args.out}", file=sys.stderr)
         raise
