@@ -390,6 +390,11 @@ def test_the_readme_bench_line_plans_every_cell_and_inputs_are_checked_before_an
     assert f"[2/2] mf-features-test_vit: failed ({tmp_path / 'test_vit.npy'} not found: write it with `pixelrec " \
            f"extract --encoder test_vit --out {tmp_path / 'test_vit.npy'}`)" in captured.out
     assert "| ID | Recall@10 |" in captured.out and "1 failed" in captured.out
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "pixels", "--encoders", "test_vitt",
+                 "--out", str(tmp_path / "typo"), *tiny]) == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        "pixelrec: error: no cell of the matrix can run: mf-pixels-test_vitt: --encoders: unknown image encoder "
+        "'test_vitt'; did you mean 'test_vit'?")
     assert main(["bench", "--data", str(data), "--models", "mf", "--items", "id,features", "--out", str(out), *tiny]) == 1
     assert "[2/2] mf-features: failed (features cells need a feature file: give --features PATTERN, e.g. --features " \
            "feats/{encoder}.npy" in capsys.readouterr().out  # a cell's line names bench's flags, as its errors do

@@ -36,6 +36,7 @@ from pixelrec.packaged import is_profile, read_yaml
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
+from pixelrec.towers.names import timm_name
 from pixelrec.training.trainer import train
 from pixelrec.training.transfer import check_source, source_checkpoint
 from pixelrec.units import percent
@@ -158,9 +159,16 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
 
 
 def missing_input(spec: BenchSpec, cell: Cell, config: Config) -> str | None:
-    """What a cell lacks to start (a feature file, a text model), in the bench's own words, or None:
+    """What a cell lacks to start (an image encoder timm knows, a feature file, a text model), in the
+    bench's own words, or None:
     found for every cell before the first one runs, so a matrix never fails half-way for it."""
     declared = ITEM_ENCODERS.get(cell.items)
+    image = config.items.image
+    if declared.image_tower is not None and image.encoder and not image.encoder_weights:
+        try:
+            timm_name(image.encoder)  # a tower file (encoder_weights) may name an encoder of its own
+        except UserError as err:
+            return f"encoders=: {err}"
     if declared.reads_features:
         features = config.items.features
         if not features:
