@@ -161,6 +161,8 @@ def test_a_run_logs_its_caveats_once_records_them_and_the_report_marks_it(tiny_d
     rows = [{"model": "sasrec", "items": r["items"], "encoder": r["encoder"], "variant": None, "status": "done",
              "seconds": 1.0, "run": r["run"], "reason": "", "results": r} for r in records]
     assert note in markdown_text(rows)
+    cells = [line.split("|")[1].strip() for line in markdown_text(rows).split("## Cells")[1].splitlines()[4:]]
+    assert cells == [f"sasrec-pixels-{PAPER_VIT} {MARK}", "sasrec-id"]  # the cells table marks it too
     assert [line.rsplit(",", 1)[-1] for line in csv_text(rows).splitlines()] == [
         "caveats", f"{RANDOM_WEIGHTS};{UPSCALED_IMAGES}", ""]
 
