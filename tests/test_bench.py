@@ -70,6 +70,11 @@ def test_interrupted_matrix_continues_and_skips_finished_cells(data, tmp_path, m
     assert (out / "runs/sasrec-id/last.pt").is_file() and not (out / "runs/sasrec-id/results.json").exists()
     statuses = [r["status"] for r in csv.DictReader((out / "results.csv").open())]
     assert statuses == ["done", "interrupted", "pending", "skipped"]
+    from pixelrec.bench.report import collect
+
+    inputs = collect([out])  # a report of the bench so far: the finished cell, and a line for the other
+    assert [Path(r["run"]).name for r in inputs.runs] == ["mf-id"]
+    assert inputs.notes == [f"unfinished: {out / 'runs/sasrec-id'} (epoch 1 of 2)"]
 
     calls.clear()
     rows = run_matrix(spec, out, log=lambda line: None)
