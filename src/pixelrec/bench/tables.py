@@ -184,7 +184,7 @@ def superseded(results: list[dict[str, Any]]) -> list[str]:
     """One line per run that `newest` leaves out, naming the newer run of the same cell it keeps."""
     kept = _newest_of_cells(results)
     lines = []
-    for number, record in enumerate(results):
+    for record in results:
         chosen = results[kept[cell_of(record)]]
         if chosen is not record:
             lines.append(f"dropped {record.get('run', '?')}: an older run of {cell_name(record)} "
