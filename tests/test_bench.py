@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import patterned_sequences, write_prepared
+from data_fixtures import one_line
 from pixelrec.bench import matrix, plots, tune
 from pixelrec.bench.matrix import BenchSpec, cells_of, run_matrix
 from pixelrec.bench.report import load_study
@@ -69,6 +70,11 @@ def test_interrupted_matrix_continues_and_skips_finished_cells(data, tmp_path, m
     assert (out / "runs/sasrec-id/last.pt").is_file() and not (out / "runs/sasrec-id/results.json").exists()
     statuses = [r["status"] for r in csv.DictReader((out / "results.csv").open())]
     assert statuses == ["done", "interrupted", "pending", "skipped"]
+    from pixelrec.bench.report import collect
+
+    inputs = collect([out])  # a report of the bench so far: the finished cell, and a line for the other
+    assert [Path(r["run"]).name for r in inputs.runs] == ["mf-id"]
+    assert inputs.notes == [f"unfinished: {out / 'runs/sasrec-id'} (epoch 1 of 2)"]
 
     calls.clear()
     rows = run_matrix(spec, out, log=lambda line: None)
@@ -238,12 +244,18 @@ def test_report_figures_have_their_series(tmp_path, capsys):
     bars_axis, line_axis = figure.axes
     assert len(bars_axis.patches) == 3 and len(line_axis.lines) == 2  # Recall@10 line + dashed ID line
     assert line_axis.lines[1].get_linestyle() == "--" and list(line_axis.lines[1].get_ydata()) == [2.5, 2.5]
-    assert [t.get_text() for t in bars_axis.get_xticklabels()] == ["clip-rn50", "clip-vit-b32", "swin-t"]
+    assert [t.get_text() for t in bars_axis.get_xticklabels()] == [  # each point names its run
+        f"{e}\nsasrec-pixels-{e}" for e in ("clip-rn50", "clip-vit-b32", "swin-t")]
+    assert line_axis.lines[1].get_label() == "IDNet test Recall@10 (2.500, sasrec-id)"
     assert plots.encoder_figure(results[:2], "sasrec") is None  # one encoder is not a comparison
 
-    curves = plots.learning_curves([(Path(r["run"]).name, [json.loads(line) for line in
-                                     (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]) for r in results])
+    rows = [(Path(r["run"]).name, [json.loads(line) for line in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()])
+            for r in results]
+    curves = plots.learning_curves(rows)
     assert [len(axis.lines) for axis in curves.axes] == [4, 4]
+    curves = plots.learning_curves(rows, losses=["bpr", "softmax", "softmax", "bpr"])  # a panel per loss
+    assert [(axis.get_title(), len(axis.lines)) for axis in curves.axes] == [
+        ("training loss (bpr)", 2), ("training loss (softmax)", 2), ("validation NDCG@10", 4)]
 
     study_dir = tmp_path / "study"
     study_dir.mkdir()
@@ -354,3 +366,51 @@ def test_shared_item_keys_apply_to_the_cells_that_take_them_and_a_useless_one_st
     assert planned["sasrec-pixels-test_vit"].items.image.tune_last == "all" and planned["sasrec-id"].items.image is None
     with pytest.raises(UserError, match="loss.logq applies to no cell of the matrix"):
         plan(BenchSpec(data="unused", cells=cells_of(["sasrec"], ["id"], []), sets=["loss.logq=true"]))
+
+
+def test_the_readme_bench_line_plans_every_cell_and_inputs_are_checked_before_any_cell_runs(data, tmp_path,
+                                                                                          monkeypatch, capsys):
+    from pixelrec.bench.matrix import DEFAULT_ENCODER, plan
+
+    planned = plan(BenchSpec(str(data), cells_of(["mf", "sasrec"], ["id", "pixels"], []), sets=TINY))  # no --encoders
+    assert [(p.name, p.config is not None) for p in planned] == [
+        ("mf-id", True), (f"mf-pixels-{DEFAULT_ENCODER}", True), ("sasrec-id", True),
+        (f"sasrec-pixels-{DEFAULT_ENCODER}", True)]
+    assert planned[1].config.items.image.encoder == DEFAULT_ENCODER
+
+    calls = counting(monkeypatch, matrix)
+    out = tmp_path / "bench"
+    tiny = sum((["--set", s] for s in TINY), [])
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "features,text", "--out", str(out), *tiny]) == 2
+    err = one_line(capsys.readouterr().err)  # every cell lacks an input: one line in bench's own flags, nothing run
+    assert err == ("pixelrec: error: no cell of the matrix can run: mf-features: features cells need a feature file: "
+                   "give --features PATTERN, e.g. --features feats/{encoder}.npy (written by `pixelrec extract`) "
+                   "(and 1 more cells that cannot run)")
+    assert calls == [] and not out.exists()
+
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "id,features", "--features",
+                 str(tmp_path / "{encoder}.npy"), "--encoders", "test_vit", "--out", str(out), *tiny]) == 1
+    captured = capsys.readouterr()
+    assert calls == [("mf-id", False)]  # the features cell failed before it ran, the ID cell ran
+    assert f"[2/2] mf-features-test_vit: failed ({tmp_path / 'test_vit.npy'} not found: write it with `pixelrec " \
+           f"extract --encoder test_vit --out {tmp_path / 'test_vit.npy'}`)" in captured.out
+    assert "| ID | Recall@10 |" in captured.out and "1 failed" in captured.out
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "pixels", "--encoders", "test_vitt",
+                 "--out", str(tmp_path / "typo"), *tiny]) == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        "pixelrec: error: no cell of the matrix can run: mf-pixels-test_vitt: --encoders: unknown image encoder "
+        "'test_vitt'; did you mean 'test_vit'?")
+    assert main(["bench", "--data", str(data), "--models", "mf", "--items", "id,features", "--out", str(out), *tiny]) == 1
+    assert "[2/2] mf-features: failed (features cells need a feature file: give --features PATTERN, e.g. --features " \
+           "feats/{encoder}.npy" in capsys.readouterr().out  # a cell's line names bench's flags, as its errors do
+
+
+def test_a_bench_whose_every_cell_fails_prints_no_table(data, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, "mf", 0, RuntimeError)
+    out = tmp_path / "bench"
+    code = main(["bench", "--data", str(data), "--models", "mf", "--items", "id", "--out", str(out),
+                 *sum((["--set", s] for s in TINY), [])])
+    captured = capsys.readouterr()
+    assert code == 2 and "| Item encoder |" not in captured.out
+    assert one_line(captured.err) == (f"pixelrec: error: no cell finished: mf-id failed: RuntimeError: boom (every "
+                                      f"cell's status: {out / 'results.md'})")

@@ -25,7 +25,7 @@ from pixelrec.data.images import build_image_store
 from pixelrec.items.features import FeatureEncoder
 from pixelrec.items.pixels import ImageSettings, PixelEncoder
 from pixelrec.storage.feature_files import FORMAT, VERSION, item_order_sha256, write_sidecar
-from pixelrec.towers.caveats import RANDOM_WEIGHTS, UPSCALED_IMAGES, tower_caveats
+from pixelrec.towers.caveats import RANDOM_WEIGHTS, UPSCALED_IMAGES, imported_caveat, tower_caveats
 from pixelrec.training.trainer import train
 from test_pixels import ColourStore
 
@@ -105,6 +105,12 @@ def test_a_feature_file_brings_the_caveats_of_the_tower_that_made_it(tmp_path, c
     upscaled = tower_caveats("clip-rn50", weights="w.pt", stored_size=16, input_size=224)
     write_sidecar(path, made | {"weights_sha256": "ab" * 32, "caveats": upscaled})  # as `extract` records them
     assert kinds(FeatureEncoder(3, 8, order, features=str(path)).caveats()) == [UPSCALED_IMAGES]
+    imported = made | {"encoder": None, "timm_name": None, "source": {"file": "theirs.npy", "sha256": "0" * 64}}
+    write_sidecar(path, imported)  # as `extract --import` records it
+    assert FeatureEncoder(3, 8, order, features=str(path)).caveats() == [imported_caveat(str(path), "theirs.npy")]
+    assert imported_caveat("f.npy", "theirs.npy")["message"] == (
+        "f.npy was imported from theirs.npy: the image encoder and weights that made it are not recorded, so nothing "
+        "here says which of the paper's rows it compares with")
 
 
 # --- a run: logged once, recorded, marked ----------------------------------------------------------
@@ -142,9 +148,9 @@ def test_a_run_logs_its_caveats_once_records_them_and_the_report_marks_it(tiny_d
     records = load_results([run, plain])
     assert [bool(run_caveats(r)) for r in records] == [True, False]
     table = paper_table(records)
-    assert f"| {PAPER_VIT} {MARK} | Recall@10 |" in table and "| ID | Recall@10 |" in table
+    assert f"| {PAPER_VIT} (random init) {MARK} | Recall@10 |" in table and "| ID | Recall@10 |" in table
     summary = summary_table(records).splitlines()
-    assert f"| sasrec | pixels | {PAPER_VIT} {MARK} |" in summary[2] and MARK not in summary[3]
+    assert f"| sasrec | pixels | {PAPER_VIT} (random init) {MARK} |" in summary[2] and MARK not in summary[3]
     text = tables_text(ReportInputs(runs=records))
     note = caveats_note(records)
     assert note in text and note.startswith(MARK)
@@ -155,6 +161,8 @@ def test_a_run_logs_its_caveats_once_records_them_and_the_report_marks_it(tiny_d
     rows = [{"model": "sasrec", "items": r["items"], "encoder": r["encoder"], "variant": None, "status": "done",
              "seconds": 1.0, "run": r["run"], "reason": "", "results": r} for r in records]
     assert note in markdown_text(rows)
+    cells = [line.split("|")[1].strip() for line in markdown_text(rows).split("## Cells")[1].splitlines()[4:]]
+    assert cells == [f"sasrec-pixels-{PAPER_VIT} {MARK}", "sasrec-id"]  # the cells table marks it too
     assert [line.rsplit(",", 1)[-1] for line in csv_text(rows).splitlines()] == [
         "caveats", f"{RANDOM_WEIGHTS};{UPSCALED_IMAGES}", ""]
 
@@ -163,7 +171,7 @@ def test_a_run_from_before_caveats_were_recorded_is_marked_by_its_start():
     record = {"model": "sasrec", "items": "pixels", "encoder": "clip-vit-b32", "start": "random init",
               "test": {"Recall@10": 0.01, "NDCG@10": 0.005}}
     assert kinds(run_caveats(record)) == [RANDOM_WEIGHTS]
-    assert f"| clip-vit-b32 {MARK} |" in paper_table([record])
+    assert f"| clip-vit-b32 (random init) {MARK} |" in paper_table([record])  # never as if pretrained
     assert run_caveats(record | {"caveats": []}) == [] and run_caveats(record | {"start": "weights w.pt"}) == []
 
 

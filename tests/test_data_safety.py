@@ -159,6 +159,21 @@ def test_prepare_refuses_a_folder_holding_more_than_a_dataset(tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
+def test_pixelrecs_own_caches_in_a_dataset_are_never_foreign(tmp_path, capsys):
+    raw = hand_raw(tmp_path / "raw")
+    out = tmp_path / "data"
+    assert run_cli(capsys, "prepare", "--raw", raw, "--out", out, "--no-images")[0] == 0
+    for cache in ("prefix_cache", "text_tokens"):  # as training writes them (items.cache_dir's default)
+        (out / cache).mkdir()
+        (out / cache / "x.npy").write_bytes(b"")
+    status, _, err = run_cli(capsys, "prepare", "--raw", raw, "--out", out, "--no-images")
+    assert status == 0 and "not part of the prepared dataset" not in err
+    assert "the caches of the dataset it replaces go with it (prefix_cache/, text_tokens/" in err
+    assert "prefix_cache" not in os.listdir(out)  # the new dataset's caches are built again from it
+    (out / "text_tokens").mkdir()
+    assert run_cli(capsys, "verify", out)[0] == 0
+
+
 def test_a_failed_second_rename_puts_the_old_dataset_back(tmp_path, monkeypatch):
     raw = hand_raw(tmp_path / "raw")
     out = tmp_path / "data"

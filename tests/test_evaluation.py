@@ -69,3 +69,45 @@ def test_cold_item_metrics_are_reported_separately(tmp_path):
     out = evaluate(trainer.model, trainer.data, "test", 10, [10])
     assert out["test_cold"]["users"] == 3
     assert set(out) == {"test", "test_cold"}
+
+
+def reference_metrics(rankings: list[list[int]], targets: list[int], ks: list[int]) -> dict[str, float]:
+    """Recall, NDCG, MRR and HR at each K, written out from their definitions over ranked lists (one
+    relevant item per user, positions counted from 1), independently of pixelrec's rank arithmetic:
+    Recall@K = |top K ∩ relevant| / |relevant|; HR@K = 1 if top K holds a relevant item;
+    NDCG@K = DCG@K / IDCG@K with DCG = sum over relevant items in the top K of 1 / log2(position + 1);
+    MRR@K = 1 / position of the first relevant item in the top K (0 if none)."""
+    out: dict[str, float] = {}
+    for k in ks:
+        recall = ndcg = mrr = hr = 0.0
+        for ranking, target in zip(rankings, targets):
+            relevant = {target}
+            top = ranking[:k]
+            found = [position for position, item in enumerate(top, start=1) if item in relevant]
+            recall += len(relevant & set(top)) / len(relevant)
+            hr += 1.0 if found else 0.0
+            dcg = sum(1.0 / math.log2(position + 1) for position in found)
+            idcg = sum(1.0 / math.log2(position + 1) for position in range(1, min(len(relevant), k) + 1))
+            ndcg += dcg / idcg
+            mrr += 1.0 / found[0] if found else 0.0
+        for name, total in (("Recall", recall), ("NDCG", ndcg), ("MRR", mrr), ("HR", hr)):
+            out[f"{name}@{k}"] = total / len(rankings)
+    return out
+
+
+def test_metrics_on_random_rankings_match_an_independent_implementation():
+    generator = torch.Generator().manual_seed(0)
+    n_items, ks = 300, [1, 5, 10, 20, 50, 300]
+    rankings, targets = [], []
+    for _ in range(2000):
+        seen = set(torch.randint(1, n_items + 1, (8,), generator=generator).tolist())  # the user's history
+        ranking = [i + 1 for i in torch.randperm(n_items, generator=generator).tolist() if i + 1 not in seen]
+        candidates = [item for item in range(1, n_items + 1) if item not in seen]
+        targets.append(candidates[int(torch.randint(len(candidates), (1,), generator=generator))])
+        rankings.append(ranking)
+    ranks = torch.tensor([ranking.index(target) for ranking, target in zip(rankings, targets)])
+    ours, reference = metrics_from_ranks(ranks, ks), reference_metrics(rankings, targets, ks)
+    assert ours.keys() == reference.keys()
+    for name, value in reference.items():
+        assert ours[name] == pytest.approx(value, abs=1e-12), name
+    assert 0 < ours["Recall@10"] < ours["Recall@50"] < 1 and ours["Recall@300"] == 1.0  # a random, not a trivial case

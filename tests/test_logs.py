@@ -57,7 +57,7 @@ def test_log_file_holds_the_banner_each_epoch_and_why_training_stopped(tiny_data
     assert f"loss {_rows(out)[2]['loss']:.4f}" in epochs[2]
     stop = [line for line in lines if line.startswith("early stopping")]
     assert stop == [f"early stopping at epoch 3/10: valid NDCG@10 did not improve for 2 evaluations "
-                    f"(train.patience 2); best epoch 1 (NDCG@10 {_rows(out)[0]['valid']['NDCG@10']:.4f})"]
+                    f"(train.patience 2); best epoch 1 (NDCG@10 {100 * _rows(out)[0]['valid']['NDCG@10']:.3f}%)"]
     assert lines[-1].startswith("done: 3 epochs, best epoch 1;")
 
     printed = capsys.readouterr()
@@ -232,3 +232,24 @@ def test_the_command_line_starts_before_torch_loads_openmp():
     code = "import sys, pixelrec.cli; print('torch' in sys.modules, pixelrec.threads.limit_idle_spin())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_log_every_prints_a_line_per_interval_with_loss_learning_rate_and_speed(tiny_data, tmp_path, colour_store):
+    import re
+
+    out = tmp_path / "run"
+    train(pixel_config(tiny_data, log_every=2, progress=False), out)
+    lines = [line for line in _log_lines(out) if " step " in line]
+    steps = _rows(out)[0]["steps"]
+    assert steps >= 4 and len(lines) == steps // 2
+    pattern = (r"epoch 1/1 step (\d+)/(\d+): loss (\d+\.\d{4}), lr recommender 3\.00e-03, encoder 3\.00e-03, "
+               r"[\d,]+ examples/s, [\d,]+ images/s")
+    parsed = [re.fullmatch(pattern, line) for line in lines]
+    assert all(parsed), lines
+    assert [int(m[1]) for m in parsed] == list(range(2, steps + 1, 2)) and {int(m[2]) for m in parsed} == {steps}
+    if steps % 2 == 0:  # equal intervals: their mean is the epoch's mean loss
+        interval_mean = sum(float(m[3]) for m in parsed) / len(parsed)
+        assert interval_mean == pytest.approx(_rows(out)[0]["loss"], abs=2e-4)
+    quiet = tmp_path / "quiet"
+    train(pixel_config(tiny_data, progress=False), quiet)  # log_every 0: epoch lines only
+    assert not [line for line in _log_lines(quiet) if " step " in line]

@@ -170,6 +170,31 @@ def test_one_schema_refuses_inapplicable_keys_and_out_of_range_values(sets, mess
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("profile", [[], ["paper"]])
+def test_keys_of_packaged_layers_never_fail_a_run_that_did_not_ask_for_them(profile):
+    # vbpr's packaged layer sets items.combine and items.id_size for its id+features default
+    config = resolve(model="vbpr", files=profile, flags={"items": {"kind": "features", "features": "f.npy"}})
+    assert config.items.kind == "features" and config.model["embedding_size"] == 4096
+    with pytest.raises(UserError, match="items.combine does not apply to items.kind=features"):  # the user's own key
+        resolve(model="vbpr", files=profile, flags={"items": {"kind": "features"}}, sets=["items.combine=concat"])
+
+
+def test_no_packaged_layer_refuses_any_backbone_item_kind_pair_that_the_user_left_alone():
+    from pixelrec.items import ITEM_ENCODERS
+    from pixelrec.models import BACKBONES
+
+    refused = []
+    for profile in ([], ["paper"]):
+        for model in BACKBONES.names():
+            for kind in ITEM_ENCODERS.names():
+                try:
+                    resolve(model=model, files=profile, flags={"items": {"kind": kind}})
+                except UserError as err:  # a combination may be refused, but never for a key nobody set
+                    if "does not apply" in str(err):
+                        refused.append((*profile, model, kind, str(err)))
+    assert refused == []
+
+
 def test_a_saved_configuration_reads_back_and_resume_refuses_an_inapplicable_key():
     saved = resolve(model="sasrec", flags={"items": {"kind": "pixels", "image": {"encoder": "test_vit"}}}).to_dict()
     assert resolve(base=saved).items.image.encoder == "test_vit"

@@ -76,7 +76,10 @@ def test_report_shows_every_run_of_a_cell_and_latest_keeps_the_newest(tmp_path, 
     assert status == 0
     assert [row[-1] for row in table_rows(out, "Runs (test)")] == [str(newer), str(other)]
     assert table_rows(out, "Paper layout (test, %)")[0] == ["ID", "Recall@10", "1.000", "3.000"]
-    assert str(older) not in out and "2 runs" not in out
+    assert "2 runs" not in out
+    assert [line for line in out.splitlines() if str(older) in line] == [  # what --latest dropped, and why
+        f"dropped {older}: an older run of sasrec id (dataset tiny, profile default) (same settings as {newer}, "
+        "which finished later)"]
 
     _, out, _ = run_cli(capsys, "report", older, older / "results.json")  # one run named twice
     assert [row[-1] for row in table_rows(out, "Runs (test)")] == [str(older)] and "runs:" not in out
@@ -84,6 +87,64 @@ def test_report_shows_every_run_of_a_cell_and_latest_keeps_the_newest(tmp_path, 
     os.utime(older / "results.json", (3_000_000_000, 3_000_000_000))  # now the other one is newer
     _, out, _ = run_cli(capsys, "report", newer, older, other, "--latest")
     assert [row[-1] for row in table_rows(out, "Runs (test)")] == [str(older), str(other)]
+
+
+def with_settings(run: Path, **train: object) -> Path:
+    """Give a fake run's config.yaml these train.* settings (and a path that must not matter)."""
+    config = json.loads((run / "config.yaml").read_text())
+    config["train"] = {**train, "num_workers": 3}
+    config["data"] = {"path": str(run / "data-somewhere")}
+    (run / "config.yaml").write_text(json.dumps(config))
+    return run
+
+
+def test_a_cell_is_its_whole_configuration_and_unfinished_runs_are_one_line(tmp_path, capsys):
+    short = with_settings(fake_run(tmp_path, "short", "sasrec", "id", None, 0.020, finished=2_000_000_000), epochs=2)
+    long = with_settings(fake_run(tmp_path, "long", "sasrec", "id", None, 0.030, finished=1_000_000_000), epochs=50)
+    mf = with_settings(fake_run(tmp_path, "mf", "mf", "id", None, 0.010), epochs=50)
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "config.yaml").write_text("train:\n  epochs: 50\n")
+    (running / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0}) + "\n" for e in (1, 2, 3)))
+
+    status, out, _ = run_cli(capsys, "report", short, long, mf, running)
+    assert status == 0
+    runs = table_rows(out, "Runs (test)")
+    header = out.split("## Runs (test)")[1].split("\n\n")[1].splitlines()[0]
+    assert "| train.epochs |" in header and "num_workers" not in header and "data.path" not in header
+    assert [(row[0], row[3], row[-1]) for row in runs] == [("sasrec", "2", str(short)), ("sasrec", "50", str(long)),
+                                                          ("mf", "50", str(mf))]
+    paper = table_rows(out, "Paper layout (test, %)")  # two budgets, two rows; MF's 50 epochs beside SASRec's
+    assert [row[:4] for row in paper if row[1] == "Recall@10"] == [
+        ["ID (train.epochs=2)", "Recall@10", "-", "2.000"], ["ID (train.epochs=50)", "Recall@10", "1.000", "3.000"]]
+    assert "runs:" not in out  # no cell has two runs
+    assert f"unfinished: {running} (epoch 3 of 50)" in out.splitlines()
+
+    status, out, _ = run_cli(capsys, "report", short, long, "--latest")  # different cells: nothing dropped
+    assert status == 0 and len(table_rows(out, "Runs (test)")) == 2 and "dropped" not in out
+
+    status, _, err = run_cli(capsys, "report", running)
+    assert status == 2 and one_line(err) == f"pixelrec: error: nothing to report: no finished run among the given " \
+                                            f"directories (1 unfinished: {running})"
+
+
+def test_settings_differ_only_where_every_run_of_a_cell_records_them():
+    from pixelrec.bench.settings import differing
+
+    def run(model: str, **settings: str) -> dict:
+        return {"model": model, "settings": settings}
+
+    runs = [run("mf", **{"train.epochs": "6", "train.lr": "0.001"}), run("mf", **{"train.epochs": "36"}),
+            run("sasrec", **{"train.lr": "0.01"}), run("sasrec", **{"train.lr": "0.001", "model.n_layers": "2"})]
+    assert differing(runs, lambda r: r["model"]) == ["train.epochs", "train.lr"]
+    assert differing(runs[:2], lambda r: r["model"]) == ["train.epochs"]  # mf's lr: recorded by one run only
+
+
+def test_run_labels_tell_apart_two_bench_folders():
+    from pixelrec.bench.report import run_labels
+
+    runs = [{"run": "/x/b1/runs/sasrec-id"}, {"run": "/x/b2/runs/sasrec-id"}, {"run": "/x/b2/runs/mf-id"}]
+    assert run_labels(runs) == ["b1/runs/sasrec-id", "b2/runs/sasrec-id", "mf-id"]
 
 
 def test_encoder_labels_of_id_features_and_pixels_cells(tmp_path, capsys):
@@ -118,7 +179,7 @@ def test_mixed_profiles_are_told_apart(tmp_path, capsys):
     assert "| profile |" in header
     assert [row[3] for row in table_rows(out, "Runs (test)")] == ["default", "paper", "default"]
     paper = table_rows(out, "Paper layout (test, %)")
-    assert [row[0] for row in paper if row[0]] == ["ID (default)", "ID (paper)"]
+    assert [row[0] for row in paper if row[0]] == ["ID (profile default)", "ID (profile paper)"]
     assert paper[0][2:] == ["1.000", "3.000"] and paper[2][2:] == ["-", "2.000"]
     assert "runs:" not in out  # different profiles are different cells, not duplicates
 
@@ -168,6 +229,25 @@ def help_of(capsys, *argv: str) -> str:
     return " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())  # undo argparse's wrapping
 
 
+def test_every_option_of_every_command_has_help_and_says_its_default():
+    import argparse
+
+    from pixelrec.cli import COMMANDS, HelpFormatter, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser(only=name)
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            where = f"pixelrec {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where}: no help"
+            unset = action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0
+            shown = HelpFormatter("pixelrec")._get_help_string(action) or ""
+            if action.option_strings and not unset:  # a value used when the option is left out is said
+                assert "default" in shown.lower(), f"{where}: its default {action.default!r} is not shown"
+
+
 def test_help_lists_presets_profiles_and_defaults(capsys):
     top = help_of(capsys)
     assert "presets cpu-small, pixels-tiny; profiles default, paper" in top
@@ -182,10 +262,19 @@ def test_help_lists_presets_profiles_and_defaults(capsys):
     assert "(default 224, as the paper) (default" not in prepare_help  # said once
 
 
-def test_results_print_as_fractions_with_four_significant_digits():
-    printed = json.loads(results_json({"run": "r", "test": {"Recall@10": 0.0251234567, "NDCG@10": 0.5,
-                                                            "users": 12, "MRR@10": float("nan")}}))
-    assert printed["test"]["Recall@10"] == 0.02512 and printed["test"]["NDCG@10"] == 0.5
+def test_one_unit_policy_fractions_with_five_decimals_in_json_percent_with_three_for_people():
+    from pixelrec.bench.tables import paper_table
+    from pixelrec.training.report import epoch_line
+
+    printed = json.loads(results_json({"run": "r", "test": {"Recall@10": 0.4035334, "NDCG@10": 0.5,
+                                                            "users": 12, "MRR@10": float("nan")},
+                                       "train_seconds_per_step": 0.000123456}))
+    assert printed["test"]["Recall@10"] == 0.40353 and printed["test"]["NDCG@10"] == 0.5
+    assert printed["train_seconds_per_step"] == 0.0001235  # not a metric: four significant digits
+    line = epoch_line({"epoch": 2, "loss": 0.5, "seconds": 1.0, "steps": 3, "valid": {"NDCG@10": 0.4035334}},
+                      "NDCG@10", 5, True)
+    assert line.endswith("valid NDCG@10 40.353% (best)")  # the same digits as the JSON and the table
+    assert "| 40.353 |" in paper_table([{"model": "mf", "items": "id", "test": {"Recall@10": 0.4035334}}])
     assert printed["test"]["users"] == 12 and math.isnan(printed["test"]["MRR@10"]) and printed["run"] == "r"
 
 

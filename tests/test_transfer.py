@@ -154,6 +154,10 @@ def test_the_run_records_its_start_and_resume_does_not_start_again(datasets, pix
     expected = {"run": str(source), "checkpoint": "best.pt",
                 "sha256": hashlib.sha256((source / "best.pt").read_bytes()).hexdigest(), "parts": ["items"]}
     assert results["init_from"].items() >= expected.items()
+    assert [c for c in results["caveats"] if c["kind"] == "transfer"] == [  # marked in the tables
+        {"kind": "transfer", "source": str(source), "checkpoint": "best.pt",
+         "message": f"started from the weights of {source} (best.pt): a transfer result, not a run from the image "
+                    "encoder's own weights"}]
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["init_from"] == str(source)
     assert "initialised from " + str(source) in (out / "train.log").read_text()
 
@@ -163,6 +167,7 @@ def test_the_run_records_its_start_and_resume_does_not_start_again(datasets, pix
     again.train.epochs = 2
     resumed = train(again, out, resume=True)
     assert resumed["epochs_run"] == 2 and resumed["init_from"] == results["init_from"]
+    assert resumed["caveats"] == results["caveats"]
     other = rundir.with_absolute_paths(c)
     other.train.init_from = str(pixel_source)
     with pytest.raises(UserError, match="cannot change on resume=True: train.init_from"):

@@ -12,11 +12,11 @@ import errno
 import importlib
 import os
 import pkgutil
-import re
 import sys
 from typing import Sequence
 
 from pixelrec import commands, threads
+from pixelrec.commands import in_flags
 from pixelrec.errors import UserError
 from pixelrec.version import __version__
 
@@ -95,29 +95,6 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 #: Where one option of a command stands for several library parameters: the library's words for them ->
 #: the words `in_flags` then writes as that option (`pixelrec train --resume RUN` is resume=True, out=RUN).
 ALIASES: dict[str, dict[str, str]] = {"train": {"resume=True with out=": "resume="}}
-
-#: A parameter as the library names it in a message: `name=` with a value, `name=` alone, or a switch,
-#: `name=True` (`name=False` for an option that turns something off, such as prepare's --no-images).
-_PARAMETER = re.compile(r"(?<![\w.\-/'\"])([a-z][a-z0-9_]*)=(True\b|False\b)?")
-
-
-def in_flags(message: str, flags: dict[str, str], aliases: dict[str, str] | None = None) -> str:
-    """`message` with each parameter that the command has an option for written as that option:
-    `data=DIR` -> `--data DIR`, `out=` -> `--out`, `overwrite=True` -> `--overwrite`; `aliases` (the
-    command's entry of ALIASES) first."""
-    for words, parameter in (aliases or {}).items():
-        message = message.replace(words, parameter)
-
-    def option(match: re.Match) -> str:
-        name, switch = match.group(1), match.group(2)
-        if name not in flags:
-            return match.group(0)
-        following = message[match.end():match.end() + 1]
-        valued = not switch and following not in ("", " ", ":", ";", ",", ")")
-        return flags[name] + (" " if valued else "")
-
-    return _PARAMETER.sub(option, message)
-
 
 def _rank_prefix() -> str:
     """Under torchrun every rank may report: say which one."""

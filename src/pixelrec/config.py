@@ -3,8 +3,9 @@
 The resolved configuration is a `Config` of plain dataclasses. One schema checks it
 (`pixelrec.schema`): each key's type annotation, with its allowed range, in the section's dataclass or,
 for the `model` section, in the chosen backbone's constructor. The `model`, `items` and `loss` sections
-configure a component each (backbone, item encoder, loss): a key the chosen component does not take is
-an error that lists what it does take, so no setting is silently ignored. Unknown keys get a "did you
+configure a component each (backbone, item encoder, loss): a key the user set that the chosen component
+does not take is an error that lists what it does take, so no setting of theirs is silently ignored (a
+packaged layer's key is left out where it does not apply). Unknown keys get a "did you
 mean" hint; every problem is one line naming the key, the value and what is allowed.
 """
 
@@ -109,6 +110,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on a GPU, in training and when the catalogue is encoded (the paper's code: fp32)
     progress: bool = True  # progress bar (plain lines when stderr is not a terminal); false: epoch lines only
+    log_every: NonNegativeInt = 0  # a line every N steps (loss, learning rate, examples and images per second) in long epochs; 0: none
     dist_timeout_minutes: Positive = 30.0  # under torchrun: a collective waiting longer fails instead of hanging
     grad_checkpointing: bool = False  # recompute the image encoder's trainable blocks in backward (less memory)
     channels_last: bool | None = None  # NHWC memory format for convolutional image encoders (null: on a GPU, where it is faster)
@@ -550,7 +552,9 @@ def resolve(
             raise UserError(f"encoder={encoder}: items.kind={kind} has no encoder to set")
         at = [source for source, _ in user_layers].index("command line")
         user_layers[at] = ("command line", merge(user_layers[at][1], {"items": {tower: {"encoder": encoder}}}))
-    explicit = {(section, key) for _, layer in layers + user_layers
+    # only the user's own keys are refused where they do not apply: a packaged layer speaks for every
+    # item kind its backbone runs with (vbpr's items.combine for id+features), and is dropped elsewhere
+    explicit = {(section, key) for _, layer in user_layers
                 for section, values in layer.items() if isinstance(values, dict) for key in dotted_keys(values)}
     return build_config(_merged(base, layers + user_layers), explicit=explicit, strict=strict)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pixelrec.bench.settings import run_settings
 from pixelrec.bench.summary import write_summary
 from pixelrec.bench.tables import encoder_label, start_label
 from pixelrec.config import Config, component, dotted_keys, overrides_to_dict, resolve, taken_keys, tower_sections
@@ -35,8 +36,10 @@ from pixelrec.packaged import is_profile, read_yaml
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import read_results, results_path
 from pixelrec.storage.atomic import atomic_json
+from pixelrec.towers.names import timm_name
 from pixelrec.training.trainer import train
 from pixelrec.training.transfer import check_source, source_checkpoint
+from pixelrec.units import percent
 
 
 def has_image_encoder(kind: str) -> bool:
@@ -44,6 +47,11 @@ def has_image_encoder(kind: str) -> bool:
     the one the feature file came from (so a cell is made per --encoders)."""
     declared = ITEM_ENCODERS.find(kind)
     return declared is not None and (declared.image_tower is not None or declared.reads_features)
+
+
+#: The image encoder of pixels and multimodal cells when neither --encoders nor the configuration name
+#: one: CLIP-ViT-B/32, the encoder of the paper's main PixelNet results (Table 3's ViT rows).
+DEFAULT_ENCODER = "clip-vit-b32"
 
 
 def has_image_tower(kind: str) -> bool:
@@ -126,6 +134,10 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     sets = spec.sets + spec.variant_sets(cell.variant)  # the variant's settings win
     config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
                      sets=sets, strict=False, encoder=cell.encoder)
+    if has_image_tower(cell.items) and config.items.image.encoder is None:
+        cell = Cell(cell.model, cell.items, DEFAULT_ENCODER, cell.variant)
+        config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
+                         sets=sets, strict=False, encoder=cell.encoder)
     if spec.weights and has_image_tower(cell.items) and not carries_items(config):  # encoder: maybe from a preset
         items["image"] = {"encoder_weights": spec.weights.replace("{encoder}", config.items.image.encoder or "")}
         config = resolve(model=cell.model, files=spec.files, flags={"data": {"path": spec.data}, "items": items},
@@ -144,6 +156,34 @@ def check_shared_keys(spec: BenchSpec, configs: list[Config]) -> None:
                                    for c in configs))
         for key in sorted(keys - taken):
             raise UserError(f"{section}.{key} applies to no cell of the matrix (no cell's {section}.{selector} takes it)")
+
+
+def missing_input(spec: BenchSpec, cell: Cell, config: Config) -> str | None:
+    """What a cell lacks to start (an image encoder timm knows, a feature file, a text model), in the
+    bench's own words, or None:
+    found for every cell before the first one runs, so a matrix never fails half-way for it."""
+    declared = ITEM_ENCODERS.get(cell.items)
+    image = config.items.image
+    if declared.image_tower is not None and image.encoder and not image.encoder_weights:
+        try:
+            timm_name(image.encoder)  # a tower file (encoder_weights) may name an encoder of its own
+        except UserError as err:
+            return f"encoders=: {err}"
+    if declared.reads_features:
+        features = config.items.features
+        if not features:
+            return (f"{cell.items} cells need a feature file: give features=PATTERN, e.g. features=feats/{{encoder}}.npy "
+                    "(written by `pixelrec extract`)")
+        if not Path(features).is_file():
+            how = f" --encoder {cell.encoder}" if cell.encoder else ""
+            return f"{features} not found: write it with `pixelrec extract{how} --out {features}`"
+    if "text" in tower_sections(declared):
+        text = config.items.text
+        if not text.encoder_weights and not text.encoder:
+            return f"{cell.items} cells need a text model: give text_model=DIR (a Hugging Face model directory)"
+        if text.encoder_weights and not Path(text.encoder_weights).exists():
+            return f"{text.encoder_weights} not found: the text model of text_model=DIR is a Hugging Face model directory"
+    return None
 
 
 def init_refusal(cell: Cell, config: Config) -> str | None:
@@ -224,11 +264,17 @@ class Status:
 
 @dataclass
 class Planned:
-    """A cell with its encoder resolved (e.g. from a preset), its configuration, or why it is skipped."""
+    """A cell with its encoder resolved (e.g. from a preset), its configuration, or why it is skipped
+    (a combination that cannot work) or `failed` before it ran (an input it lacks: `missing_input`)."""
 
     cell: Cell
     config: Config | None
     reason: str = ""
+    failed: bool = False
+
+    @property
+    def runs(self) -> bool:
+        return self.config is not None and not self.failed
 
     @property
     def name(self) -> str:
@@ -259,10 +305,15 @@ def plan(spec: BenchSpec) -> list[Planned]:
             if refusal:
                 planned.append(Planned(cell, None, refusal))
                 continue
-        planned.append(Planned(cell, config))
+        missing = missing_input(spec, cell, config)
+        planned.append(Planned(cell, config, missing or "", failed=bool(missing)))
     reasons = {p.reason for p in planned}
     if all(p.config is None for p in planned) and len(reasons) == 1:
         raise UserError(reasons.pop())
+    if not any(p.runs for p in planned):  # nothing can run: say so before anything is written
+        failed = [p for p in planned if p.failed] or planned
+        raise UserError(f"no cell of the matrix can run: {failed[0].name}: {failed[0].reason}"
+                        + (f" (and {len(planned) - 1} more cells that cannot run)" if len(planned) > 1 else ""))
     check_shared_keys(spec, [p.config for p in planned if p.config is not None])
     if spec.weights:
         check_weights(planned, spec.weights)
@@ -279,9 +330,11 @@ def run_matrix(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = pr
         try:
             for number, entry in enumerate(planned, start=1):
                 prefix = f"[{number}/{len(planned)}] {entry.name}"
-                if entry.config is None:
-                    status.set(entry.name, status="skipped", reason=entry.reason, error=None, **_fields(entry.cell))
-                    log(f"{prefix}: skipped ({entry.reason})")
+                if not entry.runs:
+                    state = "failed" if entry.failed else "skipped"
+                    status.set(entry.name, status=state, reason=entry.reason, error=entry.reason if entry.failed else None,
+                               **_fields(entry.cell))
+                    log(f"{prefix}: {state} ({entry.reason})")
                     continue
                 log(f"{prefix}: {run_cell(entry, out / 'runs' / entry.name, status, log)}")
         finally:
@@ -319,7 +372,7 @@ def run_cell(entry: Planned, run_dir: Path, status: Status, log: Callable[[str],
     elapsed = seconds + time.perf_counter() - started
     status.set(name, status="done", error=None, seconds=elapsed)
     recall = (results.get("test") or {}).get("Recall@10")
-    shown = f", test Recall@10 {100 * recall:.3f}%" if recall is not None else ""
+    shown = f", test Recall@10 {percent(recall)}" if recall is not None else ""
     return f"done in {elapsed:.1f}s{shown}"
 
 
@@ -331,13 +384,14 @@ def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
     """One row of the results: the cell, its status and, when finished, its results.json."""
     record = status.cells.get(entry.name, {})
     run_dir = out / "runs" / entry.name
-    results = read_results(run_dir, required=False) if entry.config is not None else None
+    results = read_results(run_dir, required=False) if entry.runs else None
     if results:
         results["start"] = start_label(results, run_dir)  # tells apart rows that differ only in their start
         results["encoder"] = encoder_label(results, run_dir)  # text and multimodal rows name their text model
+        results["settings"] = run_settings(run_dir)  # variants that change a setting are rows of their own
         state = "done"
-    elif entry.config is None:
-        state = "skipped"
+    elif not entry.runs:
+        state = "failed" if entry.failed else "skipped"
     else:  # "running" in a record that no process is running any more: that run was interrupted
         state = {"running": "interrupted"}.get(record.get("status"), record.get("status", "pending"))
     seconds = record.get("seconds")
@@ -345,4 +399,4 @@ def cell_row(entry: Planned, out: Path, status: Status) -> dict[str, Any]:
         seconds = (results.get("train_seconds_per_epoch", 0.0) * results.get("epochs_run", 0)
                    + 2 * results.get("eval_seconds", 0.0))
     return {**_fields(entry.cell), "status": state, "reason": entry.reason or record.get("error") or "",
-            "seconds": seconds, "results": results, "run": str(run_dir) if entry.config is not None else ""}
+            "seconds": seconds, "results": results, "run": str(run_dir) if entry.runs else ""}

@@ -34,9 +34,15 @@ def _scale(values: list[float]) -> tuple[float, str]:
     return (1e6, "M") if top >= 1e6 else (1e3, "K") if top >= 1e3 else (1.0, "")
 
 
+def run_name(record: dict[str, Any]) -> str:
+    """How a figure names the run a point comes from: its directory's name."""
+    return Path(str(record.get("run", "?"))).name
+
+
 def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test") -> Figure | None:
     """The paper's Figure 4 for one backbone: trainable parameters per image encoder (bars, left axis)
-    and Recall@10 (line, right axis), with the ID model's Recall@10 dashed when there is one.
+    and Recall@10 (line, right axis), with the ID model's Recall@10 dashed when there is one; each
+    tick and the ID line name the run they come from (the last given, where several are).
     None unless the backbone has pixel runs (items of the PixelNet family) with at least two encoders."""
     mine = [(r, ITEM_ENCODERS.find(r.get("items"))) for r in results if r.get("model") == model]
     by_encoder = {r["encoder"]: r for r, kind in mine if kind is not None and kind.family == "pixelnet" and r.get("encoder")}
@@ -44,7 +50,7 @@ def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test
         return None
     ids = [r for r, kind in mine if kind is not None and kind.tied_to_catalogue]  # IDNet: items are ID tables
     chosen = sorted(by_encoder.values(), key=lambda r: r.get("trainable_parameters", 0))
-    names = [r["encoder"] for r in chosen]
+    names = [f"{r['encoder']}\n{run_name(r)}" for r in chosen]
     params = [float(r.get("trainable_parameters", 0)) for r in chosen]
     recall = [100 * (r.get(split) or {}).get("Recall@10", float("nan")) for r in chosen]
     divisor, unit = _scale(params)
@@ -54,8 +60,10 @@ def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test
     positions = list(range(len(names)))
     bars = bars_axis.bar(positions, [p / divisor for p in params], color=BAR, alpha=0.75, width=0.6,
                          label="trainable parameters")
-    bars_axis.bar_label(bars, labels=[f"{p / divisor:.3g}{unit}" for p in params], label_type="center",
-                        fontsize=8, color="white", fontweight="bold")  # inside: the line's labels go above
+    # at the bars' foot, inside: the line's value labels sit above its points, which may fall anywhere
+    for x, p in zip(positions, params):
+        bars_axis.annotate(f"{p / divisor:.3g}{unit}", (x, 0), textcoords="offset points", xytext=(0, 3),
+                           ha="center", va="bottom", fontsize=8, color="white", fontweight="bold")
     bars_axis.set_xticks(positions, names, rotation=25, ha="right")
     bars_axis.set_xlabel("image encoder (PixelNet)")
     bars_axis.set_ylabel(f"trainable parameters{f' ({unit})' if unit else ''}")
@@ -69,7 +77,7 @@ def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test
     if ids:
         reference = 100 * (ids[-1].get(split) or {}).get("Recall@10", float("nan"))
         line_axis.axhline(reference, color=REFERENCE, linestyle="--", linewidth=1.5,
-                          label=f"IDNet {split} Recall@10 ({reference:.3f})")
+                          label=f"IDNet {split} Recall@10 ({reference:.3f}, {run_name(ids[-1])})")
     line_axis.set_ylabel(f"{split} Recall@10 (%)")
     line_axis.set_ylim(bottom=0, top=max([v for v in recall if v == v] + [0.0]) * 1.3 or 1.0)
     if ids:
@@ -80,19 +88,25 @@ def encoder_figure(results: list[dict[str, Any]], model: str, split: str = "test
     return figure
 
 
-def learning_curves(runs: list[tuple[str, list[dict[str, Any]]]], metric: str = "NDCG@10") -> Figure:
-    """Training loss and validation `metric` per epoch, one series per run (label, metrics rows)."""
-    figure = _figure(11, 4.2)
-    loss_axis, valid_axis = figure.subplots(1, 2)
-    for number, (label, rows) in enumerate(runs):
+def learning_curves(runs: list[tuple[str, list[dict[str, Any]]]], metric: str = "NDCG@10",
+                    losses: list[str | None] | None = None) -> Figure:
+    """Training loss and validation `metric` per epoch, one series per run (label, metrics rows).
+    `losses` names each run's loss function: runs of different losses get a loss panel each, since
+    a BPR loss and a softmax loss have nothing in common but the word."""
+    losses = losses or [None] * len(runs)
+    kinds = list(dict.fromkeys(losses))
+    figure = _figure(5.5 * (len(kinds) + 1), 4.2)
+    *loss_axes, valid_axis = figure.subplots(1, len(kinds) + 1)
+    for number, ((label, rows), loss) in enumerate(zip(runs, losses)):
         style = {"marker": ".", "label": label, "color": f"C{number % 10}",
                  "linestyle": ("-", "--", ":", "-.")[number // 10 % 4]}  # ten colours, then a new dash
-        loss_axis.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], **style)
+        loss_axes[kinds.index(loss)].plot([r["epoch"] for r in rows], [r["loss"] for r in rows], **style)
         evaluated = [r for r in rows if metric in (r.get("valid") or {})]
         valid_axis.plot([r["epoch"] for r in evaluated], [100 * r["valid"][metric] for r in evaluated], **style)
-    loss_axis.set(title="training loss", xlabel="epoch", ylabel="loss (mean per step)")
+    for axis, loss in zip(loss_axes, kinds):
+        axis.set(title=f"training loss{f' ({loss})' if loss else ''}", xlabel="epoch", ylabel="loss (mean per step)")
     valid_axis.set(title=f"validation {metric}", xlabel="epoch", ylabel=f"{metric} (%)")
-    for axis in (loss_axis, valid_axis):
+    for axis in (*loss_axes, valid_axis):
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
     valid_axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), title="run")

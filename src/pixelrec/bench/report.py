@@ -17,6 +17,7 @@ from pixelrec.bench.tables import (
     newest,
     paper_table,
     summary_table,
+    superseded,
 )
 from pixelrec.bench.tune import STUDY_NAME, trials_table
 from pixelrec.errors import UserError
@@ -26,50 +27,87 @@ from pixelrec.storage.atomic import atomic_write
 
 @dataclass
 class ReportInputs:
-    """Finished runs (results.json records, each with its "run" directory) and study directories."""
+    """Finished runs (results.json records, each with its "run" directory) and study directories;
+    `notes`: one line per run left out of the tables (unfinished, or dropped by `latest`)."""
 
     runs: list[dict[str, Any]] = field(default_factory=list)
     studies: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def bench_runs(bench: Path) -> list[Path]:
-    """The finished run directories of a `pixelrec bench` directory, in the matrix's order."""
+def is_unfinished(path: Path) -> bool:
+    """A run directory that has started (config.yaml) and has no results.json yet."""
+    return path.is_dir() and (path / "config.yaml").is_file() and not (path / "results.json").exists()
+
+
+def unfinished_line(run: Path) -> str:
+    """'unfinished: RUN (epoch 3 of 50)': how far an interrupted or running run got."""
+    import yaml
+
+    try:
+        rows = MetricsLog(run / "metrics.jsonl").read()
+    except UserError:
+        rows = []
+    done = max((int(r["epoch"]) for r in rows if isinstance(r.get("epoch"), int)), default=0)
+    try:
+        epochs = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train") or {}).get("epochs")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        epochs = None
+    return f"unfinished: {run} (epoch {done}" + (f" of {epochs})" if isinstance(epochs, int) else ")")
+
+
+def bench_runs(bench: Path, finished: bool = True) -> list[Path]:
+    """The finished run directories of a `pixelrec bench` directory, in the matrix's order (not
+    `finished`: those that started and have no results.json)."""
     order: list[str] = []
     if (bench / "status.json").is_file():
         order = list(json.loads((bench / "status.json").read_text()).get("cells", {}))
-    found = sorted(p.parent.name for p in (bench / "runs").glob("*/results.json"))
+    if finished:
+        found = sorted(p.parent.name for p in (bench / "runs").glob("*/results.json"))
+    else:
+        found = sorted(p.name for p in (bench / "runs").iterdir() if is_unfinished(p))
     names = [n for n in order if n in found] + [n for n in found if n not in order]
     return [bench / "runs" / name for name in names]
 
 
 def collect(paths: list[str | Path], latest: bool = False) -> ReportInputs:
     """Sort the given paths into runs (a run directory or results.json), benchmark directories
-    (OUT of `pixelrec bench`: their finished runs) and studies (a directory with study.db).
-    Several runs of one cell are all kept, unless `latest`: then only the newest of each."""
+    (OUT of `pixelrec bench`: their finished runs) and studies (a directory with study.db). A run
+    that has not finished is one line in `notes` ("unfinished: RUN (epoch 3 of 50)"). Several runs
+    of one cell are all kept, unless `latest`: then only the newest of each, and a line in `notes`
+    for each run left out."""
     inputs = ReportInputs()
+    unfinished: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir() and (path / "study.db").is_file():
             inputs.studies.append(path)
         elif path.is_dir() and not (path / "results.json").exists() and (path / "runs").is_dir():
             inputs.runs.extend(load_results(bench_runs(path)))
+            unfinished.extend(bench_runs(path, finished=False))
+        elif is_unfinished(path):
+            unfinished.append(path)
         else:
             inputs.runs.extend(load_results([path]))
+    inputs.notes = [unfinished_line(run) for run in dict.fromkeys(unfinished)]
     if not inputs.runs and not inputs.studies:
-        raise UserError("nothing to report: no finished run among the given directories")
+        raise UserError("nothing to report: no finished run among the given directories"
+                        + (f" ({len(unfinished)} unfinished: {', '.join(map(str, unfinished[:3]))})" if unfinished else ""))
     once = {str(Path(r["results_file"]).resolve()): r for r in reversed(inputs.runs)}  # a run named twice is one run
     inputs.runs = [r for r in inputs.runs if once[str(Path(r["results_file"]).resolve())] is r]
     if latest:
+        inputs.notes += superseded(inputs.runs)
         inputs.runs = newest(inputs.runs)
     return inputs
 
 
 def tables_text(inputs: ReportInputs, split: str = "test") -> str:
     """The per-run summary table and the paper-layout table of the runs, then notes naming the
-    runs with caveats and the cells that have several runs."""
+    runs with caveats, the cells that have several runs and the runs left out (unfinished, dropped)."""
+    left_out = "\n".join(inputs.notes)
     if not inputs.runs:
-        return ""
-    notes = [note for note in (caveats_note(inputs.runs), duplicates_note(inputs.runs)) if note]
+        return f"{left_out}\n" if left_out else ""
+    notes = [note for note in (caveats_note(inputs.runs), duplicates_note(inputs.runs), left_out) if note]
     return (f"## Runs ({split})\n\n{summary_table(inputs.runs, split)}\n\n"
             f"## Paper layout ({split}, %)\n\n{paper_table(inputs.runs, split)}\n"
             + "".join(f"\n{note}\n" for note in notes))
@@ -92,7 +130,7 @@ def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> 
     text = tables_text(inputs, split)
     shown = newest(inputs.runs)  # a figure has one point per cell
     if len(shown) < len(inputs.runs):
-        text += "\nThe encoder figures show the newest run of each cell.\n"
+        text += "\nThe encoder figures show the newest run of each cell; each point names its run.\n"
     groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}  # one figure per dataset and profile
     for record in shown:
         groups.setdefault((record.get("dataset"), record.get("profile") or "default"), []).append(record)
@@ -103,11 +141,12 @@ def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> 
             figure = plots.encoder_figure(runs, model, split)
             if figure is not None:
                 written.append(plots.save(figure, out / f"encoders-{model}{suffix}.png"))
-    curves = [(label, MetricsLog(Path(r["run"]) / "metrics.jsonl").read())
+    curves = [(label, MetricsLog(Path(r["run"]) / "metrics.jsonl").read(), r.get("loss"))
               for label, r in zip(run_labels(inputs.runs), inputs.runs)]
-    curves = [(label, rows) for label, rows in curves if rows]
+    curves = [curve for curve in curves if curve[1]]
     if curves:
-        written.append(plots.save(plots.learning_curves(curves), out / "curves.png"))
+        figure = plots.learning_curves([c[:2] for c in curves], losses=[c[2] for c in curves])
+        written.append(plots.save(figure, out / "curves.png"))
     for number, study_dir in enumerate(inputs.studies):
         study = load_study(study_dir)
         name = study_dir.resolve().name + (f"-{number}" if number and _clash(inputs.studies, study_dir) else "")
@@ -121,9 +160,17 @@ def write_report(inputs: ReportInputs, out: str | Path, split: str = "test") -> 
 
 
 def run_labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Each run's directory name, with its parent's name where two runs share a name."""
-    names = [Path(r["run"]).name for r in runs]
-    return [f"{Path(r['run']).parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names)]
+    """Each run's directory name, with as many of its folders above as tell apart runs that share a
+    name (two bench folders' `runs/sasrec-id`: `b1/runs/sasrec-id`, `b2/runs/sasrec-id`)."""
+    paths = [Path(r["run"]).resolve() for r in runs]
+    depth = 1
+    while depth < max((len(p.parts) for p in paths), default=1):
+        labels = [str(Path(*p.parts[-depth:])) for p in paths]
+        if all(labels.count(label) == 1 or paths.count(p) > 1 for label, p in zip(labels, paths)):
+            break
+        depth += 1
+    names = [p.name for p in paths]
+    return [str(Path(*p.parts[-depth:])) if names.count(p.name) > 1 else p.name for p in paths]
 
 
 def _clash(studies: list[Path], study_dir: Path) -> bool:

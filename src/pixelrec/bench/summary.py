@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pixelrec.bench.tables import caveats_note, paper_table, run_caveats
+from pixelrec.bench.tables import MARK, caveats_note, paper_table, run_caveats
 from pixelrec.storage.atomic import atomic_write
 
 FAMILIES = ("Recall", "NDCG", "MRR", "HR")
@@ -56,6 +56,7 @@ def markdown_text(rows: list[dict[str, Any]], split: str = "test") -> str:
              "| cell | status | seconds | trainable params | note |", "| --- | --- | ---: | ---: | --- |"]
     for row in rows:
         name = "-".join(x for x in (row["model"], row["items"], row["encoder"], row.get("variant")) if x)
+        name += f" {MARK}" if row["results"] and run_caveats(row["results"]) else ""  # its caveats are in the note
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
         params = f"{row['results']['trainable_parameters']:,}" if row["results"] else "-"
         note = row["reason"].replace("|", "\\|")

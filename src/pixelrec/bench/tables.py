@@ -1,7 +1,10 @@
 """Tables from run directories: each run's results.json becomes one row.
 
-A run is one *cell* (model, item kind, image encoder, dataset, profile). Two runs of one cell are
-both shown, never merged; `newest` keeps the most recently finished run of each cell on request.
+A run is one *cell*: its model, item kind, image encoder, dataset, profile, where its weights started,
+and every other setting that can change its result (`bench.settings`: budget, hyper-parameters,
+seed). Runs that differ in a setting are separate rows, with the settings that differ shown; two runs
+of one cell are both shown, never merged; `newest` keeps the most recently finished run of each cell
+on request and `superseded` says which it left out.
 A run with caveats (a paper encoder with random weights, upscaled images: towers.caveats) is marked
 with `MARK` wherever it is shown, and `caveats_note` names each caveat under the tables.
 Labels, column and row order and what names a row's encoder come from what each backbone and item
@@ -13,15 +16,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from pixelrec.bench import settings as run_settings
 from pixelrec.config import tower_sections, upgrade
 from pixelrec.items import ITEM_ENCODERS, ItemEncoder
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import FAMILIES
 from pixelrec.runs.results import read_results, results_path
+from pixelrec.towers.caveats import RANDOM_WEIGHTS
 from pixelrec.towers.names import SHORT_NAMES
+from pixelrec.units import percent
 
 
 def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -35,6 +42,7 @@ def load_results(runs: list[str | Path]) -> list[dict[str, Any]]:
         record["results_file"] = str(path)
         record["encoder"] = encoder_label(record, path.parent)
         record["start"] = start_label(record, path.parent)
+        record["settings"] = run_settings.run_settings(path.parent)
         out.append(record)
     return out
 
@@ -76,12 +84,28 @@ def _text_label(run_dir: Path, kind: type[ItemEncoder], image: str | None) -> st
     """The text model's name (as set, else its directory's name); with an image tower too
     (multimodal): 'image + text model'."""
     text_tower = _tower(_items_section(run_dir), "text")
-    given = [text_tower.get("encoder"), text_tower.get("encoder_weights")]
-    source = next((value for value in given if isinstance(value, str) and value), None)
-    text = (Path(source).name or source) if source else None
+    named, folder = text_tower.get("encoder"), text_tower.get("encoder_weights")
+    text = named if isinstance(named, str) and named else (
+        model_folder_label(folder) if isinstance(folder, str) and folder else None)
     if kind.image_tower is None:
         return text or image
     return " + ".join(x for x in (image, text) if x) or None
+
+
+#: Folder names that say nothing about the model inside (a package's `model/`, a hub snapshot's hash).
+_GENERIC = re.compile(r"^(models?|weights|checkpoints?|snapshots|hf|huggingface|[0-9a-f]{40})$", re.IGNORECASE)
+
+
+def model_folder_label(folder: str) -> str:
+    """A model directory's name for tables: the nearest folder name that is not generic ('model',
+    'snapshots', a commit hash), a hub cache's `models--org--name` as `name`."""
+    parts = [part for part in Path(folder).parts if part not in ("/", "")]
+    for part in reversed(parts):
+        if part.startswith("models--"):
+            return part.rsplit("--", 1)[-1]
+        if not _GENERIC.match(part):
+            return part
+    return parts[-1] if parts else folder
 
 
 def _features_label(run_dir: Path) -> str | None:
@@ -112,11 +136,16 @@ def start_label(record: dict[str, Any], run_dir: Path | None = None) -> str | No
     return "pretrained" if image.get("pretrained") is True else "random init"
 
 
-def cell_of(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str, str | None]:
-    """(model, items, encoder, dataset, profile, start): runs with the same cell measure the same thing."""
+def base_cell(record: dict[str, Any]) -> tuple[str, str, str | None, str | None, str, str | None]:
+    """(model, items, encoder, dataset, profile, start): what a table row names."""
     start = record["start"] if "start" in record else start_label(record)
     return (record.get("model", "?"), record.get("items", "?"), encoder_label(record), record.get("dataset"),
             record.get("profile") or "default", start)
+
+
+def cell_of(record: dict[str, Any]) -> tuple:
+    """`base_cell` and every setting that can change a result: runs of one cell measure the same thing."""
+    return (*base_cell(record), run_settings.settings_key(record))
 
 
 def duplicates(results: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -134,21 +163,38 @@ def _finished(record: dict[str, Any]) -> int:
         return -1
 
 
-def newest(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One run per cell: the one whose results.json was written last (the later given on a tie);
-    the kept runs stay in the order given."""
+def _newest_of_cells(results: list[dict[str, Any]]) -> dict[tuple, int]:
+    """Cell -> the number of its run whose results.json was written last (the later given on a tie)."""
     chosen: dict[tuple, tuple[int, int]] = {}
     for number, record in enumerate(results):
         key, rank = cell_of(record), (_finished(record), number)
         if key not in chosen or rank >= chosen[key]:
             chosen[key] = rank
-    keep = {number for _, number in chosen.values()}
+    return {key: number for key, (_, number) in chosen.items()}
+
+
+def newest(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per cell: the one whose results.json was written last (the later given on a tie);
+    the kept runs stay in the order given."""
+    keep = set(_newest_of_cells(results).values())
     return [record for number, record in enumerate(results) if number in keep]
+
+
+def superseded(results: list[dict[str, Any]]) -> list[str]:
+    """One line per run that `newest` leaves out, naming the newer run of the same cell it keeps."""
+    kept = _newest_of_cells(results)
+    lines = []
+    for record in results:
+        chosen = results[kept[cell_of(record)]]
+        if chosen is not record:
+            lines.append(f"dropped {record.get('run', '?')}: an older run of {cell_name(record)} "
+                         f"(same settings as {chosen.get('run', '?')}, which finished later)")
+    return lines
 
 
 def cell_name(record: dict[str, Any]) -> str:
     """'sasrec pixels clip-rn50 (dataset x, profile paper)', for notes and messages."""
-    model, items, encoder, dataset, profile, start = cell_of(record)
+    model, items, encoder, dataset, profile, start = base_cell(record)
     extra = ([f"dataset {dataset}"] if dataset else []) + [f"profile {profile}"] + ([start] if start else [])
     return " ".join(x for x in (model, items, encoder) if x) + f" ({', '.join(extra)})"
 
@@ -195,29 +241,39 @@ def caveats_note(results: list[dict[str, Any]]) -> str:
              for r in results for caveat in run_caveats(r)]
     if not lines:
         return ""
-    return f"{MARK} Not comparable with the paper's numbers:\n\n" + "\n".join(lines)
+    return f"{MARK} Read before comparing with the paper's numbers:\n\n" + "\n".join(lines)
 
 
 def _percent(metrics: dict[str, Any] | None, name: str) -> str:
     if not metrics or name not in metrics:
         return "-"
-    value = 100 * metrics[name]
-    return f"{value:.3f}" if math.isfinite(value) else str(value)
+    return percent(metrics[name], sign=False)
+
+
+def _encoder_cell(record: dict[str, Any]) -> str:
+    """The encoder column: its label, '(random init)' for a paper encoder with random weights, and the
+    mark of a run with caveats."""
+    caveats = run_caveats(record)
+    random = any(c.get("kind") == RANDOM_WEIGHTS for c in caveats)
+    return (encoder_label(record) or "-") + (" (random init)" if random else "") + (f" {MARK}" if caveats else "")
 
 
 def summary_table(results: list[dict[str, Any]], split: str = "test") -> str:
     """Markdown: one row per run with test metrics (percent, as the paper), cold-item metrics,
     trainable parameters, seconds per epoch and the run directory; dataset and profile columns when
-    the runs mix several; the encoder of a run with caveats marked (`MARK`)."""
+    the runs mix several; a column per setting that differs between runs of one cell (`bench.settings`);
+    the encoder of a run with caveats marked (`MARK`)."""
     datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
+    differ = run_settings.differing(results, base_cell)
     header = ["model", "items", "encoder", *(["dataset"] if datasets else []), *(["profile"] if profiles else []),
-              "Recall@10 %", "NDCG@10 %", "cold Recall@10 %", "cold NDCG@10 %", "trainable params", "s/epoch", "run"]
+              *differ, "Recall@10 %", "NDCG@10 %", "cold Recall@10 %", "cold NDCG@10 %", "trainable params", "s/epoch", "run"]
     rows = [header, ["---"] * len(header)]
     for r in results:
         cold = r.get(f"{split}_cold")
         rows.append([
-            r.get("model", "?"), r.get("items", "?"), (encoder_label(r) or "-") + (f" {MARK}" if run_caveats(r) else ""),
+            r.get("model", "?"), r.get("items", "?"), _encoder_cell(r),
             *([r.get("dataset") or "-"] if datasets else []), *([r.get("profile") or "default"] if profiles else []),
+            *(run_settings.shown((r.get("settings") or {}).get(key)) for key in differ),
             _percent(r.get(split), "Recall@10"), _percent(r.get(split), "NDCG@10"),
             _percent(cold, "Recall@10"), _percent(cold, "NDCG@10"),
             f"{int(r.get('trainable_parameters', 0)):,}", f"{r.get('train_seconds_per_epoch', 0.0):.2f}",
@@ -255,25 +311,45 @@ def backbone_order(models: list[str]) -> list[str]:
     return known + [m for m in seen if m not in known]
 
 
-RowKey = tuple[str, str | None, str | None, str, str | None]  # item kind, encoder, dataset, profile, start
+#: item kind, encoder, dataset, profile, start, and the settings that tell its runs apart (see `row_settings`).
+RowKey = tuple[str, str | None, str | None, str, str | None, str]
 
 
-def item_row_key(record: dict[str, Any]) -> RowKey:
-    """(items kind, encoder, dataset, profile, start) of a result; the encoder only where items are images."""
-    _, kind, encoder, dataset, profile, start = cell_of(record)
-    return kind, encoder, dataset, profile, start
+def item_row_key(record: dict[str, Any], settings: str = "") -> RowKey:
+    """(items kind, encoder, dataset, profile, start, settings) of a result; the encoder only where
+    items are images."""
+    _, kind, encoder, dataset, profile, start = base_cell(record)
+    return kind, encoder, dataset, profile, start, settings
+
+
+def row_settings(results: list[dict[str, Any]]) -> list[str]:
+    """Per run, the settings that put it on a row of its own in the paper's layout ('' for most):
+    the keys that differ between runs of its cell, and the keys outside the model section that differ
+    between runs of any cell of its row (so a 6-epoch MF and a 6-epoch SASRec share one row)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in results:
+        groups.setdefault(base_cell(record), []).append(record)
+    own = {cell: set(run_settings.differing(group, base_cell)) for cell, group in groups.items()}
+    per_row: dict[RowKey, set[str]] = {}
+    for cell, keys in own.items():
+        row = item_row_key(groups[cell][0])
+        per_row.setdefault(row, set()).update(k for k in keys if not k.startswith("model."))
+    return [run_settings.label(record, sorted(own[base_cell(record)] | per_row[item_row_key(record)]))
+            for record in results]
 
 
 def item_row_label(key: RowKey, datasets: bool = False, profiles: bool = False, starts: bool = False) -> str:
     """Row label: ID, the encoder's name for pixels (PixelNet), 'features: <encoder>' for ViNet,
-    'text: <model>', 'multimodal: <encoder> + <model>'; the dataset and profile in brackets when the
-    table mixes several, and where the weights started (`starts`) when rows differ only in that."""
-    kind, encoder, dataset, profile, start = key
+    'text: <model>', 'multimodal: <encoder> + <model>'; in brackets the dataset and profile when the
+    table mixes several, where the weights started (`starts`) when rows differ in that or the weights
+    are random, and the settings that tell the row's runs from another row's."""
+    kind, encoder, dataset, profile, start, settings = key
     declared = ITEM_ENCODERS.find(kind)
     label = declared.label if declared is not None and declared.label else kind
     if encoder:  # ID rows never have one (see `encoder_label`)
         label = (declared.row_label if declared is not None else "{label}: {encoder}").format(label=label, encoder=encoder)
-    extra = ([dataset or "?"] if datasets else []) + ([profile] if profiles else []) + ([start] if starts and start else [])
+    extra = ([dataset or "?"] if datasets else []) + ([f"profile {profile}"] if profiles else [])
+    extra += ([start] if starts and start else []) + ([settings] if settings else [])
     return f"{label} ({', '.join(extra)})" if extra else label
 
 
@@ -294,23 +370,30 @@ def paper_table(results: list[dict[str, Any]], split: str = "test",
                 metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     """Markdown in the paper's layout: rows = item encoder x metric, columns = backbones, values in
     percent with three decimals, '-' where a combination has no result (missing, skipped, failed).
-    Rows are told apart by dataset and profile where the results mix several, and by where the weights
-    started (random init, weights file, `from <run>`) where only that differs. A cell with several
+    Rows are told apart by dataset and profile where the results mix several, by where the weights
+    started (random init, weights file, `from <run>`) where that differs or the weights are random,
+    and by the settings that differ (`row_settings`). A cell with several
     runs shows each run's value, in the order given, separated by ' / ' (see `newest` for one). A row
     holding a run with caveats is marked (`MARK`; `caveats_note` says which)."""
     cells: dict[tuple[RowKey, str], list[dict[str, Any]]] = {}
     marked: set[RowKey] = set()  # rows holding a run with caveats
-    for record in results:
-        cells.setdefault((item_row_key(record), record.get("model", "?")), []).append(record.get(split) or {})
-        if run_caveats(record):
-            marked.add(item_row_key(record))
+    random: set[RowKey] = set()  # rows holding a paper encoder with random weights: they say so
+    for record, settings in zip(results, row_settings(results)):
+        key = item_row_key(record, settings)
+        cells.setdefault((key, record.get("model", "?")), []).append(record.get(split) or {})
+        caveats = run_caveats(record)
+        if caveats:
+            marked.add(key)
+        if any(c.get("kind") == RANDOM_WEIGHTS for c in caveats):
+            random.add(key)
     datasets, profiles = mixed(results, "dataset"), mixed(results, "profile")
     models = backbone_order([model for _, model in cells])
     header = ["Item encoder", "Metric"] + [display_name(m) for m in models]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * len(models)) + " |"]
     keys = _row_order([key for key, _ in cells])
     for key in keys:
-        starts = sum(other[:4] == key[:4] for other in keys) > 1  # rows that differ only in their start
+        # rows that differ only in their start, or a random paper encoder
+        starts = sum(other[:4] + other[5:] == key[:4] + key[5:] for other in keys) > 1 or key in random
         for number, metric in enumerate(metrics):
             label = item_row_label(key, datasets, profiles, starts) if number == 0 else ""
             label += f" {MARK}" if label and key in marked else ""

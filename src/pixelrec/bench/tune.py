@@ -26,6 +26,7 @@ from pixelrec.runs.directory import MetricsLog, config_of_run
 from pixelrec.runs.results import read_results
 from pixelrec.storage.atomic import atomic_write
 from pixelrec.training.trainer import train
+from pixelrec.units import percent
 
 STUDY_NAME = "pixelrec"
 # The PixelRec README's search grid (embedding sizes, batch sizes and decays as listed; its learning rates
@@ -223,7 +224,7 @@ def run_trial(study, trial, spec: TuneSpec, study_dir: Path, log: Callable[[str]
         return one_line(err)
     value = float(results["valid"][metric])
     study.tell(trial, value)
-    log(f"trial {trial.number} ({shown}): valid {metric} {value:.5f}")
+    log(f"trial {trial.number} ({shown}): valid {metric} {percent(value)}")
     write_best(study, study_dir)
     return None
 
@@ -272,7 +273,7 @@ def write_best(study, study_dir: Path) -> Path | None:
     if not source.is_file():
         raise UserError(f"{source}: missing, so best.yaml cannot be written (was the trial's run directory removed?)")
     shown = ", ".join(f"{k}={v}" for k, v in best.params.items())
-    header = (f"# Best of the study in {study_dir}: trial {best.number} ({shown}), objective {best.value:.6g}.\n"
+    header = (f"# Best of the study in {study_dir}: trial {best.number} ({shown}), objective {percent(best.value)}.\n"
               f"# Train it with: pixelrec train --config {study_dir / 'best.yaml'}\n")
     atomic_write(study_dir / "best.yaml", (header + source.read_text()).encode())
     return study_dir / "best.yaml"
@@ -282,9 +283,9 @@ def trials_table(study) -> str:
     """Markdown: one row per trial (number, state, objective, parameters)."""
     trials = study.get_trials(deepcopy=False)
     keys = list(dict.fromkeys(itertools.chain.from_iterable(t.params for t in trials)))
-    lines = ["| trial | state | objective | " + " | ".join(keys) + " |", "| ---: | --- | ---: |" + " --- |" * len(keys)]
+    lines = ["| trial | state | objective % | " + " | ".join(keys) + " |", "| ---: | --- | ---: |" + " --- |" * len(keys)]
     for t in trials:
-        value = f"{t.value:.5f}" if t.value is not None else "-"
+        value = percent(t.value, sign=False) if t.value is not None else "-"
         lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | "
                      + " | ".join(str(t.params.get(k, "-")) for k in keys) + " |")
     return "\n".join(lines)

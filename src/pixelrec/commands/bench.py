@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", default="id", help="comma-separated item kinds: id,pixels,features,id+features,"
                         "text,multimodal")
     parser.add_argument("--encoders", default="", help="comma-separated image encoders for pixels, features and "
-                        "multimodal cells, e.g. clip-rn50,clip-vit-b32 (default: the configuration's)")
+                        "multimodal cells, e.g. clip-rn50,clip-vit-b32 (default: the configuration's; pixels and "
+                        "multimodal cells without one take clip-vit-b32)")
     parser.add_argument("--features", metavar="PATTERN", help="feature file of features cells; {encoder} is "
                         "replaced by the cell's encoder, e.g. feats/{encoder}.npy")
     parser.add_argument("--weights", metavar="PATTERN", help="image encoder weights of pixels and multimodal cells; "
@@ -55,14 +56,20 @@ def run(args: argparse.Namespace) -> int:
                                                     split_list(args.encoders), names or None),
                      files=args.config, sets=args.set, features=args.features, weights=args.weights,
                      text_model=args.text_model, variants=variants)
-    try:
-        rows = run_matrix(spec, Path(args.out))
+    from pixelrec.commands import in_flags
+
+    try:  # each cell's line speaks of bench's own options (--features, --text-model), as its errors do
+        rows = run_matrix(spec, Path(args.out), log=lambda line: print(in_flags(line, args.flags)))
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to continue {args.out}", file=sys.stderr)
         raise
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    if not counts.get("done"):  # no table of nothing: the first failure, and where the others are
+        failed = next((row for row in rows if row["status"] == "failed"), rows[0])
+        raise UserError(f"no cell finished: {failed['model']}-{failed['items']} {failed['status']}: {failed['reason']} "
+                        f"(every cell's status: {Path(args.out) / 'results.md'})")
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"{len(rows)} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
           + f"; see {Path(args.out) / 'results.csv'}")

@@ -16,7 +16,8 @@ ORDER = 7
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
-    parser.add_argument("--split", choices=["valid", "test", "both"], default="both")
+    parser.add_argument("--split", choices=["valid", "test", "both"], default="both",
+                        help="which held-out interactions to score: each user's second-last (valid), last (test) or both")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="best (the best validation epoch; last.pt, said so, when there is none) or last")
 

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "per item (special tokens included)")
     parser.add_argument("--preprocess", choices=["encoder", "paper"], default="encoder",
                         help="mean/std of the encoder's data config, or the paper's 0.5/0.5 at 224")
-    parser.add_argument("--batch-size", type=int, default=256, metavar="N")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="items encoded per forward pass")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="DataLoader processes reading images (or tokens)")
     parser.add_argument("--dtype", choices=["fp16", "fp32"], help="stored precision (default: fp16; --import: "

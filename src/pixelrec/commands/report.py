@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run directories (or their results.json), `pixelrec bench` "
                         "directories and `pixelrec tune` study directories")
     parser.add_argument("--split", choices=["valid", "test"], default="test", help="the split whose metrics are shown")
-    parser.add_argument("--latest", action="store_true", help="of several runs of one cell (model, items, encoder, "
-                        "dataset, profile) keep only the newest; by default all are shown")
+    parser.add_argument("--latest", action="store_true", help="of several runs of one cell (the same model, items, "
+                        "encoder, dataset, profile and every setting that can change a result) keep only the newest, "
+                        "saying which runs it dropped; by default all are shown")
     parser.add_argument("--out", metavar="DIR", help="write report.md and PNG figures into this folder: encoders-"
                         "<model>.png (parameters and Recall@10 per image encoder), curves.png, study-<name>.png")
 

@@ -16,11 +16,12 @@ ORDER = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write (created)")
-    parser.add_argument("--users", type=at_least(1), default=2000, metavar="N")
-    parser.add_argument("--items", type=at_least(1), default=500, metavar="N")
+    parser.add_argument("--users", type=at_least(1), default=2000, metavar="N", help="users to write")
+    parser.add_argument("--items", type=at_least(1), default=500, metavar="N", help="items (covers) to write")
     parser.add_argument("--mean-len", type=float, default=12.0, metavar="L", help="mean interactions per user (min 5 each)")
     parser.add_argument("--image-size", type=at_least(8), default=64, metavar="PX", help="cover side in pixels")
-    parser.add_argument("--seed", type=int, default=0, metavar="S")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed: the same seed writes the "
+                        "same files")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (all of it)")
 
 

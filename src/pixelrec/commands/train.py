@@ -19,10 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", choices=ITEM_ENCODERS.names(), help="item encoder kind")
     parser.add_argument("--encoder", help="the item kind's encoder: the image encoder (items.image.encoder: a short "
                         "or timm name) for pixels, features, multimodal; the text model (items.text.encoder) for text")
-    parser.add_argument("--loss", choices=["bpr", "softmax", "full-softmax"])
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--loss", choices=["bpr", "softmax", "full-softmax"], help="loss.name (default: the "
+                        "configuration's: bpr, softmax for pixels, text and multimodal items)")
+    parser.add_argument("--epochs", type=int, help="train.epochs, the most epochs to train; early stopping may end "
+                        "sooner (default: the configuration's, 200)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="train.seed, for every random stream of the run (default: the "
+                        "configuration's, 0)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file(s), later ones win")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="set",
                         help="override any key, e.g. --set train.lr=1e-4 (repeatable)")

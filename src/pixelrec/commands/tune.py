@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", help="image encoder for pixels/features")
     parser.add_argument("--study", required=True, metavar="DIR", dest="study_dir", help="study directory (study.db, "
                         "trials/, best.yaml); rerun to continue it")
-    parser.add_argument("--sampler", choices=["grid", "tpe"], default="grid")
+    parser.add_argument("--sampler", choices=["grid", "tpe"], default="grid", help="grid: every combination of "
+                        "--grid; tpe: Optuna's TPE sampler over the same values")
     parser.add_argument("--trials", type=int, metavar="N", help="finished trials wanted in the study "
                         "(default: the whole grid; 20 for tpe)")
     parser.add_argument("--grid", metavar="SPACE", help="search space, e.g. \"model.embedding_size=64,128;"
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial completed")
         return 1
-    print(f"best: trial {best.number}, objective {best.value:.5f}; "
+    from pixelrec.units import percent
+
+    print(f"best: trial {best.number}, objective {percent(best.value)}; "
           f"configuration in {Path(args.study_dir) / 'best.yaml'}")
     return 0

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pixelrec.data import images as image_store
-from pixelrec.data.prepared import FORMAT_NAME, FORMAT_VERSION
+from pixelrec.data.prepared import CACHE_DIRS, FORMAT_NAME, FORMAT_VERSION
 from pixelrec.data.raw import Interactions, RawSource, find_raw, read_interactions, read_item_info
 from pixelrec.errors import UserError
 from pixelrec.progress import bar, log
@@ -244,9 +244,10 @@ def build_sequences(data: Interactions, *, kcore: int = 0, sample_users: int | N
 
 
 # --- writing -------------------------------------------------------------------------------
-#: What `prepare` writes into a dataset folder; anything else there is the user's.
+#: What `prepare` writes into a dataset folder, and the caches training adds (`CACHE_DIRS`); anything
+#: else there is the user's.
 PREPARED_ENTRIES = frozenset({"meta.json", "user_ptr.npy", "item_seq.npy", "timestamps.npy", "cold_items.npy",
-                              "items.parquet", "users.parquet", image_store.STORE_DIR})
+                              "items.parquet", "users.parquet", image_store.STORE_DIR, *CACHE_DIRS})
 _LEFTOVER = re.compile(r"\.(tmp|old)-\d+")
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _NEARLY_FULL = 1 << 20
@@ -424,6 +425,10 @@ def prepare(raw: str | Path, out: str | Path, *, image_size: int = 224, workers:
     _refuse_raw(out, raw)
     with claimed_output(out, "dataset"):
         _check_out(out, overwrite)
+        caches = [name for name in CACHE_DIRS if (out / name).is_dir()]
+        if caches:
+            log.info(f"{out}: the caches of the dataset it replaces go with it "
+                     f"({', '.join(f'{name}/' for name in caches)}; training builds them again when needed)")
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         try:
             tmp.mkdir()

@@ -23,6 +23,13 @@ import numpy as np
 from pixelrec.errors import UserError
 from pixelrec.storage.files import open_npy, printable
 
+#: Folders that training writes into a prepared dataset (the default of items.cache_dir): frozen
+#: prefixes of image and text towers, and tokenised item texts. They are pixelrec's caches of this
+#: dataset: `prepare` and `verify` know them, and a dataset prepared again rebuilds them when needed.
+PREFIX_CACHE_DIR = "prefix_cache"
+TEXT_TOKENS_DIR = "text_tokens"
+CACHE_DIRS = (PREFIX_CACHE_DIR, TEXT_TOKENS_DIR)
+
 FORMAT_NAME = "pixelrec-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("valid", "test")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixelrec.data.prepared import TEXT_TOKENS_DIR
 from pixelrec.errors import UserError
 from pixelrec.storage.atomic import atomic_json
 from pixelrec.storage.feature_files import dataset_order_sha256
@@ -142,7 +143,7 @@ class ItemTexts:
             "texts_sha256": hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest(),
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        out = Path(directory or self.root / "text_tokens") / f"tokens-{digest}.npy"
+        out = Path(directory or self.root / TEXT_TOKENS_DIR) / f"tokens-{digest}.npy"
         sidecar = _read_sidecar(out)
         if sidecar == identity and out.is_file():
             return TokenArray(out, sidecar)

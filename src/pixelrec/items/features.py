@@ -23,7 +23,7 @@ from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.items.id import IDEncoder
 from pixelrec.items.pixels import FeatureSettings, projection
 from pixelrec.storage.feature_files import CHECK_ROWS, load_features, read_sidecar
-from pixelrec.towers.caveats import UPSCALED_IMAGES, tower_caveats
+from pixelrec.towers.caveats import UPSCALED_IMAGES, imported_caveat, tower_caveats
 
 
 @ITEM_ENCODERS.register("features")
@@ -72,13 +72,17 @@ class FeatureEncoder(ItemEncoder):
 
     def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
         """Those of the tower that extracted the features, from the feature file's sidecar (a projection
-        carried from another run leaves them as they are)."""
+        carried from another run leaves them as they are); a file imported from elsewhere says so."""
         made = self.made
         upscaled = [c for c in made.get("caveats") or [] if isinstance(c, dict) and c.get("kind") == UPSCALED_IMAGES]
         sizes = upscaled[0] if upscaled else {}
-        return tower_caveats(made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
-                             stored_size=sizes.get("stored_size"), input_size=sizes.get("input_size"),
-                             features=self.source, hint="extract them again with `pixelrec extract --encoder-weights FILE`")
+        source = made.get("source")
+        imported = [imported_caveat(self.source, source.get("file") if isinstance(source.get("file"), str) else None)
+                    ] if isinstance(source, dict) else []
+        return imported + tower_caveats(
+            made.get("encoder"), weights=made.get("weights_sha256"), pretrained=made.get("pretrained"),
+            stored_size=sizes.get("stored_size"), input_size=sizes.get("input_size"),
+            features=self.source, hint="extract them again with `pixelrec extract --encoder-weights FILE`")
 
     def raw(self, item_ids: Tensor) -> Tensor:
         """The frozen features of `item_ids` as float32 (zeros for padding)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pixelrec.data.prepared import PREFIX_CACHE_DIR
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.schema import NonNegativeInt, PositiveInt
@@ -289,7 +290,7 @@ class PixelEncoder(ItemEncoder):
         store = getattr(self.image_store, "path", None)
         if store is None:
             raise UserError("items.image.cache=prefix: the image store has no location; set items.cache_dir")
-        return Path(store).parent / "prefix_cache"
+        return Path(store).parent / PREFIX_CACHE_DIR
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The image tower's trainable layers, and the projection with projection_group=encoder (else

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pixelrec.data.prepared import PREFIX_CACHE_DIR
 from pixelrec.data.text_tokens import ItemTexts, TokenArray, tokenise
 from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
@@ -168,7 +169,7 @@ class TextEncoder(ItemEncoder):
             "shape": [self.tokens.max_tokens, tower.width], "n_items": self.n_items,
             "item_order_sha256": self.item_order_sha256,
         }
-        directory = Path(self.cache_dir) if self.cache_dir else self.data_root / "prefix_cache"
+        directory = Path(self.cache_dir) if self.cache_dir else self.data_root / PREFIX_CACHE_DIR
         split = SimpleNamespace(tower=tower, prefix=tower.prefix)
         return prefix_cache.build_prefix_cache(split, nn.Identity(), self.tokens.full_width(), self.n_items, identity,
                                                directory, device=device, batch_size=self.catalogue_chunk,

@@ -19,7 +19,7 @@ import numpy as np
 
 from pixelrec.data import images as image_store
 from pixelrec.data import text_tokens
-from pixelrec.data.prepared import CURE, PreparedData
+from pixelrec.data.prepared import CURE, PREFIX_CACHE_DIR, TEXT_TOKENS_DIR, PreparedData
 from pixelrec.errors import UserError
 from pixelrec.runs.directory import dataset_fingerprint
 from pixelrec.storage.feature_files import dataset_order_sha256, load_features
@@ -232,7 +232,7 @@ def _for_dataset(sidecar: dict[str, Any], data: PreparedData, order: str, npy: P
 def _check_token_arrays(data: PreparedData, order: str, result: Verification) -> None:
     """text_tokens/: each array with a sidecar (one without is never used) has the sidecar's shape."""
     result.counts["token_arrays"] = 0
-    for npy in sorted((data.root / "text_tokens").glob("tokens-*.npy")):
+    for npy in sorted((data.root / TEXT_TOKENS_DIR).glob("tokens-*.npy")):
         sidecar = text_tokens._read_sidecar(npy)
         if sidecar is None or sidecar.get("format") != text_tokens.FORMAT:
             continue  # an array whose sidecar was never written: tokenised again when needed
@@ -248,7 +248,7 @@ def _check_token_arrays(data: PreparedData, order: str, result: Verification) ->
 def _check_prefix_caches(data: PreparedData, order: str, result: Verification) -> None:
     """prefix_cache/: each cache with rows written is intact for its sidecar (prefix_cache._intact)."""
     result.counts.update(prefix_caches=0, incomplete_caches=0)
-    for npy in sorted((data.root / "prefix_cache").glob("prefix-*.npy")):
+    for npy in sorted((data.root / PREFIX_CACHE_DIR).glob("prefix-*.npy")):
         sidecar = prefix_cache._read_sidecar(npy)
         if sidecar is None or not sidecar.get("rows_done"):
             continue  # nothing recorded in it yet: the next run starts it over

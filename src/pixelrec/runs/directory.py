@@ -45,7 +45,7 @@ CHECKPOINTS = ("best.pt", "last.pt")
 #: dataset's path may change too when the dataset there is the same one (its fingerprint).
 RESUME_FREE = frozenset({
     "data.path", "train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.ties_improve",
-    "train.num_workers", "train.device", "train.progress", "train.dist_timeout_minutes", "train.threads",
+    "train.num_workers", "train.device", "train.progress", "train.log_every", "train.dist_timeout_minutes", "train.threads",
     "train.amp", "train.grad_checkpointing", "train.channels_last", "train.compile",
     "eval.batch_size", "eval.score_budget_mb", "items.image.cache", "items.text.cache", "items.cache_dir",
 })

@@ -3,7 +3,9 @@
 A caveat is a small record, `{"kind", "encoder", "message", ...}`: `random_weights` (one of the
 paper's nine encoders with randomly initialised weights, so the numbers are not comparable with the
 paper's) or `upscaled_images` (the image store holds images smaller than the encoder's input, with
-`stored_size` and `input_size`). Nothing here prints: the trainer and `extract` compute the caveats
+`stored_size` and `input_size`), `imported_features` (a feature file that `pixelrec extract --import`
+brought in: what made it is unknown) or `transfer` (a run that started from another run's weights).
+Nothing here prints: the trainer and `extract` compute the caveats
 once where a run is set up, log them as warnings and record them (results.json, a feature file's
 sidecar), and tables mark the runs that have them.
 """
@@ -16,7 +18,24 @@ from pixelrec.towers.names import is_paper_encoder
 
 RANDOM_WEIGHTS = "random_weights"
 UPSCALED_IMAGES = "upscaled_images"
-KINDS = (RANDOM_WEIGHTS, UPSCALED_IMAGES)
+IMPORTED_FEATURES = "imported_features"
+TRANSFER = "transfer"
+KINDS = (RANDOM_WEIGHTS, UPSCALED_IMAGES, IMPORTED_FEATURES, TRANSFER)
+
+
+def imported_caveat(features: str, source: str | None) -> dict[str, Any]:
+    """A feature file imported from outside pixelrec (`source`: the file it came from)."""
+    where = f" from {source}" if source else ""
+    return {"kind": IMPORTED_FEATURES, "features": features, "source": source,
+            "message": f"{features} was imported{where}: the image encoder and weights that made it are not "
+                       "recorded, so nothing here says which of the paper's rows it compares with"}
+
+
+def transfer_caveat(run: str, checkpoint: str) -> dict[str, Any]:
+    """A run whose weights started from another run (train.init_from)."""
+    return {"kind": TRANSFER, "source": run, "checkpoint": checkpoint,
+            "message": f"started from the weights of {run} ({checkpoint}): a transfer result, not a run from the "
+                       "image encoder's own weights"}
 
 
 def tower_caveats(encoder: str | None, *, weights: str | None = None, pretrained: bool | None = False,

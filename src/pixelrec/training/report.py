@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pixelrec.progress import FILE_ONLY, Console, PlainProgress, Silent, attach, detach, log, progress_log, reporter
 from pixelrec.storage.atomic import atomic_write
+from pixelrec.units import percent
 from pixelrec.version import __version__
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def banner(trainer: Trainer) -> list[str]:
 def epoch_line(row: dict[str, Any], metric: str, epochs: int, best: bool) -> str:
     text = f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f} ({row['seconds']:.1f}s, {row['steps']} steps)"
     if "valid" in row:
-        text += f"  valid {metric} {row['valid'][metric]:.4f}" + (" (best)" if best else "")
+        text += f"  valid {metric} {percent(row['valid'][metric])}" + (" (best)" if best else "")
     return text
 
 
@@ -250,13 +251,36 @@ class RunReport:
         if self.tracker is not None:
             self.tracker.epoch(row, learning_rates(trainer), self.images)
 
+    def interval_start(self, now: float) -> None:
+        """An epoch begins: the first interval of `interval` lines starts now."""
+        self._interval = (now, 0, 0.0, 0.0)  # started, steps, loss sum, items encoded, at the last line
+
+    def interval(self, trainer: Trainer, epoch: int, steps: int, n_batches: int, loss_sum: float,
+                 encoded: float) -> None:
+        """train.log_every's line, for the steps since the last one: mean loss, learning rates, examples
+        per second and, where items are images, images per second (sums and counts so far this epoch)."""
+        import time
+
+        now = time.perf_counter()
+        started, steps_before, loss_before, encoded_before = self._interval
+        self._interval = (now, steps, loss_sum, encoded)
+        if not self.main or steps == steps_before:
+            return
+        c, seconds, done = trainer.config, max(now - started, 1e-9), steps - steps_before
+        rates = ", ".join(f"{name} {lr:.2e}" for name, lr in learning_rates(trainer).items())
+        text = (f"epoch {epoch + 1}/{c.train.epochs} step {steps}/{n_batches}: loss {(loss_sum - loss_before) / done:.4f}, "
+                f"lr {rates or '-'}, {done * c.train.batch_size / seconds:,.0f} examples/s")
+        if self.images:
+            text += f", {self.images * (encoded - encoded_before) / seconds:,.0f} images/s"
+        log.info(text)
+
     def stopped(self, trainer: Trainer) -> None:
         """Why training stopped, when it was not the last epoch; the run's bar ends here."""
         self.progress.close()
         if not self.main:
             return
         s, t, metric = trainer.state, trainer.config.train, trainer.config.eval.valid_metric
-        best = (f"best epoch {s.best_epoch} ({metric} {s.best_metric:.4f})" if s.best_epoch
+        best = (f"best epoch {s.best_epoch} ({metric} {percent(s.best_metric)})" if s.best_epoch
                 else "no best epoch")
         if s.stopped == "early stopping":
             log.info(f"early stopping at epoch {s.epoch}/{t.epochs}: valid {metric} did not improve for "
@@ -270,7 +294,7 @@ class RunReport:
         if not self.main:
             return
         metric = trainer.config.eval.valid_metric
-        scores = ", ".join(f"{split} {metric} {results[split][metric]:.4f}" for split in ("valid", "test")
+        scores = ", ".join(f"{split} {metric} {percent(results[split][metric])}" for split in ("valid", "test")
                            if metric in results.get(split, {}))
         log.info(f"done: {results.get('epochs_run', 0)} epochs, best epoch {results.get('best_epoch', 0)}; "
                  f"{scores}; results in {self.out / 'results.json'}")

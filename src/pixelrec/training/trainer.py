@@ -38,6 +38,7 @@ from pixelrec.storage.atomic import atomic_json, atomic_write
 from pixelrec.threads import use_threads
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
+from pixelrec.towers.caveats import transfer_caveat
 from pixelrec.training import report, transfer
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
@@ -341,6 +342,7 @@ class Trainer:
         pending: list[torch.Tensor] = []  # the losses not yet looked at, on the device
         total, count, encoded, positions = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
+        self.report.interval_start(started)
         bar = self.report.progress.epoch(epoch, t.epochs, n_batches, self.state.step, t.max_steps)
         for batch in self.batches(epoch):
             positions += float((batch.context > 0).sum() + (batch.targets > 0).sum())  # still on the CPU
@@ -358,6 +360,9 @@ class Trainer:
             count += 1
             encoded += float(out["items_encoded"])
             bar.update()
+            if t.log_every and count % t.log_every == 0:
+                total += self._checked_losses(pending, epoch)
+                self.report.interval(self, epoch, count, n_batches, total, encoded)
             if count % LOSS_CHECK_EVERY == 0:
                 total += self._checked_losses(pending, epoch)
                 bar.set_postfix(loss=f"{total / count:.4f}", ex_s=f"{count * t.batch_size / (time.perf_counter() - started):.0f}")
@@ -505,9 +510,10 @@ def results_record(trainer: Trainer, metrics: dict[str, Any], eval_seconds: floa
     images = model.item_encoder.images_per_item  # per item encoded: pixel and multimodal runs report images
     if images:
         record["images_per_step"] = images * s.items_encoded / s.step if s.step else 0.0
-    record["caveats"] = getattr(trainer, "caveats", [])
+    record["caveats"] = list(getattr(trainer, "caveats", []))
     if getattr(trainer, "transfer", None):
         record["init_from"] = trainer.transfer
+        record["caveats"].append(transfer_caveat(str(trainer.transfer["run"]), str(trainer.transfer["checkpoint"])))
     return record
 
 

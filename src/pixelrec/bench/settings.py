@@ -1,0 +1,86 @@
+"""A run's settings as the tables see them: every resolved key of its config.yaml that can change a
+result (budget, hyper-parameters, seed, protocol), without paths and without the keys that only say
+where or how fast it ran. Two runs are one cell only when these agree; where runs of one cell
+otherwise (model, item kind, encoder, dataset, profile, start) differ here, tables show the keys
+that differ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+from pixelrec.config import TOWERS, upgrade
+
+#: Keys that never change what a run measures: where its files are (the dataset, a feature file and
+#: weight files are named by the encoder and start labels instead), how it was run (devices, workers,
+#: threads, caches, memory savers), and how it was shown.
+NOT_SETTINGS = frozenset({
+    "profile", "data.path", "items.features", "items.image.encoder_weights", "items.text.encoder_weights",
+    "items.cache_dir", "items.image.cache", "items.text.cache", "train.init_from",
+    "train.num_workers", "train.threads", "train.device", "train.progress", "train.dist_timeout_minutes",
+    "train.grad_checkpointing", "train.channels_last", "train.compile", "train.log_every",
+    "eval.batch_size", "eval.score_budget_mb",
+})
+
+
+def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`section.key` -> value (`items.image.key` in a tower's section)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and (prefix == "" or prefix == "items." and key in TOWERS):
+            out |= flat(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
+
+
+def run_settings(run_dir: str | Path) -> dict[str, str]:
+    """The settings of a run directory's config.yaml that can change its result, `key` -> value
+    written as JSON ({} when there is no readable config.yaml)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {key: json.dumps(value, sort_keys=True, default=str)
+            for key, value in sorted(flat(upgrade(raw)).items()) if key not in NOT_SETTINGS}
+
+
+def settings_key(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A run record's settings (see `run_settings`), hashable."""
+    return tuple(sorted((record.get("settings") or {}).items()))
+
+
+def differing(records: list[dict[str, Any]], base: Callable[[dict[str, Any]], Hashable]) -> list[str]:
+    """The settings that differ between runs of one `base` cell (model, items, encoder, ...), in key
+    order: the columns a table needs so that those runs can be told apart. Keys that some run of
+    the cell does not record are not compared."""
+    groups: dict[Hashable, list[dict[str, str]]] = {}
+    for record in records:
+        groups.setdefault(base(record), []).append(record.get("settings") or {})
+    keys: set[str] = set()
+    for group in groups.values():
+        # only keys every run records: a run saved before a key existed, or one without config.yaml,
+        # says nothing about it, which is not a difference
+        shared = set.intersection(*(set(s) for s in group))
+        keys |= {k for k in shared if len({s[k] for s in group}) > 1}
+    return sorted(keys)
+
+
+def shown(value: str | None) -> str:
+    """A setting's value for a table: '-' where a run has no such key."""
+    if value is None:
+        return "-"
+    loaded = json.loads(value)
+    return value if isinstance(loaded, (list, dict)) else str(loaded)
+
+
+def label(record: dict[str, Any], keys: list[str]) -> str:
+    """'train.epochs=6, train.seed=1': a run's values of `keys`."""
+    settings = record.get("settings") or {}
+    return ", ".join(f"{key}={shown(settings.get(key))}" for key in keys)
