@@ -231,6 +231,43 @@ def test_sizes_that_would_exhaust_memory_are_refused_before_any_work(tiny_data, 
     assert status == 2 and "--image-size 0: allowed 8 <= x <= 1024" in one_line(err), err
 
 
+def test_a_model_larger_than_free_memory_is_one_line_before_the_run_folder_exists(tiny_data, tmp_path, capsys):
+    """Sizes within their bounds that multiply past the machine (a million-wide SASRec) were an
+    out-of-memory kill with nothing printed; the estimate comes from a build on the meta device."""
+    status, _, err = run_cli(capsys, "train", "--data", tiny_data, "--model", "sasrec", "--set",
+                             "model.embedding_size=1000000", "--out", tmp_path / "run")
+    line = one_line(err)
+    assert status == 2 and "needs about" in line and "GiB free on cpu" in line, err
+    assert "largest backbone.body.blocks.0" in line and not (tmp_path / "run").exists()
+
+
+def test_the_memory_estimate_counts_what_the_real_model_holds_and_draws_no_random_numbers(tiny_data):
+    import numpy as np
+    import torch
+
+    from helpers import tiny_config
+    from pixelrec.data.prepared import PreparedData
+    from pixelrec.factory import build_model
+    from pixelrec.training.memory import model_memory
+
+    data = PreparedData(tiny_data)
+    for model in ("sasrec", "mf", "bert4rec"):
+        config = tiny_config(tiny_data, model)
+        torch.manual_seed(5)
+        np.random.seed(5)
+        need = model_memory(config, data)
+        after = (torch.rand(1), np.random.rand())
+        torch.manual_seed(5)
+        np.random.seed(5)
+        assert (torch.rand(1), np.random.rand()) == after  # the meta build drew nothing
+        real = build_model(config, data)
+        weights = sum(p.numel() * p.element_size() for p in real.parameters())
+        trainable = sum(p.numel() * p.element_size() for p in real.parameters() if p.requires_grad)
+        buffers = sum(b.numel() * b.element_size() for b in real.buffers())
+        assert need.parameters == sum(p.numel() for p in real.parameters()), model
+        assert need.bytes == weights + 3 * trainable + buffers, model
+
+
 def test_an_image_size_the_encoder_cannot_take_is_one_line_before_any_work(tmp_path, capsys):
     """A ViT's patch grid (8 and 24 px against 16 px patches) and CLIP-ResNet's attention pool (40 px)
     were timm tracebacks at the first batch; a size that fits still builds, and the probe leaves the

@@ -40,6 +40,7 @@ from pixelrec.threads import use_threads
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.towers.caveats import transfer_caveat
 from pixelrec.training import report, transfer
+from pixelrec.training.memory import refuse_what_cannot_fit
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 #: progress bar), so it is not done every step; a non-finite loss is still found at its exact step.
@@ -129,6 +130,7 @@ class Trainer:
             raise UserError("no dataset: pass data=DIR (a directory written by `pixelrec prepare`)")
         self.data = PreparedData(config.data.path)
         self.job, self.device = distributed.join(config.train.device, config.train.dist_timeout_minutes)
+        refuse_what_cannot_fit(config, self.data, self.device)  # before the run folder is claimed
         self._claim(resume, overwrite)
         torch.manual_seed(config.train.seed)
         t = config.train
