@@ -54,10 +54,13 @@ class Recommender(nn.Module):
 
     def with_mask_vector(self, lookup: ItemLookup) -> ItemLookup:
         """A backbone whose mask token is the encoder's vector for an all-ones image (item part
-        `ones_image`: BERT4Rec mask_token=encoded_ones) finds it in the lookup: encoded once per step,
-        or per evaluation."""
+        `ones_image`: BERT4Rec mask_token=encoded_ones), or whose padding is the encoder's padding
+        vector (item part `padding`: model.padding=encoded), finds it in the lookup: encoded once per
+        step, or per evaluation."""
         if "ones_image" in self.backbone.item_parts:
             lookup.mask_vector = self.item_encoder.ones_image_vector()
+        if "padding" in self.backbone.item_parts:
+            lookup.padding_vector = self.item_encoder.padding_vector()
         return lookup
 
     def catalogue_with_grad(self) -> Tensor:

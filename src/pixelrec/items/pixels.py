@@ -238,9 +238,18 @@ class PixelEncoder(ItemEncoder):
     def ones_image_vector(self) -> Tensor:
         """[d] the vector of an image whose normalised input is 1 everywhere (PixelRec's BERT4Rec mask
         image, torch.ones after normalisation), through the tower's trainable layers with gradients."""
+        return self.constant_image_vector(1.0)
+
+    def padding_vector(self) -> Tensor:
+        """[d] the vector of an image whose normalised input is 0 everywhere (PixelRec's pad_image,
+        torch.zeros after normalisation), with gradients, as its PixelNet models encode padding."""
+        return self.constant_image_vector(0.0)
+
+    def constant_image_vector(self, value: float) -> Tensor:
+        """[d] the vector of one image whose normalised input is `value` everywhere."""
         size = self.preprocess.size
-        ones = torch.ones(1, 3, size, size, device=self.preprocess.mean.device)
-        return self._head(self.tower.forward_features(ones))[0]
+        image = torch.full((1, 3, size, size), value, device=self.preprocess.mean.device)
+        return self._head(self.tower.forward_features(image))[0]
 
     def _tower_features(self, inputs: Tensor) -> Tensor:
         """forward_features from images (uint8) or from cached prefix activations (fp16)."""
