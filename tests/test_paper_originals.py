@@ -261,3 +261,35 @@ def test_pixel_gru4rec_under_the_profile_encodes_its_padding():
     config = resolve(model="gru4rec", files=["paper"], flags={"items": {"kind": "pixels",
                                                                         "image": {"encoder": "clip-vit-b32"}}})
     assert config.model["padding"] == "encoded"
+
+
+# --- constant images inside the encoder's batch -----------------------------------------------
+def test_constant_images_in_batch_share_one_forward_and_its_batchnorm_statistics():
+    import copy
+
+    from test_paper_heads import encoder, images
+
+    # 64 px: the last stage's map is 2 x 2, so BatchNorm can take a one-image batch (the separate forward)
+    together = encoder(encoder="test_resnet", image_size=64, frozen_mode="train", constant_images="in_batch").train()
+    apart = copy.deepcopy(together)
+    apart.constant_images = "separate"
+    reference = copy.deepcopy(together)
+    covers = images(8, 64)
+    vectors, special = together.encode(torch.arange(1, 9), covers, ("ones_image", "padding"))
+    inputs = reference.preprocess(covers)
+    one_batch = torch.cat([inputs, torch.ones_like(inputs[:1]), torch.zeros_like(inputs[:1])])
+    expected = reference._head(reference.tower.forward_features(one_batch))  # the original's: one batch, every image
+    torch.testing.assert_close(vectors, expected[:8])
+    torch.testing.assert_close(special["ones_image"], expected[8])
+    torch.testing.assert_close(special["padding"], expected[9])
+    bn = together.tower.bn1
+    assert torch.equal(bn.running_mean, reference.tower.bn1.running_mean) and bn.num_batches_tracked.item() == 1
+    apart.encode(torch.arange(1, 9), covers, ("ones_image", "padding"))
+    assert apart.tower.bn1.num_batches_tracked.item() == 3  # a one-image batch for each constant image
+    assert not torch.allclose(apart.tower.bn1.running_mean, bn.running_mean)
+
+
+def test_the_paper_profile_encodes_constant_images_in_the_batch():
+    flags = {"items": {"kind": "pixels", "image": {"encoder": "clip-rn50"}}}
+    assert resolve(model="bert4rec", files=["paper"], flags=flags).items.image.constant_images == "in_batch"
+    assert resolve(model="bert4rec", flags=flags).items.image.constant_images == "separate"

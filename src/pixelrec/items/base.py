@@ -89,6 +89,17 @@ class ItemEncoder(nn.Module):
         Nothing by default: an encoder keeps its own initialisation."""
         return False
 
+    def encode(self, item_ids: Tensor, inputs: Any = None, special: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Any]]:
+        """The items' vectors, and the vectors of the special item parts named in `special` (`ones_image`,
+        `padding`), each by its own forward; an encoder may encode them together (PixelEncoder)."""
+        return self(item_ids, inputs), {name: self.special_vector(name) for name in special}
+
+    def special_vector(self, name: str) -> Tensor | None:
+        """The vector of special item part `name`: `padding` (`padding_vector`) unless an encoder has more."""
+        if name != "padding":
+            raise RuntimeError(f"{type(self).__name__} offers no {name!r} vector")
+        return self.padding_vector()
+
     def padding_vector(self) -> Tensor | None:
         """[d] what the original puts at padding slots, for backbones with model.padding=encoded (an ID
         table's frozen row 0, a pixel tower's vector for a zero image); None: zeros, as by default."""
