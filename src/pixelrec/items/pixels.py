@@ -256,7 +256,8 @@ class PixelEncoder(ItemEncoder):
             return super().encode(item_ids, inputs, special)
         images = self.preprocess(inputs)
         constants = torch.stack([torch.full_like(images[0], CONSTANT_IMAGES[name]) for name in special])
-        vectors = self._head(self.tower.forward_features(torch.cat([images, constants])))
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        vectors = self._head(self.tower.forward_features(torch.cat([images, constants]).contiguous(memory_format=memory)))
         return vectors[: len(images)], dict(zip(special, vectors[len(images):]))
 
     def padding_vector(self) -> Tensor:
