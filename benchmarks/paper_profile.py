@@ -17,7 +17,7 @@
    negatives are extra images to encode, where in-batch softmax reuses the batch's own).
 
     .venv/bin/python benchmarks/paper_profile.py [--users 1500] [--items 300] [--seeds 0,1]
-        [--id-epochs 40] [--pixel-epochs 12] [--out benchmarks/out/paper_profile.json]
+        [--id-epochs 40] [--pixel-epochs 12] [--out benchmarks/results/paper_profile.json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -133,7 +134,10 @@ def summary(rows: list[dict]) -> dict:
                         for name in ("valid_NDCG@10", "test_Recall@10", "test_NDCG@10", "test_NDCG@10_other_masking",
                                      "train_seconds_per_epoch",
                                      "wall_seconds", "epochs_run")}
-            out[key]["test_NDCG@10_spread"] = round(float(np.ptp([r["test_NDCG@10"] for r in mine])), 4)
+            for metric in ("test_NDCG@10", "test_Recall@10"):  # between seeds: what counts as a match
+                values = [r[metric] for r in mine]
+                out[key][f"{metric}_spread"] = round(float(np.ptp(values)), 4)
+                out[key][f"{metric}_std"] = round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 4)
     return out
 
 
@@ -145,7 +149,7 @@ def main() -> None:
     parser.add_argument("--id-epochs", type=int, default=40)
     parser.add_argument("--pixel-epochs", type=int, default=12)
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--out", default="benchmarks/out/paper_profile.json")
+    parser.add_argument("--out", default="benchmarks/results/paper_profile.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -160,7 +164,8 @@ def main() -> None:
             config = resolve(model="sasrec", files=[profile] if profile != "default" else [],
                              sets=[f"data.path={root / 'data'}", "train.batch_size=64"])
             counts[profile] = view_counts(data, config)
-        report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        report: dict = {"command": " ".join(["benchmarks/paper_profile.py", *sys.argv[1:]]),
+                        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                     "load_average": os.getloadavg(), "torch_threads": 1},
                         "dataset": {"users": data.n_users, "items": data.n_items,
                                     "train_interactions": int(lengths.sum()),

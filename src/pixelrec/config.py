@@ -127,6 +127,7 @@ class EvalConfig:
     ks: list[PositiveInt] = field(default_factory=lambda: [5, 10, 20])
     valid_metric: str = "NDCG@10"  # early stopping and best checkpoint
     mask_target: bool = False  # also mask the target when the user had it earlier: a re-consumed target is a miss (the paper's code)
+    ties: Literal["against", "index"] = "against"  # items scoring equal to the target rank before it (against), or only those of lower index (index: a stable top-k's order)
     score_budget_mb: PositiveInt = 512  # cap on one users x catalogue score block
 
 

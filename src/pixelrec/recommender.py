@@ -42,22 +42,29 @@ class Recommender(nn.Module):
 
     def lookup(self, batch: Batch) -> ItemLookup:
         if self.uses_catalogue:
-            return self.with_mask_vector(ItemLookup.catalogue(self.catalogue_with_grad(), self.item_parts()))
+            return self.with_special_vectors(ItemLookup.catalogue(self.catalogue_with_grad(), self.item_parts()))
         ids = batch.distinct_items()
-        vectors = self.item_encoder(ids, batch.item_inputs)
-        return self.with_mask_vector(ItemLookup(ids, vectors, self.item_encoder.n_items, self.item_parts()))
+        vectors, special = self.item_encoder.encode(ids, batch.item_inputs, self.special_parts())
+        return self.with_special_vectors(ItemLookup(ids, vectors, self.item_encoder.n_items, self.item_parts()), special)
+
+    def special_parts(self) -> tuple[str, ...]:
+        """The special vectors the backbone reads (BERT4Rec's encoded mask `ones_image`, encoded `padding`)."""
+        return tuple(name for name in ("ones_image", "padding") if name in self.backbone.item_parts)
 
     def item_parts(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """The item parts the backbone declares that the item encoder offers (ACF: ID part, components)."""
         offered = self.item_encoder.parts()
         return {name: offered[name] for name in self.backbone.item_parts if name in offered}
 
-    def with_mask_vector(self, lookup: ItemLookup) -> ItemLookup:
+    def with_special_vectors(self, lookup: ItemLookup, special: dict[str, Tensor | None] | None = None) -> ItemLookup:
         """A backbone whose mask token is the encoder's vector for an all-ones image (item part
-        `ones_image`: BERT4Rec mask_token=encoded_ones) finds it in the lookup: encoded once per step,
-        or per evaluation."""
-        if "ones_image" in self.backbone.item_parts:
-            lookup.mask_vector = self.item_encoder.ones_image_vector()
+        `ones_image`: BERT4Rec mask_token=encoded_ones), or whose padding is the encoder's padding
+        vector (item part `padding`: model.padding=encoded), finds it in the lookup: encoded once per
+        step (`special`, when encoded with the batch's items), or per evaluation."""
+        if special is None:
+            special = {name: self.item_encoder.special_vector(name) for name in self.special_parts()}
+        lookup.mask_vector = special.get("ones_image")
+        lookup.padding_vector = special.get("padding")
         return lookup
 
     def catalogue_with_grad(self) -> Tensor:
@@ -85,7 +92,7 @@ class Recommender(nn.Module):
         ranks the item encoder's work is shared out."""
         device = self.device
         table = self.item_encoder.catalogue(batch_size, device, workers, job)
-        lookup = self.with_mask_vector(ItemLookup.catalogue(table, self.item_parts()))
+        lookup = self.with_special_vectors(ItemLookup.catalogue(table, self.item_parts()))
         scoring = self.backbone.score_vectors(lookup, torch.arange(lookup.n_items + 1, device=device))
         return lookup, scoring
 

@@ -25,6 +25,7 @@ class ViewSpec:
     window_batches: bool = True  # pair_context=window: a batch counts windows (True) or rows
     force_mask: bool = True  # masked view: a window whose draw hid nothing hides its last item
     masked_width: int | None = None  # masked view: items per window (None: max_len)
+    first_row_only: bool = False  # a batch keeps only its first row (PixelRec's IDNet FM and DSSM, a bug)
 
 
 @dataclass(frozen=True)

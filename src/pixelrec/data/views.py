@@ -20,6 +20,9 @@ PixelRec's own examples, each an option (the `paper` profile sets them all):
                          SampleOneTower / SampleACF datasets)
   negatives_avoid=window a sampled negative avoids only the example's own items: its window, or a
                          prefix's context and target; pair examples without windows (MF) keep the history
+
+first_row_only (FM and DSSM's model option) keeps only each batch's first row: PixelRec's IDNet fm.py
+and dssm.py train on nothing else (a bug, copied only on request).
 """
 
 from __future__ import annotations
@@ -154,10 +157,12 @@ class TrainingView:
         window_batches: bool = True,
         force_mask: bool = True,
         masked_width: int | None = None,
+        first_row_only: bool = False,
         shares_candidates: bool = False,
     ) -> None:
         self.spec = ViewSpec(view, max_len, sequences, mask_ratio, window_remainder, prefixes, pair_context,
-                             negatives_avoid, window_batches, force_mask, masked_width)
+                             negatives_avoid, window_batches, force_mask, masked_width, first_row_only)
+        self.first_row_only = first_row_only
         self.sampling = SamplingSpec(negatives, in_batch, shares_candidates)
         if view not in VIEWS:
             raise UserError(f"unknown training view {view!r}; choose from {', '.join(VIEWS)}")
@@ -248,6 +253,10 @@ class TrainingView:
                 context = window = gather_windows(self.item_seq, ends, starts, self.width)
                 mask = self._cloze_mask(context, rng)
                 targets = np.where(mask, context, 0)
+        if self.first_row_only:  # PixelRec's IDNet FM and DSSM: `inputs = inputs[0].unsqueeze(0)`
+            users, context, targets = users[:1], context[:1], targets[:1]
+            window = None if window is None else window[:1]
+            mask = None if mask is None else mask[:1]
         negatives = None
         if self.negatives:
             own = None

@@ -3,7 +3,9 @@
 The catalogue's scoring vectors are computed once per evaluation; users are scored in blocks by
 one matrix product each, the block size chosen so a block of scores stays within a memory budget.
 A target's rank counts the unmasked items scoring at least as high (ties count against the model),
-so a constant scorer gets nothing for free. By default the target itself is not masked when the user
+so a constant scorer gets nothing for free; with `ties="index"` an equal score ranks ahead only for an
+item of lower index, the order a stable top-k gives (PixelRec's code takes torch.topk, whose order among
+ties is unspecified). By default the target itself is not masked when the user
 saw it before (re-consumption stays predictable); with `mask_target` it is, as in PixelRec's code, so a
 re-consumed target always counts as a miss.
 
@@ -41,6 +43,16 @@ def masked_scores(model: Recommender, lookup, scoring: Tensor, batch, rows: np.n
     return scores
 
 
+def tie_rank(scores: Tensor, target_scores: Tensor, targets: Tensor, ties: str = "against") -> Tensor:
+    """[B] 0-based ranks of the targets: items scoring above, plus the tied items (`against`) or the tied
+    items of lower index (`index`)."""
+    if ties == "against":
+        return (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # counting in int32 is cheaper than int64
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets[:, None]))
+    return ahead.sum(1, dtype=torch.int32).long()
+
+
 @torch.no_grad()
 def rank_targets(
     model: Recommender,
@@ -54,6 +66,7 @@ def rank_targets(
     workers: int = 0,
     job: Job = SINGLE,
     mask_target: bool = False,
+    ties: str = "against",
 ) -> Tensor:
     """0-based rank of each user's `split` target among all items (history masked), on the CPU;
     under several ranks (`job`) each scores its share of the users and all get every rank."""
@@ -70,7 +83,7 @@ def rank_targets(
         batch, rows, items = evaluation_batch(data, split, users[begin : begin + block], max_len)
         scores = masked_scores(model, lookup, scoring, batch, rows, items, mask_target)
         target_scores = scores.gather(1, batch.targets[:, None].to(scores.device))
-        rank = (scores >= target_scores).sum(1, dtype=torch.int32).long() - 1  # counting in int32 is cheaper than int64
+        rank = tie_rank(scores, target_scores, batch.targets.to(scores.device), ties)
         rank[torch.isnan(target_scores[:, 0])] = n_columns - 1  # a broken model ranks last
         ranks.append(rank.cpu())
         bar.update(len(rank))
@@ -91,10 +104,11 @@ def evaluate(
     workers: int = 0,
     job: Job = SINGLE,
     mask_target: bool = False,
+    ties: str = "against",
 ) -> dict[str, dict[str, float]]:
     """{split: metrics} for all users, plus {split_cold: metrics} for users whose target is a cold item."""
     ranks = rank_targets(model, data, split, max_len, None, batch_size, score_budget_mb, workers=workers, job=job,
-                         mask_target=mask_target)
+                         mask_target=mask_target, ties=ties)
     out = {split: metrics_from_ranks(ranks, ks)}
     if len(data.cold_items):
         targets = np.asarray(data.item_seq)[data.target_positions(split)]

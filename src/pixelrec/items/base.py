@@ -89,6 +89,22 @@ class ItemEncoder(nn.Module):
         Nothing by default: an encoder keeps its own initialisation."""
         return False
 
+    def encode(self, item_ids: Tensor, inputs: Any = None, special: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Any]]:
+        """The items' vectors, and the vectors of the special item parts named in `special` (`ones_image`,
+        `padding`), each by its own forward; an encoder may encode them together (PixelEncoder)."""
+        return self(item_ids, inputs), {name: self.special_vector(name) for name in special}
+
+    def special_vector(self, name: str) -> Tensor | None:
+        """The vector of special item part `name`: `padding` (`padding_vector`) unless an encoder has more."""
+        if name != "padding":
+            raise RuntimeError(f"{type(self).__name__} offers no {name!r} vector")
+        return self.padding_vector()
+
+    def padding_vector(self) -> Tensor | None:
+        """[d] what the original puts at padding slots, for backbones with model.padding=encoded (an ID
+        table's frozen row 0, a pixel tower's vector for a zero image); None: zeros, as by default."""
+        return None
+
     def component_vectors(self, item_ids: Tensor) -> Tensor:
         """[..., component_count, component_size] the items' projected feature vectors (when component_size > 0)."""
         raise NotImplementedError(f"{type(self).__name__} has no spatial components")
@@ -182,6 +198,9 @@ class ItemLookup:
     #: the item encoder's vector for an all-ones input image, when the backbone's mask token is that
     #: (BERT4Rec model.mask_token=encoded_ones, item part `ones_image`); set by the recommender
     mask_vector: Tensor | None = None
+    #: the item encoder's padding vector (`ItemEncoder.padding_vector`), when the backbone declares the
+    #: item part `padding` (model.padding=encoded); None: padding slots are zeros
+    padding_vector: Tensor | None = None
 
     def __init__(self, item_ids: Tensor, vectors: Tensor, n_items: int,
                  parts: dict[str, Callable[[Tensor], Tensor]] | None = None) -> None:
@@ -225,6 +244,14 @@ class ItemLookup:
                 (idx == torch.arange(len(self.table), device=idx.device)).all()):
             return self.table  # every row in order (scoring the catalogue): no copy of a table that may be GBs
         return self.table[self.rows(idx)]
+
+    def padded(self, idx: Tensor) -> Tensor:
+        """Vectors for `idx` as `__call__` gives them, with the padding vector (when the lookup carries
+        one) at padding slots instead of zeros."""
+        vectors = self(idx)
+        if self.padding_vector is None:
+            return vectors
+        return torch.where((idx == 0).unsqueeze(-1), self.padding_vector.to(vectors.dtype), vectors)
 
     def all(self) -> Tensor:
         """Every item's vector (row 0 = padding); only for a catalogue lookup."""

@@ -84,6 +84,20 @@ class FeatureEncoder(ItemEncoder):
             stored_size=sizes.get("stored_size"), input_size=sizes.get("input_size"),
             features=self.source, hint="extract them again with `pixelrec extract --encoder-weights FILE`")
 
+    def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
+        """The projection's Linear weights `xavier` (Xavier-normal, PixelRec's ViNet/vbpr.py) or `kaiming`
+        (Kaiming-normal for ReLU, its ViNet/acf.py dim_reductor), biases zero; the features stay as read."""
+        if self.projection is None or rule not in ("xavier", "kaiming"):
+            return False
+        for layer in self.projection:
+            if isinstance(layer, nn.Linear):
+                if rule == "xavier":
+                    nn.init.xavier_normal_(layer.weight)
+                else:
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        return True
+
     def raw(self, item_ids: Tensor) -> Tensor:
         """The frozen features of `item_ids` as float32 (zeros for padding)."""
         return self.features[item_ids].float()
@@ -149,6 +163,12 @@ class IDFeatureEncoder(ItemEncoder):
     def forward(self, item_ids: Tensor, inputs: Any = None) -> Tensor:
         ids, visual = self.ids(item_ids), self.visual(item_ids)
         return torch.cat([ids, visual], -1) if self.combine == "concat" else ids + visual
+
+    def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
+        """The ID table and the feature projection, each as it reads the rule (PixelRec's VBPR draws both
+        Xavier-normal, its ACF both Kaiming-normal)."""
+        ids = self.ids.reset_parameters(rule, bound)
+        return self.visual.reset_parameters(rule, bound) or ids
 
     def caveats(self, carried: bool = False) -> list[dict[str, Any]]:
         """Those of the feature file (see FeatureEncoder.caveats)."""

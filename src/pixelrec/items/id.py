@@ -33,14 +33,23 @@ class IDEncoder(ItemEncoder):
         return self.embedding(item_ids)
 
     def reset_parameters(self, rule: str, bound: float | None = None) -> bool:
-        """The table: `xavier` Xavier-normal (PixelRec's IDNet/mf.py), `uniform` U(+-bound) (its IDNet/srgnn.py)."""
+        """The whole table, padding row included, as PixelRec's IDNet and ViNet models draw theirs:
+        `xavier` Xavier-normal (mf, fm, dssm, gru4rec, vbpr), `uniform` U(+-bound) (srgnn, nextitnet),
+        `kaiming` Kaiming-normal for ReLU, fan-in the width (acf)."""
         if rule == "xavier":
             nn.init.xavier_normal_(self.embedding.weight)
         elif rule == "uniform" and bound is not None:
             nn.init.uniform_(self.embedding.weight, -bound, bound)
+        elif rule == "kaiming":
+            nn.init.kaiming_normal_(self.embedding.weight, nonlinearity="relu")
         else:
             return False
         return True
+
+    def padding_vector(self) -> Tensor:
+        """[d] row 0 of the table, which the backbones with model.padding=encoded read at padding slots;
+        never trained (PixelRec's `padding_idx=0`), so it keeps its initial draw, decayed only."""
+        return self.embedding.weight[0].detach()
 
     @torch.no_grad()
     def catalogue(self, batch_size: int = 4096, device: torch.device | None = None, workers: int = 0,

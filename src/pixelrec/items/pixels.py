@@ -71,6 +71,12 @@ class ImageSettings(FeatureSettings):
     tune_merging: bool = True  # false: a Swin's patch-merging layer below the lowest tuned block stays frozen (the paper's code)
     timm_args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of timm.create_model (e.g. act_layer: quick_gelu)
     frozen_mode: Literal["eval", "train"] = "eval"  # frozen encoder layers in eval mode, or following train() as the trainable ones (BatchNorm batch statistics, drop-path)
+    constant_images: Literal["separate", "in_batch"] = "separate"  # a training step's mask and padding images (BERT4Rec's all-ones, model.padding=encoded's zeros) encoded by their own forward, or inside the batch's (the paper's code: BatchNorm statistics over both)
+
+
+#: The normalised value of each constant image a backbone may ask for by item part: BERT4Rec's mask
+#: (`ones_image`, PixelRec's mask_image) and padding (`padding`, its pad_image).
+CONSTANT_IMAGES = {"ones_image": 1.0, "padding": 0.0}
 
 
 def projection(in_features: int, out_features: int, hidden_layers: int, activation: str,
@@ -180,6 +186,7 @@ class PixelEncoder(ItemEncoder):
         self.projection = projection(pooled_size(self.tower, pooling), embedding_size, image.dnn_layers,
                                      image.activation, image.final_activation, image.projection_init)
         self.projection_group = image.projection_group
+        self.constant_images = image.constant_images
         # frozen_mode=train: the whole tower follows train()/eval(), as the paper's code (model.train())
         self._frozen = frozen_modules(self.tower) if frozen_mode == "eval" else []
         self.cache_mode, self.cache_dir = (cache if cache != "none" else None), cache_dir
@@ -242,9 +249,34 @@ class PixelEncoder(ItemEncoder):
     def ones_image_vector(self) -> Tensor:
         """[d] the vector of an image whose normalised input is 1 everywhere (PixelRec's BERT4Rec mask
         image, torch.ones after normalisation), through the tower's trainable layers with gradients."""
+        return self.constant_image_vector(1.0)
+
+    def encode(self, item_ids: Tensor, inputs: Any = None, special: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Any]]:
+        """With constant_images=in_batch, in training, the constant images of `special` go through the tower
+        in one forward with the batch's covers, so BatchNorm layers in train mode see them among the batch
+        (not alone, a one-image batch that would move their running statistics towards it each step)."""
+        if self.constant_images != "in_batch" or not special or not self.training or inputs is None \
+                or inputs.dtype != torch.uint8:
+            return super().encode(item_ids, inputs, special)
+        images = self.preprocess(inputs)
+        constants = torch.stack([torch.full_like(images[0], CONSTANT_IMAGES[name]) for name in special])
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        vectors = self._head(self.tower.forward_features(torch.cat([images, constants]).contiguous(memory_format=memory)))
+        return vectors[: len(images)], dict(zip(special, vectors[len(images):]))
+
+    def padding_vector(self) -> Tensor:
+        """[d] the vector of an image whose normalised input is 0 everywhere (PixelRec's pad_image,
+        torch.zeros after normalisation), with gradients, as its PixelNet models encode padding."""
+        return self.constant_image_vector(0.0)
+
+    def special_vector(self, name: str) -> Tensor:
+        return self.constant_image_vector(CONSTANT_IMAGES[name])
+
+    def constant_image_vector(self, value: float) -> Tensor:
+        """[d] the vector of one image whose normalised input is `value` everywhere."""
         size = self.preprocess.size
-        ones = torch.ones(1, 3, size, size, device=self.preprocess.mean.device)
-        return self._head(self.tower.forward_features(ones))[0]
+        image = torch.full((1, 3, size, size), value, device=self.preprocess.mean.device)
+        return self._head(self.tower.forward_features(image))[0]
 
     def _tower_features(self, inputs: Tensor) -> Tensor:
         """forward_features from images (uint8) or from cached prefix activations (fp16)."""

@@ -19,7 +19,7 @@ def evaluate_run(run: Path, splits: list[str], checkpoint: str = "best",
     for split in splits:
         out |= evaluate(model, data, split, config.data.max_len, config.eval.ks, config.eval.batch_size,
                         config.eval.score_budget_mb, workers=config.train.num_workers, job=distributed.current(),
-                        mask_target=config.eval.mask_target)
+                        mask_target=config.eval.mask_target, ties=config.eval.ties)
     return {**out, "checkpoint": loaded.describe()}
 
 

@@ -48,8 +48,10 @@ class ACF(Backbone):
     item_parts = ("vectors", "ids", "components")  # ids with score_items=id; components when the items have them
 
     def __init__(self, n_users: int, embedding_size: PositiveInt = 64, attention_size: PositiveInt | None = None,
-                 score_items: Literal["encoder", "id"] = "encoder", project_user: bool = False) -> None:
+                 score_items: Literal["encoder", "id"] = "encoder", project_user: bool = False,
+                 init: Literal["default", "kaiming"] = "default") -> None:
         super().__init__()
+        self.init = init
         hidden = attention_size or embedding_size
         if project_user and hidden != embedding_size:
             raise UserError(f"model.project_user=true adds the attention's user map W_u u + b (width "
@@ -63,7 +65,10 @@ class ACF(Backbone):
         self.user_key = nn.Linear(embedding_size, hidden)  # W_u and b
         self.item_key = nn.Linear(embedding_size, hidden, bias=False)  # W_p p_l (+ W_x x_l, one map of v_l)
         self.attention = nn.Linear(hidden, 1, bias=False)  # w; a constant offset would cancel in the softmax
-        init_weights(self.user_embedding)  # the same small scale as the item encoder's ID vectors
+        if init == "kaiming":  # PixelRec's ViNet/acf.py draws the user and item tables Kaiming-normal too
+            nn.init.kaiming_normal_(self.user_embedding.weight, nonlinearity="relu")
+        else:
+            init_weights(self.user_embedding)  # the same small scale as the item encoder's ID vectors
         for layer in (self.user_key, self.item_key, self.attention):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")  # as ACF's ReLU attention network
         nn.init.zeros_(self.user_key.bias)
@@ -82,6 +87,7 @@ class ACF(Backbone):
             raise UserError(f"model.score_items=id scores items by ID vectors of model.embedding_size="
                             f"{self.embedding_size}, and these items have {has}; use items.kind=id+features "
                             "with items.combine=sum, or model.score_items=encoder")
+        super().initialise_items(encoder)
         many = encoder.component_count > 1
         if many or (self.score_items == "id" and encoder.component_size):  # else x_l lies in v_l already
             self.components = nn.ModuleDict({"feature": nn.Linear(encoder.component_size, self.hidden, bias=False)})
@@ -95,6 +101,9 @@ class ACF(Backbone):
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             if many:
                 nn.init.zeros_(self.components["user"].bias)
+
+    def item_init(self) -> tuple[str, float | None] | None:
+        return ("kaiming", None) if self.init == "kaiming" else None
 
     def attention_weights(self, user: Tensor, keys: Tensor, real: Tensor) -> Tensor:
         """alpha [B, L] from the history's keys [B, L, h] (W_p p_l + W_x x_l): softmax over the real

@@ -61,11 +61,18 @@ class Backbone(nn.Module):
         return ViewSpec(self.view, data.max_len, data.sequences, window_remainder=data.window_remainder,
                         prefixes=data.prefixes, negatives_avoid=data.negatives_avoid)
 
+    def item_init(self) -> tuple[str, float | None] | None:
+        """The rule (and bound) by which the item encoder re-draws its weights for this backbone (the
+        original's initialisation of its item table, chosen by model.init); None: the encoder keeps its own."""
+        return None
+
     def initialise_items(self, encoder: ItemEncoder) -> None:
         """Fit the backbone to its item encoder, once, when the recommender is built: ask the encoder to
-        re-draw its weights by the rule the backbone's original used (`reset_parameters`: MF, SR-GNN
-        under model.init), or build the parts that depend on the sizes it declares (ACF's component
-        attention); nothing by default. The backbone keeps no reference to the encoder."""
+        re-draw its weights by `item_init`'s rule (`reset_parameters`), or build the parts that depend on
+        the sizes it declares (ACF's component attention). The backbone keeps no reference to the encoder."""
+        rule = self.item_init()
+        if rule is not None:
+            encoder.reset_parameters(*rule)
 
     def user_vectors(self, batch: Batch, items: ItemLookup) -> Tensor:
         """[B, d] vectors that score the next item after each user's context (evaluation)."""

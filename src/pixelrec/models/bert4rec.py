@@ -26,7 +26,9 @@ class BERT4Rec(Backbone):
     head=False, force_mask=False, inner_factor=1, mask_ratio=0.6, with data.window_remainder=drop and
     data.negatives_avoid=window; as PixelNet also mask_token=encoded_ones: the mask token is the image
     encoder's vector for an all-ones input image, encoded at each step with gradients (in evaluation once
-    per catalogue, as the original's extra catalogue row), instead of a learned vector."""
+    per catalogue, as the original's extra catalogue row), instead of a learned vector.
+    attention_init: `xavier` Xavier-uniform attention projections (below); `normal` N(0, 0.02) like every
+    other weight, as the original's _init_weights draws them."""
 
     view = "masked"
     label = "BERT4Rec"
@@ -47,6 +49,7 @@ class BERT4Rec(Backbone):
         extra_slot: bool = False,
         head: bool = True,
         mask_token: Literal["learned", "encoded_ones"] = "learned",
+        attention_init: Literal["xavier", "normal"] = "xavier",
     ) -> None:
         super().__init__()
         self.mask_ratio, self.force_mask, self.extra_slot = mask_ratio, force_mask, extra_slot
@@ -67,8 +70,11 @@ class BERT4Rec(Backbone):
         # fixed std 0.02 (set for width 768) starves that path at small widths and training stalls;
         # Xavier-uniform projections (torch's MultiheadAttention default) scale with the width.
         for block in self.body.blocks:
-            nn.init.xavier_uniform_(block.attention.qkv.weight)
-            nn.init.xavier_uniform_(block.attention.out.weight)
+            for projection in (block.attention.qkv, block.attention.out):
+                if attention_init == "normal":
+                    nn.init.normal_(projection.weight, std=0.02)
+                else:
+                    nn.init.xavier_uniform_(projection.weight)
 
     def view_spec(self, data: Any) -> ViewSpec:
         """The masked view with this cloze's draw: mask_ratio, force_mask, and windows of max_len + 1

@@ -32,7 +32,10 @@ def tower(dim: int, n_layers: int, dropout: float) -> nn.Module:
 class DSSM(Backbone):
     """A user tower over the mean of the user's real history item vectors and an item tower over
     the item vector, scored by cosine / temperature (Huang et al.'s smoothed cosine) or by dot
-    product. With n_layers=0 and dot product it is PixelRec's IDNet DSSM (mean history . item)."""
+    product. With n_layers=0 and dot product it is PixelRec's IDNet DSSM (mean history . item).
+
+    init: `xavier` draws an ID item table Xavier-normal (IDNet/dssm.py). first_row_only: each step trains
+    only its batch's first row, as IDNet/dssm.py does (a bug, off by default)."""
 
     view = "pair"
     label = "DSSM"
@@ -46,16 +49,22 @@ class DSSM(Backbone):
         dropout: Dropout = 0.0,
         similarity: Literal["cosine", "dot"] = "cosine",
         temperature: Positive = 0.1,
+        init: Literal["default", "xavier"] = "default",
+        first_row_only: bool = False,
     ) -> None:
         super().__init__()
         self.similarity, self.temperature = similarity, temperature
+        self.init, self.first_row_only = init, first_row_only
         self.user_tower = tower(embedding_size, n_layers, dropout)
         self.item_tower = tower(embedding_size, n_layers, dropout)
 
     def view_spec(self, data: Any) -> ViewSpec:
         """The history is pooled as a set, so it may be its window's other items (data.pair_context=window:
         PixelRec's batches of windows of leave-one-out rows, SampleTwoTowerTrainDataset)."""
-        return replace(super().view_spec(data), pair_context=data.pair_context)
+        return replace(super().view_spec(data), pair_context=data.pair_context, first_row_only=self.first_row_only)
+
+    def item_init(self) -> tuple[str, float | None] | None:
+        return ("xavier", None) if self.init == "xavier" else None
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         real = (batch.context > 0).unsqueeze(-1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,10 @@ class FM(Backbone):
     linear function of its vector, w(t) = <w, t>, folded into the user vector (`linear=True`; it
     acts as a learned item bias, and is all an empty history scores with). PixelRec's FM has only
     the second-order term (`linear=False`).
+
+    init: `xavier` draws an ID item table Xavier-normal (PixelRec's IDNet/fm.py; default: the encoder's
+    own N(0, 0.02)). first_row_only: each step trains only its batch's first row, as IDNet/fm.py's
+    `inputs = inputs[0].unsqueeze(0)` does (a bug, off by default; for reproducing its published numbers).
     """
 
     view = "pair"
@@ -37,14 +41,19 @@ class FM(Backbone):
     family = "non-sequential"
     table_order = 1
 
-    def __init__(self, embedding_size: PositiveInt = 64, linear: bool = True) -> None:
+    def __init__(self, embedding_size: PositiveInt = 64, linear: bool = True,
+                 init: Literal["default", "xavier"] = "default", first_row_only: bool = False) -> None:
         super().__init__()
+        self.init, self.first_row_only = init, first_row_only
         self.linear = nn.Parameter(torch.zeros(embedding_size)) if linear else None
+
+    def item_init(self) -> tuple[str, float | None] | None:
+        return ("xavier", None) if self.init == "xavier" else None
 
     def view_spec(self, data: Any) -> ViewSpec:
         """The context is an unordered set of items, so it may be its window's other items
         (data.pair_context=window: PixelRec's batches of windows of leave-one-out rows, SampleOneTowerTrainDataset)."""
-        return replace(super().view_spec(data), pair_context=data.pair_context)
+        return replace(super().view_spec(data), pair_context=data.pair_context, first_row_only=self.first_row_only)
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         padding = (batch.context == 0).unsqueeze(-1)

@@ -102,7 +102,12 @@ class LightTransformerBlock(nn.Module):
 class LightSANs(Backbone):
     """Self-attention in O(L k) instead of O(L^2): each item attends to k latent interests pooled from
     the sequence; positions enter only through their own attention map, never added to items.
-    The most recent position's output predicts the next item (one target per example)."""
+    The most recent position's output predicts the next item (one target per example).
+
+    padding: `encoded` puts the item encoder's padding vector at padding slots before the input LayerNorm
+    (an ID table's row 0, drawn N(0, 0.02) and never trained; a pixel tower's vector for a zero image), as
+    the PixelRec code does; with attention=recbole, which masks no padding, those slots take part in the
+    interest pooling. `zeros`: the slots hold LayerNorm(0)."""
 
     view = "prefixes"
     label = "LightSANs"
@@ -120,8 +125,11 @@ class LightSANs(Backbone):
         dropout: Dropout = 0.1,
         activation: Literal["gelu", "relu"] = "gelu",
         attention: Literal["normalised", "recbole"] = "normalised",
+        padding: Literal["zeros", "encoded"] = "zeros",
     ) -> None:
         super().__init__()
+        if padding == "encoded":  # the recommender puts the encoder's padding vector in each lookup
+            self.item_parts = ("vectors", "padding")
         recbole = attention == "recbole"
         self.position = nn.Embedding(max_len, embedding_size)
         self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
@@ -140,7 +148,7 @@ class LightSANs(Backbone):
         context = batch.context
         positions = self.position.weight[-context.shape[1] :]  # left-padded: last slot = most recent
         real = context > 0
-        x = self.drop(self.norm(items(context)))
+        x = self.drop(self.norm(items.padded(context)))
         for block in self.blocks:
             x = block(x, positions, real)
         return x[:, -1]

@@ -7,7 +7,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
-from pixelrec.items.base import ItemEncoder, ItemLookup
+from pixelrec.items.base import ItemLookup
 from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import PositiveInt
 
@@ -35,12 +35,10 @@ class MF(Backbone):
         else:
             self.apply(init_weights)
 
-    def initialise_items(self, encoder: ItemEncoder) -> None:
-        """Called once the recommender is composed: with init=xavier the encoder re-draws what the rule
-        covers for it (an ID table Xavier-normal, as the original's item embedding; image and feature
-        encoders keep their own initialisation)."""
-        if self.init == "xavier":
-            encoder.reset_parameters("xavier")
+    def item_init(self) -> tuple[str, float | None] | None:
+        """init=xavier: the encoder re-draws what the rule covers for it (an ID table Xavier-normal, as the
+        original's item embedding, a feature projection too; image towers keep their own)."""
+        return ("xavier", None) if self.init == "xavier" else None
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         return self.user_embedding(batch.users)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,6 +53,10 @@ class NextItNet(Backbone):
 
     `block_num` repetitions of the `dilations` pattern (e.g. [1, 4] -> 1, 4, 1, 4, ...), each block
     holding two convolutions (dilation r and 2r), so the receptive field grows exponentially.
+
+    init: `uniform` draws an ID item table from U(+-1/sqrt(n_items + 1)), padding row included (PixelRec's
+    IDNet/nextitnet.py). padding: `encoded` puts the item encoder's padding vector at padding slots and
+    never re-zeroes their activations, as the original; `zeros` keeps padding exactly like causal zero padding.
     """
 
     view = "sequence"
@@ -58,12 +66,18 @@ class NextItNet(Backbone):
 
     def __init__(
         self,
+        n_items: int,
         embedding_size: PositiveInt = 64,
         kernel_size: PositiveInt = 3,
         block_num: PositiveInt = 2,
         dilations: list[SequenceLength] | None = None,
+        init: Literal["default", "uniform"] = "default",
+        padding: Literal["zeros", "encoded"] = "zeros",
     ) -> None:
         super().__init__()
+        self.init, self.n_items, self.encoded_padding = init, n_items, padding == "encoded"
+        if self.encoded_padding:  # the recommender puts the encoder's padding vector in each lookup
+            self.item_parts = ("vectors", "padding")
         pattern = list(dilations) if dilations is not None else [1, 4]
         if not pattern:
             raise ValueError("model.dilations: give at least one dilation")
@@ -71,9 +85,15 @@ class NextItNet(Backbone):
             ResidualBlock(embedding_size, kernel_size, r) for r in pattern * block_num
         )
 
+    def item_init(self) -> tuple[str, float | None] | None:
+        """The original's U(+-sqrt(1 / rows)) over its table of n_items + 1 rows."""
+        return ("uniform", 1.0 / math.sqrt(self.n_items + 1)) if self.init == "uniform" else None
+
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
-        x = items(batch.context)
+        x = items.padded(batch.context)
         real = (batch.context > 0).unsqueeze(-1).to(x.dtype)
+        if self.encoded_padding:
+            real = torch.ones_like(real)
         for block in self.blocks:
             x = block(x, real)
         return x

@@ -13,6 +13,8 @@ encoder learning rate and weight decay, as PixelRec's "visual" rate and decay.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -27,21 +29,31 @@ from pixelrec.schema import PositiveInt
 class VBPR(Backbone):
     """User vector [1 ; free factors ; 1] against item vectors [ID part ; projected features]; the pinned
     ones give the item bias (first coordinate) and the visual bias (last coordinate). With items.kind=id
-    it is BPR-MF with item biases; with items.kind=features, VBPR without ID factors."""
+    it is BPR-MF with item biases; with items.kind=features, VBPR without ID factors.
+
+    init: `xavier` draws the user table, an ID item table and the feature projection Xavier-normal
+    (PixelRec's ViNet/vbpr.py); `default` truncated normal, std 0.02."""
 
     view = "pair"
     label = "VBPR"
     family = "non-sequential"
     table_order = 4
 
-    def __init__(self, n_users: int, embedding_size: PositiveInt = 64, item_bias: bool = True, visual_bias: bool = True) -> None:
+    def __init__(self, n_users: int, embedding_size: PositiveInt = 64, item_bias: bool = True, visual_bias: bool = True,
+                 init: Literal["default", "xavier"] = "default") -> None:
         super().__init__()
+        self.init = init
         self.item_bias, self.visual_bias = item_bias, visual_bias
         free = embedding_size - int(item_bias) - int(visual_bias)
         if free < 1:
             raise UserError(f"model.embedding_size={embedding_size} leaves no user factors beside the biases")
         self.user_embedding = nn.Embedding(n_users + 1, free)  # [gamma_u ; theta_u]; row 0: padding user
         self.apply(init_weights)
+        if init == "xavier":
+            nn.init.xavier_normal_(self.user_embedding.weight)
+
+    def item_init(self) -> tuple[str, float | None] | None:
+        return ("xavier", None) if self.init == "xavier" else None
 
     def forward(self, batch: Batch, items: ItemLookup) -> Tensor:
         factors = self.user_embedding(batch.users)

@@ -411,7 +411,7 @@ class Trainer:
         c = self.config
         return evaluate(self.model, self.data, split, c.data.max_len, c.eval.ks, c.eval.batch_size,
                         c.eval.score_budget_mb, workers=c.train.num_workers, job=self.job,
-                        mask_target=c.eval.mask_target)
+                        mask_target=c.eval.mask_target, ties=c.eval.ties)
 
     def fit(self) -> dict[str, Any]:
         """Train until epochs, early stopping or max_steps; then write results.json from the best model."""
