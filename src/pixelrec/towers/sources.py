@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from torch import Tensor
 
@@ -107,15 +109,33 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cache_only() -> None:
-    """From here on the hub libraries read their local cache and never try the network (and its retries)."""
+@contextmanager
+def _cache_only(on: bool) -> Iterator[None]:
+    """While on: the hub libraries read their local cache and never try the network (nor retry it), and
+    their own complaints are silenced (the caller says it in one line); everything is restored after."""
+    if not on:
+        yield
+        return
+    saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = True
     except ImportError:
-        pass
+        constants = None
+    before = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = before
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
 
 
 def fetch_state(encoder: str, via: str) -> dict[str, Tensor]:
@@ -128,21 +148,9 @@ def fetch_state(encoder: str, via: str) -> dict[str, Tensor]:
     where = source.where(via)
     cure = f"fetch them where you are online ({where}) and convert the file here with checkpoint=FILE"
     offline = _switched_off() or not hub_reachable()
-    if offline:
-        _cache_only()  # weights fetched before are still in the cache
-        logging.disable(logging.ERROR)  # the libraries' own complaints; the one line below says it
     try:
-        if via == "timm":
-            import timm
-
-            return timm.create_model(source.timm, pretrained=True).state_dict()
-        if via == "open_clip":
-            import open_clip
-
-            return open_clip.create_model(source.open_clip[0], pretrained=source.open_clip[1]).state_dict()
-        import transformers
-
-        return transformers.AutoModel.from_pretrained(source.hugging_face).state_dict()
+        with _cache_only(offline):  # offline, weights fetched before are still in the cache
+            return _fetch(source, via)
     except ImportError as err:
         raise UserError(f"cannot fetch {encoder} weights through {via}: {err.name} is not installed "
                         f"(pip install {'open-clip-torch' if via == 'open_clip' else err.name})") from None
@@ -152,5 +160,17 @@ def fetch_state(encoder: str, via: str) -> dict[str, Tensor]:
                             f"and they are not in its cache; {cure}") from None
         raise UserError(f"cannot fetch {encoder} weights ({where}): {type(err).__name__}: "
                         f"{' '.join(str(err).split())[:100]}; {cure}") from None
-    finally:
-        logging.disable(logging.NOTSET)
+
+
+def _fetch(source: Source, via: str) -> dict[str, Tensor]:
+    if via == "timm":
+        import timm
+
+        return timm.create_model(source.timm, pretrained=True).state_dict()
+    if via == "open_clip":
+        import open_clip
+
+        return open_clip.create_model(source.open_clip[0], pretrained=source.open_clip[1]).state_dict()
+    import transformers
+
+    return transformers.AutoModel.from_pretrained(source.hugging_face).state_dict()
