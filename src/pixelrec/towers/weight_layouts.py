@@ -2,8 +2,10 @@
 
 A layout is recognised by one marker key. Its conversion is data: prefixes to strip, keys to drop
 (the text tower, index buffers), regex renames applied in order, keys given timm's leading batch
-dimension, and query/key/value triples (renamed to `...qkv.weight#q` etc.) fused into timm's one
-`qkv` matrix. timm's own `checkpoint_filter_fn` then does what it already knows: OpenAI CLIP and
+dimension, query/key/value triples (renamed to `...qkv.weight#q` etc.) fused into timm's one
+`qkv` matrix, blocks numbered through (`_blocks.7.`) nested into the tower's stages, and renames
+that depend on the kind of block a key belongs to (efficientnet_pytorch names a norm by its place,
+timm by what it follows). timm's own `checkpoint_filter_fn` then does what it already knows: OpenAI CLIP and
 open_clip visual towers, Microsoft's Swin files, and resampling position tables to the tower's size.
 """
 
@@ -184,7 +186,7 @@ def convert(state: dict[str, Tensor], tower: nn.Module) -> tuple[Layout, dict[st
     layout = detect(state, tower)
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
-    stages = _nested_blocks(tower) if layout.flat_blocks != Layout.flat_blocks else []
+    nested = _nested_blocks(tower) if layout.flat_blocks != Layout.flat_blocks else []
     wanted = {kind for kind, _ in layout.by_module}
     kinds = {name: type(module).__name__ for name, module in tower.named_modules() if type(module).__name__ in wanted}
     for key, value in state.items():
@@ -193,7 +195,7 @@ def convert(state: dict[str, Tensor], tower: nn.Module) -> tuple[Layout, dict[st
         new = key[len(layout.strip) :] if layout.strip and key.startswith(layout.strip) else key
         for pattern, replacement in layout.renames:
             new = re.sub(pattern, replacement, new)
-        new = re.sub(layout.flat_blocks, lambda m: _nested(stages, int(m[1]), m[0]), new)
+        new = re.sub(layout.flat_blocks, lambda m: _nested(nested, int(m[1]), m[0]), new)
         owner = _owner_kind(new, kinds)
         for kind, renames in layout.by_module:
             for pattern, replacement in renames if kind == owner else ():
@@ -221,12 +223,10 @@ def _nested_blocks(tower: nn.Module) -> list[str]:
     return sorted(names, key=lambda name: tuple(int(part) for part in name.split(".")[1:]))
 
 
-def _nested(stages: list[str], number: int, whole: str) -> str:
+def _nested(blocks: list[str], number: int, whole: str) -> str:
     """A flat block reference (`_blocks.7.`) as the tower's nested one (`blocks.3.1.`); kept as it was
     (and reported as an unexpected key) when the tower has fewer blocks."""
-    if number >= len(stages):
-        return whole
-    return stages[number] + "."
+    return blocks[number] + "." if number < len(blocks) else whole
 
 
 def _owner_kind(key: str, kinds: dict[str, str]) -> str | None:
