@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--tune-last", type=int, default=2, help="Lite0 blocks tuned in the pixels rows")
     parser.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
     parser.add_argument("--work", type=Path, help="data, weights, features and runs (default: a temporary folder)")
+    parser.add_argument("--keep-finished", action="store_true", help="after an interruption, with the same --work and "
+                        "settings: rows whose run already finished are read from it, not trained again")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "pretrained_images.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -109,10 +111,15 @@ def main() -> None:
             "data": {"path": str(data)}, "items": items, "loss": {"name": "softmax"},
             "train": {"epochs": args.epochs, "progress": False, **train_section}})
         run_dir = work / "runs" / f"run{i}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        began = time.perf_counter()
-        record = train(config, run_dir)
-        records.append(row_of(name, record) | {"seconds": round(time.perf_counter() - began, 1)})
+        finished = run_dir / "results.json"
+        if args.keep_finished and finished.is_file():
+            record = json.loads(finished.read_text())
+            records.append(row_of(name, record) | {"seconds": None})
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            began = time.perf_counter()
+            record = train(config, run_dir)
+            records.append(row_of(name, record) | {"seconds": round(time.perf_counter() - began, 1)})
         cold = (record.get("test_cold") or {}).get("Recall@10", float("nan"))
         print(f"{name}: test Recall@10 {record['test']['Recall@10']:.4f}, cold {cold:.4f}", flush=True)
     result = {
@@ -120,7 +127,9 @@ def main() -> None:
         "epochs": args.epochs, "image_size": args.image_size, "lite0_tune_last": args.tune_last,
         "dataset": {"users": 2000, "items": 400, "mean_len": 14, "cold_items": 0.05, "seed": 0},
         "command": "OMP_NUM_THREADS=1 python benchmarks/pretrained_images.py "
-                   f"--epochs {args.epochs} --image-size {args.image_size} --tune-last {args.tune_last}",
+                   f"--epochs {args.epochs} --image-size {args.image_size} --tune-last {args.tune_last}"
+                   + (" --keep-finished (rows with seconds null were read from an earlier, interrupted run)"
+                      if args.keep_finished else ""),
         "rows": records, "seconds": round(time.perf_counter() - started, 1),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": 1,
                     "load_average_before": load_before, "load_average_after": list(os.getloadavg())},
