@@ -76,7 +76,8 @@ def write_weights(encoder: str, *, checkpoint: str | Path | None = None, source:
     from safetensors.torch import save
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in converted.items()}
+    # own storage each: safetensors refuses tensors that share memory (tied or expanded weights)
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in converted.items()}
     atomic_write(out, save(tensors, metadata={METADATA_KEY: json.dumps(metadata)}))
     written = {**metadata, "out": str(out), "tensors": len(tensors), "file_tensors": keys,
                "classifier": classifier,
