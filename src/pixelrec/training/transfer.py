@@ -25,7 +25,7 @@ from pixelrec.errors import UserError
 from pixelrec.items.base import ITEM_ENCODERS, ItemEncoder
 from pixelrec.runs.directory import load_checkpoint, read_dataset_record
 from pixelrec.storage.feature_files import file_sha256
-from pixelrec.towers.names import SHORT_NAMES
+from pixelrec.towers.names import ENCODER_NAMES
 
 #: init_parts -> the recommender's submodule it names
 PARTS = {"items": "item_encoder", "backbone": "backbone"}
@@ -77,7 +77,7 @@ def check_source(config: Any) -> None:
                         "its item encoder starts only a run of the same item kind (train.init_parts=[backbone] "
                         "carries the backbone alone)")
     if "items" in parts and encoder_cls.image_tower is not None \
-            and SHORT_NAMES.get(encoder, encoder) != SHORT_NAMES.get(here.image.encoder, here.image.encoder):
+            and ENCODER_NAMES.get(encoder, encoder) != ENCODER_NAMES.get(here.image.encoder, here.image.encoder):
         raise UserError(f"train.init_from: {run} was trained with image encoder {encoder}, this run has "
                         f"{here.image.encoder}; a tower starts only a run of the same encoder")
     if encoder_cls.tied_to_catalogue and "items" in parts:
