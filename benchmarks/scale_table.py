@@ -6,7 +6,8 @@ process that builds the trainer (the training views), trains --steps optimiser s
 (BPR, batch 64, one torch thread, batches built in the training process, train.table_optimizer as
 --tables), and ranks --eval-users sampled users against the whole catalogue. A whole epoch does not fit
 this benchmark's time at these sizes, so the epoch is projected: steps per epoch x median seconds per
-step. Memory: the child's peak RSS (ru_maxrss), so it includes the dataset, views, model and optimizer.
+step. Wall and CPU seconds both (one thread: CPU seconds are what the work costs when the
+machine is shared). Memory: the child's peak RSS (ru_maxrss), so it includes the dataset, views, model and optimizer.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale_table.py [--sizes pixel200k,pixel1m,pixel8m,full]
         [--dims 64,512] [--steps 60] [--eval-users 2000] [--out benchmarks/results/scale_table.json]
@@ -47,32 +48,40 @@ def child(data: Path, dim: int, tables: str, warmup: int, steps: int, eval_users
                   "max_steps": warmup + steps, "table_optimizer": tables},
     }, source="benchmark")
     out: dict = {"dim": dim, "tables": tables, "load_before": round(os.getloadavg()[0], 2)}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="pixelrec-scale-")) / "run")
     out["setup_seconds"] = round(time.perf_counter() - started, 1)
+    out["setup_cpu_seconds"] = round(time.process_time() - cpu, 1)
     out["training_examples"] = len(trainer.view)
     out["steps_per_epoch"] = -(-len(trainer.view) // 64)
     marks: dict[int, float] = {}
+    cpu_marks: dict[int, float] = {}
     count = [0]
 
     def tick(*_: object) -> None:
         count[0] += 1
         if count[0] in (warmup, warmup + steps):
             marks[count[0]] = time.perf_counter()
+            cpu_marks[count[0]] = time.process_time()
 
     trainer.optimizer.register_step_post_hook(tick)
     trainer.train_epoch(0)
     per_step = (marks[warmup + steps] - marks[warmup]) / steps
     out["ms_per_step"] = round(per_step * 1000, 2)
     out["projected_epoch_seconds"] = round(per_step * out["steps_per_epoch"], 1)
+    cpu_per_step = (cpu_marks[warmup + steps] - cpu_marks[warmup]) / steps
+    out["cpu_ms_per_step"] = round(cpu_per_step * 1000, 2)
+    out["projected_epoch_cpu_seconds"] = round(cpu_per_step * out["steps_per_epoch"], 1)
     data_ = trainer.data
     users = np.sort(np.random.default_rng(0).choice(data_.n_users, size=min(eval_users, data_.n_users),
                                                      replace=False) + 1)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rank_targets(trainer.model, data_, "test", config.data.max_len, users, config.eval.batch_size,
                  config.eval.score_budget_mb)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     out["eval_users"] = len(users)
+    out["eval_users_per_cpu_second"] = round(len(users) / cpu, 1)
+    out["projected_full_eval_cpu_seconds"] = round(data_.n_users / (len(users) / cpu), 1)
     out["eval_users_per_second"] = round(len(users) / seconds, 1)
     out["projected_full_eval_seconds"] = round(data_.n_users / (len(users) / seconds), 1)
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="prepared Pixel200K-sized set (default: generate into --scratch)")
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "pixelrec-tables")
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds of the speed part (0: none)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--epoch", action="store_true", help="also time one whole lazy epoch")
@@ -122,14 +122,15 @@ def main() -> None:
         for mode in MODES:
             report["runs"].append(child([*common, "--worker", mode]))
             print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
-    summary = {}
-    for mode in MODES:
+    summary: dict = {}
+    for mode in MODES if report["runs"] else ():
         per_step = statistics.median(r["seconds_per_step"] for r in report["runs"] if r["mode"] == mode)
         steps = report["runs"][0]["steps_per_epoch"]
         summary[mode] = {"median_ms_per_step": round(per_step * 1000, 2), "steps_per_epoch": steps,
                          "projected_epoch_seconds": round(per_step * steps, 1)}
-    summary["dense_over_lazy"] = round(summary["dense"]["median_ms_per_step"] / summary["lazy"]["median_ms_per_step"], 2)
-    report["speed"] = summary
+    if summary:
+        summary["dense_over_lazy"] = round(summary["dense"]["median_ms_per_step"] / summary["lazy"]["median_ms_per_step"], 2)
+        report["speed"] = summary
     if args.epoch:
         report["lazy_epoch"] = child([*common, "--worker", "lazy", "--whole-epoch"])
     if args.seeds:
