@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adamw import adamw
 
 
 def row_tables(model: nn.Module, item_tables: bool = True) -> list[nn.Embedding]:
@@ -63,26 +64,18 @@ class RowAdamW(torch.optim.AdamW):
                     p.grad = None  # consumed: the fused step skips tensors without a gradient
 
     def _update_rows(self, p: Tensor, group: dict[str, Any]) -> None:
+        """AdamW's own kernel (fused, as the rest of the step) over the touched rows, gathered and put back."""
         grad = p.grad.coalesce() if p.grad.is_sparse else p.grad.to_sparse()
-        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)
+        if not state:  # as AdamW lays its state out, so that either loads the other's checkpoint
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if state["step"].device.type != "cpu":  # loaded from a fused checkpoint: counted on the host
-            state["step"] = state["step"].cpu()
-        state["step"] += 1
-        step = float(state["step"])
-        rows, g = grad.indices()[0], grad.values()
-        weights = p.index_select(0, rows)
-        m = state["exp_avg"].index_select(0, rows)
-        v = state["exp_avg_sq"].index_select(0, rows)
-        weights.mul_(1 - lr * decay)
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
-        weights.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
-        p.index_copy_(0, rows, weights)
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
+        rows = grad.indices()[0]
+        weights, m, v = (t.index_select(0, rows) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
+        beta1, beta2 = group["betas"]
+        adamw([weights], [grad.values()], [m], [v], [], [state["step"]], foreach=group["foreach"],
+              fused=group["fused"], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+        for table, new in ((p, weights), (state["exp_avg"], m), (state["exp_avg_sq"], v)):
+            table.index_copy_(0, rows, new)
