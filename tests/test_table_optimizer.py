@@ -3,6 +3,7 @@ every row is touched, untouched rows bit-identical, gradient clipping, the train
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -119,3 +120,18 @@ def test_declared_tables_are_the_catalogue_sized_ones(tiny_data, tmp_path):
     full = Trainer(tiny_config(tiny_data, "sasrec", loss="full-softmax"), tmp_path / "full")
     assert full.optimizer.rows == set()  # every step encodes the whole catalogue: the table stays dense
     full.close()
+
+
+def test_a_dense_state_loads_into_lazy_rows_and_goes_on_from_its_moments():
+    """The state is AdamW's in both modes: a dense checkpoint continues with lazy rows from its moments."""
+    torch.manual_seed(0)
+    dense_table, lazy_table = nn.Embedding(4, 2), nn.Embedding(4, 2)
+    dense = RowAdamW([{"params": [dense_table.weight], "weight_decay": DECAY}], lr=LR)
+    step_with(dense, dense_table, [[0, 1, 2, 3]], torch.tensor([1.0, 2.0]))
+    lazy_table.load_state_dict(dense_table.state_dict())
+    lazy = RowAdamW([{"params": [lazy_table.weight], "weight_decay": DECAY}], [lazy_table], lr=LR)
+    lazy.load_state_dict(copy.deepcopy(dense.state_dict()))  # as read back from last.pt: no shared tensors
+    for optimizer, table in ((dense, dense_table), (lazy, lazy_table)):
+        step_with(optimizer, table, [[0, 1, 2, 3]], torch.tensor([-1.0, 0.5]))  # every row: the same rule
+    torch.testing.assert_close(lazy_table.weight, dense_table.weight, rtol=1e-6, atol=1e-7)
+    assert float(lazy.state[lazy_table.weight]["step"]) == 2
