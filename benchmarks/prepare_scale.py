@@ -30,6 +30,8 @@ SIZES = {
     # name: (users, items, interactions), from the PixelRec paper's table
     "quick": (20_000, 9_628, 396_566),
     "pixel200k": (200_000, 96_282, 3_965_656),
+    "pixel1m": (1_001_822, 100_541, 19_886_579),
+    "pixel8m": (8_886_078, 407_082, 158_488_652),
     "full": (29_845_039, 408_374, 195_755_320),
 }
 TIME_SPAN = 34_000_000  # ~13 months of seconds, as PixelRec (Sep 2021 - Oct 2022)

@@ -16,7 +16,10 @@ CASES = [(m, loss) for m in trainable_backbones() for loss in applicable_losses(
 
 @pytest.mark.parametrize("model,loss", CASES)
 def test_loss_falls(model, loss, tiny_data, tmp_path):
-    losses = losses_over_steps(tiny_config(tiny_data, model, loss), 120, tmp_path / "run")  # ~3 epochs of pairs
+    # dense tables: in 120 steps a lazy user row of a pair model moves only in the steps whose batch holds
+    # its user, so its loss falls more slowly; lazy tables learn in test_beats_popularity below
+    config = tiny_config(tiny_data, model, loss, train={"table_optimizer": "dense"})
+    losses = losses_over_steps(config, 120, tmp_path / "run")  # ~3 epochs of pairs
     assert all(torch.isfinite(torch.tensor(losses)))
     assert mean(losses[-8:]) < 0.9 * mean(losses[:8]), losses
 

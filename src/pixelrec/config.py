@@ -103,6 +103,9 @@ class TrainConfig:
     ties_improve: bool = False  # a validation metric equal to the best counts as an improvement (the paper's code: >=)
     eval_every: PositiveInt = 1  # evaluate every N epochs
     clip_grad: Positive | None = None  # max gradient norm
+    # catalogue-sized tables (item IDs, users): lazy updates only the rows a step touched (AdamW on those
+    # rows; an untouched row's decay waits until it is touched: docs/scale.md), dense every row each step
+    table_optimizer: Literal["lazy", "dense"] = "lazy"
     decay_all: bool = False  # weight decay on every parameter, norms and biases too (the paper's code)
     seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # every random stream of the run (numpy takes 0 .. 2**32 - 1)
     num_workers: NonNegativeInt = 0  # DataLoader workers that build batches (and load images)

@@ -67,6 +67,8 @@ class ItemEncoder(nn.Module):
     new_items_refusal: ClassVar[str] = "its item vectors exist only for the catalogue's items"
     #: Every weight belongs to the catalogue's items (an ID table), so none crosses datasets.
     tied_to_catalogue: ClassVar[bool] = False
+    #: nn.Embedding attributes sized by the catalogue whose rows a step touches few of (train.table_optimizer).
+    row_tables: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()

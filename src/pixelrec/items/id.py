@@ -18,6 +18,7 @@ class IDEncoder(ItemEncoder):
     label = "ID"
     table_order = 0
     tied_to_catalogue = True
+    row_tables = ("embedding",)
     new_items_refusal = "its items are ID vectors learned for the catalogue's items"
 
     def __init__(self, n_items: int, embedding_size: int, init_std: float = 0.02) -> None:

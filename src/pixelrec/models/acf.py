@@ -43,6 +43,7 @@ class ACF(Backbone):
 
     view = "pair"
     label = "ACF"
+    row_tables = ("user_embedding",)
     family = "non-sequential"
     table_order = 5
     item_parts = ("vectors", "ids", "components")  # ids with score_items=id; components when the items have them

@@ -48,6 +48,8 @@ class Backbone(nn.Module):
     item_parts: tuple[str, ...] = ("vectors",)
     trainable: ClassVar[bool] = True  # False for rule-based baselines (pop): nothing to optimise
     needs_catalogue: ClassVar[bool] = False  # True when each step needs every item (LightGCN)
+    #: nn.Embedding attributes sized by the users whose rows a step touches few of (train.table_optimizer)
+    row_tables: ClassVar[tuple[str, ...]] = ()
     #: an item's scoring vector is a function of its own vector alone, so an item unknown at training
     #: (a new cover) can be scored; False when it also depends on the catalogue (a graph, counts)
     scores_items_alone: ClassVar[bool] = True

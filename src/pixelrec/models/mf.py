@@ -22,6 +22,7 @@ class MF(Backbone):
 
     view = "pair"
     label = "MF"
+    row_tables = ("user_embedding",)
     family = "non-sequential"
     table_order = 0
 

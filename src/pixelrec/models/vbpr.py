@@ -36,6 +36,7 @@ class VBPR(Backbone):
 
     view = "pair"
     label = "VBPR"
+    row_tables = ("user_embedding",)
     family = "non-sequential"
     table_order = 4
 

@@ -29,18 +29,15 @@ from pixelrec.errors import UserError, worker_errors
 from pixelrec.evaluation.evaluator import evaluate
 from pixelrec.factory import build_model
 from pixelrec.recommender import Recommender
-
-#: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.runs import directory as rundir
 from pixelrec.runs.directory import config_of_run
 from pixelrec.runs.results import write_results
 from pixelrec.storage.atomic import atomic_json, atomic_write
 from pixelrec.threads import use_threads
-
-#: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 from pixelrec.towers.caveats import transfer_caveat
 from pixelrec.training import report, transfer
 from pixelrec.training.memory import refuse_what_cannot_fit
+from pixelrec.training.optimizer import RowAdamW, row_tables
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 #: progress bar), so it is not done every step; a non-finite loss is still found at its exact step.
@@ -144,12 +141,9 @@ class Trainer:
         if self.job.world > 1:
             torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
         self.view = TrainingView.of(self.data, self.model.backbone.view_spec(config.data), self.model.loss.sampling)
-        groups = parameter_groups(self.model, config)
-        # the fused kernel updates each tensor in one pass (foreach makes several): it matters for a
-        # full-size ID table, whose dense update is most of a CPU step
-        self.optimizer = torch.optim.AdamW(groups, lr=config.train.lr, fused=True) if groups else None
+        self.optimizer = self._optimizer()
         self.net: nn.Module = self.model
-        if self.job.active and groups:
+        if self.job.active and self.optimizer is not None:
             self.net = data_parallel(self.model, self.device)
         self.state = TrainState()
         self.metrics = rundir.MetricsLog(self.out / "metrics.jsonl")
@@ -172,6 +166,17 @@ class Trainer:
                 progress.log.warning(caveat["message"])
         if self.transfer is not None and self.job.main:
             progress.log.info(transfer.describe(self.transfer))
+
+    def _optimizer(self) -> RowAdamW | None:
+        """AdamW over the parameter groups (fused: one pass per tensor); with train.table_optimizer=lazy
+        the catalogue-sized tables update only the rows a step touched. Under several GPUs the tables
+        stay dense: NCCL's sparse all-reduce is a prototype."""
+        groups = parameter_groups(self.model, self.config)
+        if not groups:
+            return None
+        lazy = self.config.train.table_optimizer == "lazy" and not (self.job.world > 1 and self.device.type == "cuda")
+        tables = row_tables(self.model, item_tables=not self.model.uses_catalogue) if lazy else []
+        return RowAdamW(groups, tables, lr=self.config.train.lr, fused=True)
 
     def _prepare_items(self) -> None:
         t = self.config.train
