@@ -135,3 +135,12 @@ def test_a_dense_state_loads_into_lazy_rows_and_goes_on_from_its_moments():
         step_with(optimizer, table, [[0, 1, 2, 3]], torch.tensor([-1.0, 0.5]))  # every row: the same rule
     torch.testing.assert_close(lazy_table.weight, dense_table.weight, rtol=1e-6, atol=1e-7)
     assert float(lazy.state[lazy_table.weight]["step"]) == 2
+
+
+def test_a_run_saved_before_lazy_tables_resumes_with_dense_updates():
+    """Its config.yaml has no train.table_optimizer; it was trained densely, so it goes on densely."""
+    from pixelrec.config import upgrade
+
+    assert upgrade({"train": {"epochs": 3}})["train"]["table_optimizer"] == "dense"
+    assert upgrade({"train": {"epochs": 3, "table_optimizer": "lazy"}})["train"]["table_optimizer"] == "lazy"
+    assert "train" not in upgrade({"model": {"name": "sasrec"}})

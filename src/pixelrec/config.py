@@ -397,7 +397,11 @@ def refuse_flat_keys(items: dict[str, Any], kind: Any, source: str) -> None:
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     """A configuration as saved by an earlier version (a run's config.yaml whose `items` section is flat)
     in today's layout: each flat key moved where it now lives for the run's item kind, those the kind
-    did not take (its saved defaults) left out. Today's layout comes back as it is."""
+    did not take (its saved defaults) left out; a run saved before `train.table_optimizer` existed
+    updated every row densely, and keeps doing so. Today's layout comes back as it is."""
+    train = raw.get("train")
+    if isinstance(train, dict) and train and "table_optimizer" not in train:
+        raw = {**raw, "train": {**train, "table_optimizer": "dense"}}
     items = raw.get("items")
     kind = items.get("kind", ItemsConfig.kind) if isinstance(items, dict) else None
     if not isinstance(kind, str) or kind not in ITEM_ENCODERS.names():
