@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from pixelrec.config import TOWERS, upgrade
+from pixelrec.config import upgrade
+from pixelrec.runs.directory import flat_keys
 
 #: Keys that never change what a run measures: where its files are (the dataset, a feature file and
 #: weight files are named by the encoder and start labels instead), how it was run (devices, workers,
@@ -22,18 +23,6 @@ NOT_SETTINGS = frozenset({
     "train.grad_checkpointing", "train.channels_last", "train.compile", "train.log_every",
     "eval.batch_size", "eval.score_budget_mb",
 })
-
-
-def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`section.key` -> value (`items.image.key` in a tower's section)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and (prefix == "" or prefix == "items." and key in TOWERS):
-            out |= flat(value, f"{name}.")
-        else:
-            out[name] = value
-    return out
 
 
 def run_settings(run_dir: str | Path) -> dict[str, str]:
@@ -48,7 +37,7 @@ def run_settings(run_dir: str | Path) -> dict[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {key: json.dumps(value, sort_keys=True, default=str)
-            for key, value in sorted(flat(upgrade(raw)).items()) if key not in NOT_SETTINGS}
+            for key, value in sorted(flat_keys(upgrade(raw)).items()) if key not in NOT_SETTINGS}
 
 
 def settings_key(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -313,13 +313,13 @@ def clear(out: Path) -> list[str]:
     return removed
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_keys(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`section.key` -> value, and `items.tower.key` -> value in a tower's section."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and (prefix == "" or prefix == "items." and key in TOWERS):
-            out |= _flat(value, f"{name}.")
+            out |= flat_keys(value, f"{name}.")
         else:
             out[name] = value
     return out
@@ -329,8 +329,8 @@ def resume_changes(out: Path, saved: Config, config: Config) -> list[tuple[str, 
     """The settings that differ from the run's config.yaml, as (key, was, now); a change that would
     make the checkpoint mean something else (model, items, loss, data preparation, optimiser) is one
     line saying which."""
-    before = _flat(with_absolute_paths(saved).to_dict())
-    after = _flat(with_absolute_paths(config).to_dict())
+    before = flat_keys(with_absolute_paths(saved).to_dict())
+    after = flat_keys(with_absolute_paths(config).to_dict())
     changed = [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)]
     fixed = [f"{k} ({was} -> {now})" for k, was, now in changed if k not in RESUME_FREE]
