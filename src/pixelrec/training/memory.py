@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,8 @@ def model_memory(config: Config, data: PreparedData) -> ModelMemory | None:
     cannot be built there (the estimate is then skipped, never a refusal)."""
     python, generator = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # weight files load into meta tensors as no-ops, which torch warns about
             model = build_model(config, data)
     except Exception:  # noqa: BLE001 - a part that needs real tensors to be built: no estimate
         return None
