@@ -22,10 +22,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from modalities import row_of  # one row shape for both comparisons
 from pixelrec.config import resolve
 from pixelrec.data.prepare import prepare
 from pixelrec.data.synth import write_synthetic
@@ -62,18 +62,6 @@ def rows(weights: Path, features: dict[str, Path], size: int, tune_last: int) ->
         "pixels lite0 (ImageNet)": ({"kind": "pixels", "image": {**lite, "encoder_weights": str(weights)}},
                                     {"encoder_lr": 1e-3}),
     }
-
-
-def row_of(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    def pick(split: str) -> dict[str, float | None]:
-        metrics = record.get(split) or {}
-        return {m: metrics.get(m) for m in ("Recall@10", "NDCG@10")}
-
-    return {"row": name, "test": pick("test"), "test_cold": pick("test_cold"),
-            "cold_users": (record.get("test_cold") or {}).get("users"),
-            "train_seconds_per_epoch": record["train_seconds_per_epoch"],
-            "trainable_parameters": record["trainable_parameters"], "best_epoch": record["best_epoch"],
-            "epochs_run": record["epochs_run"]}
 
 
 def main() -> None:
