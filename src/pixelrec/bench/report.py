@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelrec.bench import plots
+from pixelrec.bench.settings import saved_config
 from pixelrec.bench.tables import (
     backbone_order,
     caveats_note,
@@ -42,17 +43,14 @@ def is_unfinished(path: Path) -> bool:
 
 def unfinished_line(run: Path) -> str:
     """'unfinished: RUN (epoch 3 of 50)': how far an interrupted or running run got."""
-    import yaml
 
     try:
         rows = MetricsLog(run / "metrics.jsonl").read()
     except UserError:
         rows = []
     done = max((int(r["epoch"]) for r in rows if isinstance(r.get("epoch"), int)), default=0)
-    try:
-        epochs = ((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("train") or {}).get("epochs")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        epochs = None
+    train = saved_config(run).get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
     return f"unfinished: {run} (epoch {done}" + (f" of {epochs})" if isinstance(epochs, int) else ")")
 
 

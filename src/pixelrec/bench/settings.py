@@ -6,11 +6,13 @@ that differ."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from pixelrec.config import upgrade
+from pixelrec.config import read_saved
+from pixelrec.errors import UserError
 from pixelrec.runs.directory import flat_keys
 
 #: Keys that never change what a run measures: where its files are (the dataset, a feature file and
@@ -25,19 +27,30 @@ NOT_SETTINGS = frozenset({
 })
 
 
+@functools.lru_cache(maxsize=4096)
+def _saved(path: str, modified: int) -> dict[str, Any]:
+    try:
+        return read_saved(path)
+    except (UserError, OSError, AttributeError):  # damaged, foreign or not a mapping: no settings
+        return {}
+
+
+def saved_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's config.yaml in today's layout ({} when missing or unreadable), read once per
+    version of the file however many labels and settings of the run a table computes."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        modified = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _saved(str(path.resolve()), modified)
+
+
 def run_settings(run_dir: str | Path) -> dict[str, str]:
     """The settings of a run directory's config.yaml that can change its result, `key` -> value
     written as JSON ({} when there is no readable config.yaml)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
     return {key: json.dumps(value, sort_keys=True, default=str)
-            for key, value in sorted(flat_keys(upgrade(raw)).items()) if key not in NOT_SETTINGS}
+            for key, value in sorted(flat_keys(saved_config(run_dir)).items()) if key not in NOT_SETTINGS}
 
 
 def settings_key(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelrec.bench import settings as run_settings
-from pixelrec.config import tower_sections, upgrade
+from pixelrec.config import tower_sections
 from pixelrec.items import ITEM_ENCODERS, ItemEncoder
 from pixelrec.models import BACKBONES
 from pixelrec.models.base import FAMILIES
@@ -65,12 +65,7 @@ def encoder_label(record: dict[str, Any], run_dir: Path | None = None) -> str | 
 
 def _items_section(run_dir: Path) -> dict[str, Any]:
     """The `items` section of a run's config.yaml, in today's layout ({} when unreadable)."""
-    import yaml
-
-    try:
-        items = upgrade(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("items")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return {}
+    items = run_settings.saved_config(run_dir).get("items")
     return items if isinstance(items, dict) else {}
 
 
