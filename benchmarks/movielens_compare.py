@@ -82,27 +82,28 @@ def prepare(data_dir: Path) -> Path:
     return out
 
 
-def settings(model: str, data: Path, budget: dict, sequences: str | None = None) -> dict:
-    from pixelrec.config import merge
+def settings(model: str, data: Path, budget: dict, sequences: str | None = None, overrides: tuple[str, ...] = ()) -> dict:
+    from pixelrec.config import merge, overrides_to_dict
 
     raw = merge(COMMON, MODELS[model])
     raw = merge(raw, {"model": {"name": model}, "data": {"path": str(data)}})
     raw["train"].update({k: v for k, v in budget.items() if v is not None})
     if sequences is not None and "sequences" in raw["data"]:
         raw["data"]["sequences"] = sequences
-    return raw
+    return merge(raw, overrides_to_dict(list(overrides)))
 
 
-def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | None = None) -> dict:
+def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | None = None,
+            overrides: tuple[str, ...] = (), label: str = "") -> dict:
     from pixelrec.config import resolve
     from pixelrec.training.trainer import train
 
-    raw = settings(model, data, budget, sequences)
+    raw = settings(model, data, budget, sequences, overrides)
     # packaged defaults of the backbone first (they are the paper's Pixel200K settings), then every
     # key this comparison sets: what is not set here keeps the backbone's own default
     config = resolve(model=model, flags=raw)
     started = time.perf_counter()
-    run = runs / (model if sequences is None else f"{model}-{sequences}")
+    run = runs / "-".join(part for part in (model, sequences, label) if part)
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines; stdout is the JSON
         results = train(config, run)
     wall = time.perf_counter() - started
@@ -112,6 +113,8 @@ def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | N
         "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"], "stopped": results["stopped"],
         "wall_seconds": round(wall, 1), "train_seconds_per_epoch": round(results["train_seconds_per_epoch"], 2),
         "valid_curve": valid_curve(run),
+        "train_seconds_to_best": train_seconds_to_best(run, results["best_epoch"]),
+        "overrides": list(overrides), "seed": config.train.seed,
         "loss": config.loss.name, "sequences": config.data.sequences, "max_len": config.data.max_len,
         "model_args": config.model_args,
     }
@@ -121,6 +124,12 @@ def valid_curve(run: Path) -> list[float]:
     """Validation NDCG@10 after each epoch (metrics.jsonl of the run)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [round(r["valid"]["NDCG@10"], 5) for r in rows if "valid" in r]
+
+
+def train_seconds_to_best(run: Path, best_epoch: int) -> float:
+    """Training seconds (validation excluded) of the epochs up to and including the best one."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return round(sum(r["seconds"] for r in rows if r.get("epoch", 0) <= best_epoch and "seconds" in r), 1)
 
 
 def relative(pixelrec: dict, recbole: dict) -> dict:
@@ -143,6 +152,10 @@ def main() -> None:
     parser.add_argument("--sequences", choices=["sliding", "windows"],
                         help="override data.sequences of SASRec/GRU4Rec/NextItNet/BERT4Rec (default sliding: "
                              "RecBole's augmentation; windows: pixelrec's default, every position of 50-item windows)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pixelrec setting over the model's (repeatable), e.g. data.max_len=200")
+    parser.add_argument("--seed", type=int, help="train.seed (default 2020, RecBole's)")
+    parser.add_argument("--label", default="", help="suffix of the run folders (several settings in one --runs)")
     parser.add_argument("--recbole", type=Path, help="JSON written by movielens/recbole_reference.py, merged in")
     parser.add_argument("--runs", type=Path, help="run directories (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -168,8 +181,8 @@ def main() -> None:
     out: dict = {}
     for model in models:
         print(f"# {model} ...", file=sys.stderr, flush=True)
-        budget = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size}
-        entry: dict = {"pixelrec": run_one(model, data, runs, budget, args.sequences)}
+        budget = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "seed": args.seed}
+        entry: dict = {"pixelrec": run_one(model, data, runs, budget, args.sequences, tuple(args.overrides), args.label)}
         if model in reference.get("models", {}):
             entry["recbole"] = reference["models"][model]
             entry["relative_test"] = relative(entry["pixelrec"], entry["recbole"])

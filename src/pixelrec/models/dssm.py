@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from pixelrec.data.batch import Batch
 from pixelrec.data.specs import ViewSpec
 from pixelrec.items.base import ItemLookup
+from pixelrec.models import kernels
 from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import Dropout, NonNegativeInt, Positive, PositiveInt
 
@@ -24,7 +25,7 @@ def tower(dim: int, n_layers: int, dropout: float) -> nn.Module:
         linear = nn.Linear(dim, dim)
         nn.init.xavier_normal_(linear.weight)  # keeps the tanh inputs at unit scale, unlike std 0.02
         nn.init.zeros_(linear.bias)
-        layers += [nn.Dropout(dropout), linear, nn.Tanh()]
+        layers += [kernels.Dropout(dropout), linear, nn.Tanh()]
     return nn.Sequential(*layers)
 
 

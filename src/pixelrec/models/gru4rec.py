@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
+from pixelrec.models import kernels
 from pixelrec.models.base import BACKBONES, Backbone
 from pixelrec.schema import Dropout, PositiveInt
 
@@ -47,7 +48,7 @@ class GRU4Rec(Backbone):
         if padding == "encoded":  # the recommender puts the encoder's padding vector in each lookup
             self.item_parts = ("vectors", "padding")
         hidden_size = hidden_factor * embedding_size  # a multiple, so a new embedding size scales it (the paper's grid)
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
         self.gru = nn.GRU(embedding_size, hidden_size, n_layers, bias=False, batch_first=True)
         self.dense = nn.Linear(hidden_size, embedding_size)
         for weight in self.gru.parameters():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pixelrec.models import kernels
 
 
 class MultiHeadAttention(nn.Module):
@@ -18,11 +19,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         """x [B, L, d]; allowed [B, 1, L, L] (True where a query may attend to a key)."""
-        b, length, dim = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
-        return self.out(y.transpose(1, 2).reshape(b, length, dim))
+        return self.out(kernels.attention(self.qkv(x), self.n_heads, allowed, self.dropout, self.training))
 
 
 class TransformerBlock(nn.Module):
@@ -36,7 +33,7 @@ class TransformerBlock(nn.Module):
             nn.Linear(dim, inner_size), nn.GELU() if activation == "gelu" else nn.ReLU(), nn.Linear(inner_size, dim)
         )
         self.norm2 = nn.LayerNorm(dim, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = self.norm1(x + self.drop(self.attention(x, allowed)))
@@ -63,7 +60,7 @@ class PositionalTransformer(nn.Module):
         super().__init__()
         self.position = nn.Embedding(max_len, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
         self.blocks = nn.ModuleList(TransformerBlock(dim, n_heads, inner_size, dropout, activation) for _ in range(n_layers))
 
     def forward(self, x: Tensor, real: Tensor, causal: bool) -> Tensor:

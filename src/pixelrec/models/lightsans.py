@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pixelrec.data.batch import Batch
 from pixelrec.items.base import ItemLookup
+from pixelrec.models import kernels
 from pixelrec.models.base import BACKBONES, Backbone, init_weights
 from pixelrec.schema import Dropout, PositiveInt
 
@@ -42,9 +43,9 @@ class LowRankAttention(nn.Module):
         self.value_interests = nn.Linear(dim, k_interests, bias=False)  # Theta_V
         self.position_norm = nn.LayerNorm(dim, eps=1e-12)
         self.position_qk = nn.Linear(dim, 2 * dim)
-        self.attention_drop = nn.Dropout(dropout)
+        self.attention_drop = kernels.Dropout(dropout)
         self.out = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def heads(self, x: Tensor) -> Tensor:
@@ -90,7 +91,7 @@ class LightTransformerBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(dim, inner_size), nn.GELU() if activation == "gelu" else nn.ReLU(), nn.Linear(inner_size, dim)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x: Tensor, positions: Tensor, real: Tensor) -> Tensor:
@@ -133,7 +134,7 @@ class LightSANs(Backbone):
         recbole = attention == "recbole"
         self.position = nn.Embedding(max_len, embedding_size)
         self.norm = nn.LayerNorm(embedding_size, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
+        self.drop = kernels.Dropout(dropout)
         self.blocks = nn.ModuleList(
             LightTransformerBlock(embedding_size, n_heads, k_interests, inner_factor * embedding_size, dropout, activation,
                                   recbole)

@@ -1,0 +1,117 @@
+"""The lean CPU kernels (models/kernels.py): the attention core gives torch's attention and its
+gradients, with dropout on the same keep mask too; the 16-bit dropout drops p of the values, keeps the
+layer unbiased, and draws from torch's generator (seeded, repeatable)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pixelrec.models import kernels
+from pixelrec.models.layers import MultiHeadAttention, attention_mask
+
+
+def reference_attention(qkv, n_heads, allowed, keep=None):
+    """Attention written out from its definition (softmax of masked scaled scores, dropout, values)."""
+    b, length, width = qkv.shape
+    dim = width // 3
+    q, k, v = qkv.view(b, length, 3, n_heads, dim // n_heads).permute(2, 0, 3, 1, 4)
+    probs = ((q @ k.transpose(-1, -2)) / (dim // n_heads) ** 0.5).masked_fill(~allowed, float("-inf")).softmax(-1)
+    if keep is not None:
+        probs = probs * keep.view(b, n_heads, length, length)
+    return (probs @ v).transpose(1, 2).reshape(b, length, dim)
+
+
+def sequences(b=6, length=9, causal=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randint(1, 50, (b, length), generator=generator)
+    context[0, :4] = 0  # left padding in some rows
+    context[1, :-1] = 0  # one real item only
+    return attention_mask(context, causal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_and_its_gradients_equal_the_definition(causal):
+    torch.manual_seed(0)
+    allowed = sequences(causal=causal)
+    qkv = torch.randn(6, 9, 3 * 12, requires_grad=True)
+    upstream = torch.randn(6, 9, 12)
+    ours = kernels.attention(qkv, 3, allowed, p=0.0, training=True)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), qkv)
+    theirs = reference_attention(qkv, 3, allowed)
+    (grad_theirs,) = torch.autograd.grad((theirs * upstream).sum(), qkv)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-6)
+    # and torch's own fused attention, which the kernel replaces on the CPU
+    q, k, v = qkv.view(6, 9, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).reshape(6, 9, 12)
+    torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_gradients_pass_gradcheck_in_double():
+    allowed = sequences(b=3, length=5)
+    qkv = torch.randn(3, 5, 3 * 4, dtype=torch.float64, requires_grad=True)
+    # float64 takes torch's path; the kernel's own arithmetic is checked against it in float32 above
+    assert torch.autograd.gradcheck(lambda t: kernels.attention(t, 2, allowed, 0.0, True), (qkv,))
+    ours = kernels._Attention.apply(qkv.float(), allowed, 2, 0.0)
+    torch.testing.assert_close(ours.double(), reference_attention(qkv, 2, allowed), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dropout_is_the_definition_with_the_drawn_keep_mask():
+    allowed = sequences()
+    qkv = torch.randn(6, 9, 36, requires_grad=True)
+    upstream = torch.randn(6, 9, 12)
+    torch.manual_seed(7)
+    ours = kernels.attention(qkv, 3, allowed, p=0.3, training=True)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), qkv)
+    torch.manual_seed(7)
+    keep = kernels.keep_mask(torch.empty(6 * 3, 9, 9), 0.3)
+    theirs = reference_attention(qkv, 3, allowed, keep)
+    (grad_theirs,) = torch.autograd.grad((theirs * upstream).sum(), qkv)
+    assert 0 < (keep == 0).float().mean() < 1
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-6)
+    # out of training the same module drops nothing
+    assert torch.equal(kernels.attention(qkv, 3, allowed, 0.3, training=False),
+                       kernels.attention(qkv, 3, allowed, 0.0, training=True))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_drops_p_and_stays_unbiased(p):
+    torch.manual_seed(1)
+    x = torch.rand(2_000_000) + 0.5
+    out = kernels.dropout(x, p, training=True)
+    dropped = (out == 0).float().mean().item()
+    assert dropped == pytest.approx(p, abs=4 * (p * (1 - p) / x.numel()) ** 0.5 + 1 / 65536)
+    kept = out != 0
+    torch.testing.assert_close(out[kept] / x[kept], torch.full_like(x[kept], 65536 / (65536 - round(p * 65536))))
+    assert out.mean().item() == pytest.approx(x.mean().item(), rel=2e-3)
+
+
+def test_dropout_draws_from_torchs_generator():
+    x = torch.ones(64, 10, 64)
+    torch.manual_seed(3)
+    first = kernels.dropout(x, 0.2, training=True)
+    torch.manual_seed(3)
+    again = kernels.dropout(x, 0.2, training=True)
+    other = kernels.dropout(x, 0.2, training=True)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # each 16-bit lane of a 64-bit draw is used: masks of neighbouring values are not tied
+    lanes = (first.flatten()[: 4 * 4000] == 0).view(4000, 4).float()
+    assert all(abs(lanes[:, i].mean().item() - 0.2) < 0.03 for i in range(4))
+    assert abs((lanes[:, 0] * lanes[:, 1]).mean().item() - 0.04) < 0.015
+
+
+def test_dropout_identity_out_of_training_and_at_zero():
+    x = torch.randn(100)
+    assert kernels.dropout(x, 0.5, training=False) is x
+    assert kernels.dropout(x, 0.0, training=True) is x
+    assert torch.equal(kernels.dropout(x, 1.0, training=True), torch.zeros_like(x))
+    module = kernels.Dropout(0.4).eval()
+    assert module(x) is x
+
+
+def test_the_attention_layer_keeps_its_parameters_and_state_dict():
+    layer = MultiHeadAttention(16, 2, 0.1)
+    assert sorted(layer.state_dict()) == ["out.bias", "out.weight", "qkv.bias", "qkv.weight"]
