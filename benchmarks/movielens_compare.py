@@ -16,9 +16,10 @@ MF and LightGCN with BPR and one uniform negative per positive (RecBole's defaul
     benchmarks/movielens/fetch_ml100k.sh /tmp/ml                         # once: ml-100k.inter
     .venv/bin/python benchmarks/movielens_compare.py --data-dir /tmp/ml [--models sasrec,pop]
         [--epochs 300] [--patience 11] [--batch-size 2048] [--sequences sliding|windows]
+        [--set data.max_len=200 ...] [--seed 2020] [--label NAME]
         [--recbole /tmp/ml/recbole.json] [--out /tmp/ml/pixelrec.json]
 
-Prints JSON {model: {"pixelrec": {valid, test, best_epoch, epochs_run, wall_seconds, ...},
+Prints JSON {model: {"pixelrec": {valid, test, best_epoch, epochs_run, wall_seconds, train_seconds_to_best, valid_curve, ...},
 "recbole": {...}, "relative_test": {...}}} (the last two with --recbole FILE, a JSON written by
 movielens/recbole_reference.py). The budget used for benchmarks/movielens/README.md's table, and why
 it is smaller than RecBole's defaults, is written there.

@@ -9,7 +9,8 @@ dropout      the keep mask is drawn 16 bits per element from torch's generator (
              resume hold as before.
 attention    scaled dot-product attention over a fused [B, L, 3d] projection whose backward writes
              the three gradients straight into that projection's layout (autograd's own route
-             stacks, transposes and copies them again, the largest cost of a small step).
+             stacks, transposes and copies them again, the largest cost of a small step); taken
+             when training, while evaluation keeps torch's fused kernel.
 
 Both are taken only for float32 tensors on the CPU; elsewhere (CUDA, other dtypes, the meta device)
 torch's fused kernels are used, which are the faster ones there.
@@ -63,7 +64,7 @@ def attention(qkv: Tensor, n_heads: int, allowed: Tensor, p: float, training: bo
     b, length, width = qkv.shape
     dim = width // 3
     drop = p if training else 0.0
-    if _lean(qkv) and drop < 1:
+    if _lean(qkv) and drop < 1 and qkv.requires_grad and torch.is_grad_enabled():
         return _Attention.apply(qkv, allowed, n_heads, drop)
     q, k, v = qkv.view(b, length, 3, n_heads, dim // n_heads).permute(2, 0, 3, 1, 4)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -43,12 +45,16 @@ class TransformerBlock(nn.Module):
 def attention_mask(context: Tensor, causal: bool) -> Tensor:
     """[B, 1, L, L] mask: real keys (and, if causal, only earlier ones); each query sees itself,
     so rows of padding never attend to nothing (which would give NaN)."""
-    length = context.shape[1]
-    allowed = (context > 0)[:, None, None, :].expand(-1, 1, length, -1)
-    eye = torch.eye(length, dtype=torch.bool, device=context.device)
-    if causal:
-        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=context.device).tril()
-    return allowed | eye
+    keys, itself = _key_patterns(context.shape[1], causal, context.device)
+    return ((context > 0)[:, None, None, :] & keys) | itself
+
+
+@functools.lru_cache(maxsize=64)
+def _key_patterns(length: int, causal: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    """([L, L] keys a query may see by position, [L, L] the query itself), made once per shape."""
+    itself = torch.eye(length, dtype=torch.bool, device=device)
+    keys = torch.ones(length, length, dtype=torch.bool, device=device)
+    return (keys.tril() if causal else keys), itself
 
 
 class PositionalTransformer(nn.Module):
