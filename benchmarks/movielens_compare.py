@@ -115,6 +115,7 @@ def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | N
         "wall_seconds": round(wall, 1), "train_seconds_per_epoch": round(results["train_seconds_per_epoch"], 2),
         "valid_curve": valid_curve(run),
         "train_seconds_to_best": train_seconds_to_best(run, results["best_epoch"]),
+        "train_seconds_curve": train_seconds_curve(run),
         "overrides": list(overrides), "seed": config.train.seed,
         "loss": config.loss.name, "sequences": config.data.sequences, "max_len": config.data.max_len,
         "model_args": config.model_args,
@@ -131,6 +132,17 @@ def train_seconds_to_best(run: Path, best_epoch: int) -> float:
     """Training seconds (validation excluded) of the epochs up to and including the best one."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return round(sum(r["seconds"] for r in rows if r.get("epoch", 0) <= best_epoch and "seconds" in r), 1)
+
+
+def train_seconds_curve(run: Path) -> list[float]:
+    """Training seconds (validation excluded) up to the end of each epoch, aligned with valid_curve."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    total, curve = 0.0, []
+    for r in rows:
+        total += r.get("seconds", 0.0)
+        if "valid" in r:
+            curve.append(round(total, 1))
+    return curve
 
 
 def relative(pixelrec: dict, recbole: dict) -> dict:

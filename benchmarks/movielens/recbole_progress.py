@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def main() -> None:
     epochs = [{"epoch": e.step + 1, "valid_ndcg_at_10": round(e.value, 5), "seconds": round(e.wall_time - opened, 1)}
               for e in events.Scalars(tag)]
     best = max(epochs, key=lambda e: (e["valid_ndcg_at_10"], e["epoch"]))  # RecBole: a tie is an improvement
-    report = {"events": str(files[-1]), "epochs": epochs, "best": best}
+    report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "events": str(files[-1]), "epochs": epochs, "best": best}
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
