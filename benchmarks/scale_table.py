@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import StepWindow  # benchmarks/timing.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -54,22 +56,12 @@ def child(data: Path, dim: int, tables: str, warmup: int, steps: int, eval_users
     out["setup_cpu_seconds"] = round(time.process_time() - cpu, 1)
     out["training_examples"] = len(trainer.view)
     out["steps_per_epoch"] = -(-len(trainer.view) // 64)
-    marks: dict[int, float] = {}
-    cpu_marks: dict[int, float] = {}
-    count = [0]
-
-    def tick(*_: object) -> None:
-        count[0] += 1
-        if count[0] in (warmup, warmup + steps):
-            marks[count[0]] = time.perf_counter()
-            cpu_marks[count[0]] = time.process_time()
-
-    trainer.optimizer.register_step_post_hook(tick)
+    window = StepWindow(trainer.optimizer, warmup, steps)
     trainer.train_epoch(0)
-    per_step = (marks[warmup + steps] - marks[warmup]) / steps
+    per_step = window.seconds_per_step()
     out["ms_per_step"] = round(per_step * 1000, 2)
     out["projected_epoch_seconds"] = round(per_step * out["steps_per_epoch"], 1)
-    cpu_per_step = (cpu_marks[warmup + steps] - cpu_marks[warmup]) / steps
+    cpu_per_step = window.cpu_seconds_per_step()
     out["cpu_ms_per_step"] = round(cpu_per_step * 1000, 2)
     out["projected_epoch_cpu_seconds"] = round(cpu_per_step * out["steps_per_epoch"], 1)
     data_ = trainer.data

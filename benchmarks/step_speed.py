@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import write_report  # benchmarks/timing.py, beside this script
+
 PHASES = ("batch", "forward", "backward", "optimizer")
 
 
@@ -112,10 +114,7 @@ def main() -> None:
         summary[name]["cpu_speed_vs_" + next(iter(trees))] = round(
             first["median_cpu_ms_per_step"] / summary[name]["median_cpu_ms_per_step"], 3)
     report["summary"] = summary
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import StepWindow, write_report  # benchmarks/timing.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 MODES = ("dense", "lazy")
@@ -47,21 +48,11 @@ def worker(data: Path, mode: str, dim: int, warmup: int, steps: int, whole_epoch
 
     limit = {} if whole_epoch else {"max_steps": warmup + steps}
     trainer = Trainer(config_for(data, mode, dim, limit), Path(tempfile.mkdtemp(prefix="pixelrec-tables-")) / "run")
-    marks: dict[int, float] = {}
-    cpu: dict[int, float] = {}  # one torch thread: CPU seconds are the step's cost on a shared machine
-    count = [0]
-
-    def tick(*_: object) -> None:
-        count[0] += 1
-        if count[0] in (warmup, warmup + steps):
-            marks[count[0]] = time.perf_counter()
-            cpu[count[0]] = time.process_time()
-
-    trainer.optimizer.register_step_post_hook(tick)
+    window = StepWindow(trainer.optimizer, warmup, steps)
     row = trainer.train_epoch(0)
     out = {"mode": mode, "threads": torch.get_num_threads(), "steps_per_epoch": -(-len(trainer.view) // 64),
-           "seconds_per_step": (marks[warmup + steps] - marks[warmup]) / steps,
-           "cpu_seconds_per_step": (cpu[warmup + steps] - cpu[warmup]) / steps, "load": os.getloadavg()[0]}
+           "seconds_per_step": window.seconds_per_step(), "cpu_seconds_per_step": window.cpu_seconds_per_step(),
+           "load": os.getloadavg()[0]}
     if whole_epoch:
         out["epoch_seconds"] = row["seconds"]
     return out
@@ -146,10 +137,7 @@ def main() -> None:
             else make_dataset(args.scratch, "small", 3000, 1000, 12.0)
         report["accuracy"] = quality(small, [int(s) for s in args.seeds.split(",")], args.quality_epochs)
     report["load_after"] = os.getloadavg()[0]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
