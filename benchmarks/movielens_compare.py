@@ -108,41 +108,31 @@ def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | N
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines; stdout is the JSON
         results = train(config, run)
     wall = time.perf_counter() - started
+    valid, seconds = curves(run)
     return {
         "valid": {k: results["valid"][k] for k in ("Recall@10", "NDCG@10")},
         "test": {k: results["test"][k] for k in ("Recall@10", "NDCG@10")},
         "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"], "stopped": results["stopped"],
         "wall_seconds": round(wall, 1), "train_seconds_per_epoch": round(results["train_seconds_per_epoch"], 2),
-        "valid_curve": valid_curve(run),
-        "train_seconds_to_best": train_seconds_to_best(run, results["best_epoch"]),
-        "train_seconds_curve": train_seconds_curve(run),
+        "valid_curve": valid, "train_seconds_curve": seconds,
+        "train_seconds_to_best": seconds[valid.index(max(valid))] if valid else 0.0,  # the first best, as the trainer keeps
         "overrides": list(overrides), "seed": config.train.seed,
         "loss": config.loss.name, "sequences": config.data.sequences, "max_len": config.data.max_len,
         "model_args": config.model_args,
     }
 
 
-def valid_curve(run: Path) -> list[float]:
-    """Validation NDCG@10 after each epoch (metrics.jsonl of the run)."""
+def curves(run: Path) -> tuple[list[float], list[float]]:
+    """(validation NDCG@10, training seconds so far, validation excluded) after each evaluated epoch,
+    from the run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [round(r["valid"]["NDCG@10"], 5) for r in rows if "valid" in r]
-
-
-def train_seconds_to_best(run: Path, best_epoch: int) -> float:
-    """Training seconds (validation excluded) of the epochs up to and including the best one."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return round(sum(r["seconds"] for r in rows if r.get("epoch", 0) <= best_epoch and "seconds" in r), 1)
-
-
-def train_seconds_curve(run: Path) -> list[float]:
-    """Training seconds (validation excluded) up to the end of each epoch, aligned with valid_curve."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    total, curve = 0.0, []
+    total, valid, seconds = 0.0, [], []
     for r in rows:
         total += r.get("seconds", 0.0)
         if "valid" in r:
-            curve.append(round(total, 1))
-    return curve
+            valid.append(round(r["valid"]["NDCG@10"], 5))
+            seconds.append(round(total, 1))
+    return valid, seconds
 
 
 def relative(pixelrec: dict, recbole: dict) -> dict:
