@@ -8,6 +8,7 @@ import pytest
 from conftest import patterned_sequences, write_prepared
 from pixelrec.data.prepared import PreparedData
 from pixelrec.data.views import TrainingView, batch_rng, evaluation_batch
+from pixelrec.errors import UserError
 
 
 @pytest.fixture
@@ -32,6 +33,48 @@ def test_windows_are_aligned_to_the_end_and_shifted(hand_data):
     # user 1 train [1..7], windows of 4 from the end: [4,5,6,7] and [1,2,3]; user 2 has one item: none
     assert batch.context.tolist() == [[4, 5, 6], [0, 1, 2]]
     assert batch.targets.tolist() == [[5, 6, 7], [0, 2, 3]]
+
+
+def test_overlapping_windows_predict_each_target_once_with_more_context(hand_data):
+    view = TrainingView(hand_data, "sequence", max_len=3, sequences="windows", window_stride=2)
+    batch = all_batches(view)
+    # user 1 train [1..7]: windows of 4 ending every 2 items; a window keeps its last 2 targets, the earliest all
+    assert batch.context.tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
+    assert batch.targets.tolist() == [[0, 6, 7], [0, 4, 5], [0, 2, 3]]
+
+
+def test_window_stride_extremes(hand_data):
+    def rows(**options):
+        batch = all_batches(TrainingView(hand_data, "sequence", max_len=3, **options))
+        return batch.context.tolist(), batch.targets.tolist()
+
+    assert rows(sequences="windows", window_stride=4) == rows(sequences="windows")  # max_len + 1: the default
+    assert rows(sequences="windows", window_stride=3) == ([[4, 5, 6], [1, 2, 3]], [[5, 6, 7], [2, 3, 4]])
+    context, targets = rows(sequences="windows", window_stride=1)
+    sliding_context, sliding_targets = rows(sequences="sliding")
+    assert sorted(zip(map(tuple, context), map(tuple, targets))) == sorted(
+        zip(map(tuple, sliding_context), map(tuple, sliding_targets)))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 5])
+def test_overlapping_windows_cover_every_target_once(tmp_path, stride):
+    data = PreparedData(write_prepared(tmp_path / "d", patterned_sequences(40, 30, 17, seed=3)))
+    batch = all_batches(TrainingView(data, "sequence", max_len=5, sequences="windows", window_stride=stride))
+    users = np.repeat(batch.users.numpy(), 5)
+    targets = batch.targets.numpy().reshape(-1)
+    got = sorted(zip(users[targets > 0].tolist(), targets[targets > 0].tolist()))
+    want = sorted((u, int(data.item_seq[i])) for u in range(1, data.n_users + 1)
+                  for i in range(data.train_start[u] + 1, data.train_end[u]))
+    assert got == want
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"window_stride": 5}, r"between 1 and data.max_len \+ 1 = 4"),
+    ({"window_stride": 2, "window_remainder": "drop"}, "data.window_remainder=keep"),
+])
+def test_window_stride_errors_name_the_key(hand_data, options, message):
+    with pytest.raises(UserError, match=message):
+        TrainingView(hand_data, "sequence", max_len=3, sequences="windows", **options)
 
 
 def test_sliding_sequence_has_one_target_per_example(hand_data):

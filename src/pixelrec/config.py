@@ -48,6 +48,7 @@ class DataConfig:
     max_len: SequenceLength = 10  # sequences are cut to the last max_len items (the paper: 10)
     sequences: Literal["windows", "sliding"] = "windows"  # windows: non-overlapping, aligned to the history's end (PixelRec's, see window_remainder); sliding: every target
     window_remainder: Literal["keep", "drop"] = "keep"  # windows: a history's leading remainder is a short window, or dropped (PixelRec's)
+    window_stride: PositiveInt | None = None  # windows (sequence view): items between consecutive window ends; None: max_len + 1 (non-overlapping); smaller overlaps windows, each target counted once with more context
     prefixes: Literal["history", "window"] = "history"  # SR-GNN, LightSANs: targets after up to max_len earlier items, or prefixes in windows (PixelRec's)
     pair_context: Literal["earlier", "window"] = "earlier"  # FM, DSSM, ACF: a target's earlier items, or its window's other items (PixelRec's)
     negatives_avoid: Literal["history", "window"] = "history"  # BPR negatives avoid the user's training items, or the example's window (PixelRec's)

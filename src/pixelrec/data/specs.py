@@ -19,6 +19,7 @@ class ViewSpec:
     sequences: str = "windows"  # windows | sliding
     mask_ratio: float = 0.2  # masked view: fraction of a window's positions hidden
     window_remainder: str = "keep"  # keep | drop: a history's leading remainder is a short window, or no window
+    window_stride: int | None = None  # sequence windows: items between consecutive window ends (None: max_len + 1)
     prefixes: str = "history"  # history | window: where a prefixes view's contexts come from
     pair_context: str = "earlier"  # earlier | window: a pair's context is its earlier items, or its window's others
     negatives_avoid: str = "history"  # history | window: what a sampled negative must not be

@@ -151,6 +151,7 @@ class TrainingView:
         mask_ratio: float = 0.2,
         *,
         window_remainder: str = "keep",
+        window_stride: int | None = None,
         prefixes: str = "history",
         pair_context: str = "earlier",
         negatives_avoid: str = "history",
@@ -160,8 +161,9 @@ class TrainingView:
         first_row_only: bool = False,
         shares_candidates: bool = False,
     ) -> None:
-        self.spec = ViewSpec(view, max_len, sequences, mask_ratio, window_remainder, prefixes, pair_context,
-                             negatives_avoid, window_batches, force_mask, masked_width, first_row_only)
+        self.spec = ViewSpec(view, max_len, sequences, mask_ratio, window_remainder, window_stride, prefixes,
+                             pair_context, negatives_avoid, window_batches, force_mask, masked_width,
+                             first_row_only)
         self.first_row_only = first_row_only
         self.sampling = SamplingSpec(negatives, in_batch, shares_candidates)
         if view not in VIEWS:
@@ -187,6 +189,8 @@ class TrainingView:
                           if needs_history else None)
         width = max_len + 1 if view == "sequence" else (masked_width or max_len)
         self.example_starts: np.ndarray | None = None  # context floor per example when not the user's train start
+        self.example_kept: np.ndarray | None = None  # overlapping windows: trailing positions that are targets
+        stride = _window_stride(window_stride, view, sequences, window_remainder, width)
         if self.window_pairs:
             users, first, last = end_windows(self.starts, ends, max_len + 1)
             self.window_users, self.window_first = _compact(users), _compact(first)
@@ -207,9 +211,12 @@ class TrainingView:
             users, _, last = end_windows(self.starts, ends, width)
             self.example_users, self.example_ends = _compact(users), _compact(last)
         else:
-            counts = np.where(train_len >= 2, -(-(train_len - 1) // width), 0)
+            counts = np.where(train_len >= 2, -(-(train_len - 1) // stride), 0)
             k, users = ragged_positions(np.zeros_like(counts), counts)
-            self.example_users, self.example_ends = _compact(users), _compact(ends[users] - k * width)
+            self.example_users, self.example_ends = _compact(users), _compact(ends[users] - k * stride)
+            if stride < width - 1:  # a window predicts the targets no later window covers: its last `stride`
+                earliest = k == counts[users] - 1
+                self.example_kept = np.where(earliest, width - 1, stride).astype(np.int16)
         if not self.window_pairs:
             self.n_examples = len(self.example_users)
         self.width = width
@@ -247,6 +254,9 @@ class TrainingView:
                 window = gather_windows(self.item_seq, ends, starts, self.width)
                 context, targets = window[:, :-1], window[:, 1:].copy()
                 targets[context == 0] = 0
+                if self.example_kept is not None:
+                    covered = np.arange(self.max_len)[None, :] < (self.max_len - self.example_kept[example_ids])[:, None]
+                    targets[covered] = 0
                 if self.sequences == "sliding":
                     targets[:, :-1] = 0
             else:
@@ -340,6 +350,20 @@ class TrainingView:
         order = np.random.default_rng([seed, epoch]).permutation(len(self))
         for number, begin in enumerate(range(0, len(order), batch_size)):
             yield number, order[begin : begin + batch_size]
+
+
+def _window_stride(stride: int | None, view: str, sequences: str, remainder: str, width: int) -> int:
+    """Items between consecutive window ends (data.window_stride), checked; `width` when not set."""
+    if stride is None:
+        return width
+    if view != "sequence" or sequences != "windows":
+        return width  # like the other view options, it applies only where it has a meaning
+    if remainder != "keep":
+        raise UserError("data.window_stride: overlapping windows keep the leading remainder; "
+                        "set data.window_remainder=keep or leave data.window_stride unset")
+    if not 1 <= stride <= width:
+        raise UserError(f"data.window_stride: {stride} is not between 1 and data.max_len + 1 = {width}")
+    return stride
 
 
 def _compact(indices: np.ndarray) -> np.ndarray:

@@ -61,7 +61,8 @@ class Backbone(nn.Module):
         """The training examples this backbone learns from, with the options of the `data` section
         (`DataConfig`) that apply to it; pair_context applies only to backbones that override this."""
         return ViewSpec(self.view, data.max_len, data.sequences, window_remainder=data.window_remainder,
-                        prefixes=data.prefixes, negatives_avoid=data.negatives_avoid)
+                        window_stride=data.window_stride, prefixes=data.prefixes,
+                        negatives_avoid=data.negatives_avoid)
 
     def item_init(self) -> tuple[str, float | None] | None:
         """The rule (and bound) by which the item encoder re-draws its weights for this backbone (the
