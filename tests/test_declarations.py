@@ -69,10 +69,11 @@ def test_every_backbones_view_spec_carries_the_data_section_and_builds_its_view(
     model = backbone(name, data)
     for section in (DataConfig(max_len=6), DataConfig(max_len=6, sequences="sliding", window_remainder="drop",
                                                       prefixes="window", pair_context="window",
-                                                      negatives_avoid="window")):
+                                                      negatives_avoid="window"),
+                    DataConfig(max_len=6, window_stride=2)):
         spec = model.view_spec(section)
         assert isinstance(spec, ViewSpec) and spec.view == model.view
-        for key in ("max_len", "sequences", "window_remainder", "prefixes", "negatives_avoid"):
+        for key in ("max_len", "sequences", "window_remainder", "window_stride", "prefixes", "negatives_avoid"):
             assert getattr(spec, key) == getattr(section, key), key
         assert spec.pair_context in ("earlier", section.pair_context)
         view = TrainingView.of(PreparedData(data), spec, SamplingSpec())
