@@ -8,7 +8,9 @@ A view enumerates examples once (a few integer arrays) and builds each batch by 
   masked    cloze: random positions of a window hidden and predicted (BERT4Rec)
 `windows` cuts each user's training history into non-overlapping windows aligned to its end
 (PixelRec's construction, which also drops the leading remainder: `window_remainder=drop`); `sliding` makes one example per training target with up to max_len of
-context (targets only at the last position for the sequence and masked views).
+context (targets only at the last position for the sequence and masked views). `window_stride` S
+(sequence windows) overlaps the windows, one ending every S items, each predicting only the targets
+no later window covers: every target once, with at least max_len - S items of context in full windows.
 
 PixelRec's own examples, each an option (the `paper` profile sets them all):
   window_remainder=drop  the leading L mod width items of a longer history make no window, and a
