@@ -108,31 +108,32 @@ def run_one(model: str, data: Path, runs: Path, budget: dict, sequences: str | N
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines; stdout is the JSON
         results = train(config, run)
     wall = time.perf_counter() - started
-    valid, seconds = curves(run)
+    epochs, valid, seconds = curves(run)
     return {
         "valid": {k: results["valid"][k] for k in ("Recall@10", "NDCG@10")},
         "test": {k: results["test"][k] for k in ("Recall@10", "NDCG@10")},
         "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"], "stopped": results["stopped"],
         "wall_seconds": round(wall, 1), "train_seconds_per_epoch": round(results["train_seconds_per_epoch"], 2),
         "valid_curve": valid, "train_seconds_curve": seconds,
-        "train_seconds_to_best": seconds[valid.index(max(valid))] if valid else 0.0,  # the first best, as the trainer keeps
+        "train_seconds_to_best": seconds[epochs.index(results["best_epoch"])] if results["best_epoch"] in epochs else 0.0,
         "overrides": list(overrides), "seed": config.train.seed,
         "loss": config.loss.name, "sequences": config.data.sequences, "max_len": config.data.max_len,
         "model_args": config.model_args,
     }
 
 
-def curves(run: Path) -> tuple[list[float], list[float]]:
-    """(validation NDCG@10, training seconds so far, validation excluded) after each evaluated epoch,
-    from the run's metrics.jsonl."""
+def curves(run: Path) -> tuple[list[int], list[float], list[float]]:
+    """(epoch, validation NDCG@10, training seconds so far with validation excluded) of each evaluated
+    epoch, from the run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    total, valid, seconds = 0.0, [], []
+    total, epochs, valid, seconds = 0.0, [], [], []
     for r in rows:
         total += r.get("seconds", 0.0)
         if "valid" in r:
+            epochs.append(r["epoch"])
             valid.append(round(r["valid"]["NDCG@10"], 5))
             seconds.append(round(total, 1))
-    return valid, seconds
+    return epochs, valid, seconds
 
 
 def relative(pixelrec: dict, recbole: dict) -> dict:
