@@ -2,8 +2,10 @@
 
 Each source tree given by --trees (a checkout's `src` folders, e.g. this one and main's) runs in its own
 child process with that tree on PYTHONPATH, alternated A/B/A/B for --rounds; each child builds the
-trainer with that tree's defaults (d=64 unless --dim, BPR, batch 64, one torch thread, batches built in
-the process) and times --steps steps after --warmup, phase by phase, as the trainer's loop runs them.
+trainer with that tree's defaults (d=64 unless --dim, or `@D` after a tree's path, BPR, batch 64, one torch
+thread, batches built in the process) and times --steps steps after --warmup, phase by phase, as the
+trainer's loop runs them. One tree at two widths (`--trees d64=src,d8=src@8`) shows how much of a step
+is arithmetic: at d=8 almost none is.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_speed.py --data DIR --trees new=src,main=../main/src
         [--rounds 3] [--steps 200] [--dim 64] [--out benchmarks/results/step_speed.json]
@@ -78,7 +80,7 @@ def child(data: Path, dim: int, warmup: int, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a prepared dataset")
-    parser.add_argument("--trees", default="", help="name=path/to/src,... (the first is the reference)")
+    parser.add_argument("--trees", default="", help="name=path/to/src[@dim],... (the first is the reference)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
@@ -89,18 +91,21 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.data, args.dim, args.warmup, args.steps)))
         return
-    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    trees = {name: (path, int(dim) if dim else args.dim)
+             for name, value in (item.split("=", 1) for item in args.trees.split(","))
+             for path, _, dim in [value.partition("@")]}
     report: dict = {"benchmark": "step_speed", "command": " ".join(sys.argv),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                    "model": f"ID SASRec d={args.dim}, BPR, batch 64, one torch thread, each tree's defaults",
+                    "model": "ID SASRec, d " + ", ".join(f"{n}={d}" for n, (_, d) in trees.items())
+                             + ", BPR, batch 64, one torch thread, each tree's defaults",
                     "data": str(args.data), "runs": []}
     for _ in range(args.rounds):
-        for name, src in trees.items():
+        for name, (src, dim) in trees.items():
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(src).resolve())}
-            done = subprocess.run([sys.executable, __file__, "--child", "--data", str(args.data), "--dim", str(args.dim),
+            done = subprocess.run([sys.executable, __file__, "--child", "--data", str(args.data), "--dim", str(dim),
                                    "--warmup", str(args.warmup), "--steps", str(args.steps)],
                                   capture_output=True, text=True, env=env, check=True)
-            report["runs"].append({"tree": name, **json.loads(done.stdout.strip().splitlines()[-1])})
+            report["runs"].append({"tree": name, "dim": dim, **json.loads(done.stdout.strip().splitlines()[-1])})
             print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
     summary = {}
     for name in trees:
