@@ -1,6 +1,7 @@
 """The lean CPU kernels (models/kernels.py): the attention core gives torch's attention and its
 gradients, with dropout on the same keep mask too; the 16-bit dropout drops p of the values, keeps the
-layer unbiased, and draws from torch's generator (seeded, repeatable)."""
+layer unbiased, and draws from torch's generator (seeded, repeatable); the Transformer trained on its
+real slots only (padding packed away) gives the real slots' outputs and every gradient of the full grid."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from pixelrec.models import kernels
-from pixelrec.models.layers import MultiHeadAttention, attention_mask
+from pixelrec.models.layers import MultiHeadAttention, Packing, PositionalTransformer, attention_mask
 
 
 def reference_attention(qkv, n_heads, allowed, keep=None):
@@ -116,3 +117,53 @@ def test_dropout_identity_out_of_training_and_at_zero():
 def test_the_attention_layer_keeps_its_parameters_and_state_dict():
     layer = MultiHeadAttention(16, 2, 0.1)
     assert sorted(layer.state_dict()) == ["out.bias", "out.weight", "qkv.bias", "qkv.weight"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_training_on_packed_real_slots_gives_the_full_grids_outputs_and_gradients(causal):
+    torch.manual_seed(0)
+    body = PositionalTransformer(7, 16, 2, 2, 32, dropout=0.0).train()
+    context = torch.randint(1, 50, (5, 7))
+    context[0, :3] = 0
+    context[1, :-1] = 0
+    context[3, :6] = 0
+    real = context > 0
+    x = torch.randn(5, 7, 16, requires_grad=True)
+    weights = torch.randn(5, 7, 16) * real[..., None]  # a loss that reads the real slots only
+
+    def outputs_and_gradients(packed: bool):
+        body.zero_grad()
+        x.grad = None
+        with pytest.MonkeyPatch.context() as patch:
+            if not packed:
+                patch.setattr(Packing, "of", classmethod(lambda cls, real: None))
+            y = body(x, real, causal=causal)
+        (y * weights).sum().backward()
+        return y.detach(), x.grad.clone(), {name: p.grad.clone() for name, p in body.named_parameters()}
+
+    full, packed = outputs_and_gradients(False), outputs_and_gradients(True)
+    assert torch.allclose(packed[0][real], full[0][real], atol=1e-5)
+    assert not torch.allclose(packed[0][~real], full[0][~real])  # the packing ran: padding holds other values
+    assert torch.allclose(packed[1], full[1], atol=1e-5)
+    assert full[2].keys() == packed[2].keys()
+    for name in full[2]:
+        assert torch.allclose(packed[2][name], full[2][name], atol=1e-5), name
+
+
+def test_packing_skips_padding_only_when_there_is_some_and_keeps_the_order():
+    real = torch.tensor([[False, True, True], [True, True, True]])
+    slots = Packing.of(real)
+    assert slots.rows.tolist() == [1, 2, 3, 4, 5]
+    x = torch.arange(18.0).view(2, 3, 3)
+    assert torch.equal(slots.pack(x), x.view(6, 3)[1:])
+    assert torch.equal(slots.unpack(slots.pack(x))[real], x[real])
+    # padding takes no gradient back through the packing
+    leaf = x.clone().requires_grad_()
+    slots.pack(leaf).sum().backward()
+    assert leaf.grad.tolist() == (torch.ones(2, 3, 3) * real[..., None]).tolist()
+    assert Packing.of(torch.ones(2, 3, dtype=torch.bool)) is None
+    assert Packing.of(torch.zeros(2, 3, dtype=torch.bool)) is None
+    # evaluation and the GPU keep the full grid: only training on the CPU packs
+    body = PositionalTransformer(3, 4, 1, 1, 8, dropout=0.0).eval()
+    out = body(torch.randn(2, 3, 4), real, causal=True)
+    assert out[0, 0].abs().sum() > 0

@@ -26,7 +26,8 @@ from torch.autograd.function import once_differentiable
 _LANES = 65536  # a 16-bit lane takes this many values
 
 
-def _lean(x: Tensor) -> bool:
+def lean(x: Tensor) -> bool:
+    """True where these kernels are taken: float32 on the CPU."""
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
@@ -46,7 +47,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout; the lean draw on the CPU (module docstring)."""
     if not training or p == 0:
         return x
-    if p >= 1 or not _lean(x) or round(p * _LANES) == 0:
+    if p >= 1 or not lean(x) or round(p * _LANES) == 0:
         return F.dropout(x, p, training=True)
     return x * keep_mask(x, p)
 
@@ -64,7 +65,7 @@ def attention(qkv: Tensor, n_heads: int, allowed: Tensor, p: float, training: bo
     b, length, width = qkv.shape
     dim = width // 3
     drop = p if training else 0.0
-    if _lean(qkv) and drop < 1 and qkv.requires_grad and torch.is_grad_enabled():
+    if lean(qkv) and drop < 1 and qkv.requires_grad and torch.is_grad_enabled():
         return _Attention.apply(qkv, allowed, n_heads, drop)
     q, k, v = qkv.view(b, length, 3, n_heads, dim // n_heads).permute(2, 0, 3, 1, 4)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
