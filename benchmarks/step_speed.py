@@ -8,10 +8,16 @@ trainer's loop runs them. One tree at two widths (`--trees d64=src,d8=src@8`) sh
 is arithmetic: at d=8 almost none is.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_speed.py --data DIR --trees new=src,main=../main/src
-        [--rounds 3] [--steps 200] [--dim 64] [--out benchmarks/results/step_speed.json]
+        [--rounds 3] [--steps 200] [--dim 64] [--side-by-side] [--out benchmarks/results/step_speed.json]
+
+--side-by-side runs a round's trees at the same time, each pinned to its own core and the cores rotated
+from round to round: both see the same moment of a shared machine, whose speed drifts by tens of percent
+over minutes (measured one after the other, the same tree's step varied 15 to 24 ms in one run).
 
 Prints (and with --out writes) one JSON object: per tree the median milliseconds per step (wall, and
-CPU seconds of the process, which a shared machine disturbs less) and per phase, and the ratio of each tree's median step to the first tree's; the load average beside every run.
+CPU seconds of the process, which a shared machine disturbs less) and per phase, the ratio of each
+tree's median step to the first tree's, and the same ratio within each round (its median is steadier
+when the machine's speed drifts during the run); the load average beside every run.
 """
 
 from __future__ import annotations
@@ -86,9 +92,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="run the trees of a round at once, each on its own core, the cores rotated each round")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--core", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.core is not None:
+            os.sched_setaffinity(0, {args.core})
         print(json.dumps(child(args.data, args.dim, args.warmup, args.steps)))
         return
     trees = {name: (path, int(dim) if dim else args.dim)
@@ -99,13 +110,28 @@ def main() -> None:
                     "model": "ID SASRec, d " + ", ".join(f"{n}={d}" for n, (_, d) in trees.items())
                              + ", BPR, batch 64, one torch thread, each tree's defaults",
                     "data": str(args.data), "runs": []}
-    for _ in range(args.rounds):
-        for name, (src, dim) in trees.items():
+    cores = sorted(os.sched_getaffinity(0))
+    if args.side_by_side and len(cores) < len(trees):
+        parser.error(f"--side-by-side runs {len(trees)} trees at once: this process may use {len(cores)} cores")
+    report["side_by_side"] = args.side_by_side
+    for round_ in range(args.rounds):
+        children = []
+        for i, (name, (src, dim)) in enumerate(trees.items()):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(src).resolve())}
-            done = subprocess.run([sys.executable, __file__, "--child", "--data", str(args.data), "--dim", str(dim),
-                                   "--warmup", str(args.warmup), "--steps", str(args.steps)],
-                                  capture_output=True, text=True, env=env, check=True)
-            report["runs"].append({"tree": name, "dim": dim, **json.loads(done.stdout.strip().splitlines()[-1])})
+            command = [sys.executable, __file__, "--child", "--data", str(args.data), "--dim", str(dim),
+                       "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            if args.side_by_side:  # each tree meets each core in turn: one core may be slower than another
+                command += ["--core", str(cores[(i + round_) % len(cores)])]
+            child_process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+            children.append((name, dim, command[-1] if args.side_by_side else None, child_process))
+            if not args.side_by_side:
+                child_process.wait()
+        for name, dim, core, child_process in children:
+            out, _ = child_process.communicate()
+            if child_process.returncode:
+                raise SystemExit(f"the {name} child failed (exit {child_process.returncode})")
+            report["runs"].append({"tree": name, "dim": dim, **({"core": int(core)} if core else {}),
+                                   **json.loads(out.strip().splitlines()[-1])})
             print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
     summary = {}
     for name in trees:
@@ -113,11 +139,18 @@ def main() -> None:
         summary[name] = {"median_ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
                          "median_cpu_ms_per_step": statistics.median(r["cpu_ms_per_step"] for r in runs),
                          "median_ms_per_phase": {p: statistics.median(r["ms_per_phase"][p] for r in runs) for p in PHASES}}
-    first = summary[next(iter(trees))]
+    reference = next(iter(trees))
+    first = summary[reference]
     for name in trees:
-        summary[name]["speed_vs_" + next(iter(trees))] = round(first["median_ms_per_step"] / summary[name]["median_ms_per_step"], 3)
-        summary[name]["cpu_speed_vs_" + next(iter(trees))] = round(
+        summary[name]["speed_vs_" + reference] = round(first["median_ms_per_step"] / summary[name]["median_ms_per_step"], 3)
+        summary[name]["cpu_speed_vs_" + reference] = round(
             first["median_cpu_ms_per_step"] / summary[name]["median_cpu_ms_per_step"], 3)
+        # a shared machine drifts over minutes: the ratio within each round, beside its neighbour, is steadier
+        paired = [ref["cpu_ms_per_step"] / run["cpu_ms_per_step"]
+                  for ref, run in zip((r for r in report["runs"] if r["tree"] == reference),
+                                      (r for r in report["runs"] if r["tree"] == name))]
+        summary[name]["cpu_speed_vs_" + reference + "_per_round"] = [round(x, 3) for x in paired]
+        summary[name]["cpu_speed_vs_" + reference + "_median_of_rounds"] = round(statistics.median(paired), 3)
     report["summary"] = summary
     write_report(report, args.out)
 

@@ -1,7 +1,8 @@
 """The lean CPU kernels (models/kernels.py): the attention core gives torch's attention and its
 gradients, with dropout on the same keep mask too; the 16-bit dropout drops p of the values, keeps the
 layer unbiased, and draws from torch's generator (seeded, repeatable); the Transformer trained on its
-real slots only (padding packed away) gives the real slots' outputs and every gradient of the full grid."""
+real slots only (padding packed away) gives the real slots' outputs and every gradient of the full grid;
+the training step's item lookup and real targets, by hand."""
 
 from __future__ import annotations
 
@@ -167,3 +168,23 @@ def test_packing_skips_padding_only_when_there_is_some_and_keeps_the_order():
     body = PositionalTransformer(3, 4, 1, 1, 8, dropout=0.0).eval()
     out = body(torch.randn(2, 3, 4), real, causal=True)
     assert out[0, 0].abs().sum() > 0
+
+
+def test_a_batch_lookup_finds_each_items_row_and_zeros_for_padding():
+    from pixelrec.items.base import ItemLookup
+
+    vectors = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    lookup = ItemLookup(torch.tensor([4, 9, 17]), vectors, n_items=20)
+    idx = torch.tensor([[0, 9, 4], [17, 0, 9]])
+    assert lookup.rows(idx).tolist() == [[0, 2, 1], [3, 0, 2]]
+    assert lookup(idx).tolist() == [[[0, 0], [2, 2], [1, 1]], [[3, 3], [0, 0], [2, 2]]]
+    assert lookup(idx.t()).tolist() == lookup(idx).transpose(0, 1).tolist()  # a non-contiguous index too
+
+
+def test_real_targets_and_their_positions_in_row_major_order():
+    from pixelrec.data.batch import Batch
+
+    batch = Batch(users=torch.tensor([0, 1]), context=torch.zeros(2, 3, dtype=torch.long),
+                  targets=torch.tensor([[0, 5, 6], [7, 0, 8]]))
+    targets, positions = batch.real_targets()
+    assert targets.tolist() == [5, 6, 7, 8] and positions.tolist() == [1, 2, 3, 5]

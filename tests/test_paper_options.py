@@ -44,14 +44,14 @@ def item_vectors(idx: torch.Tensor) -> torch.Tensor:
 def test_bpr_reduction_by_hand(reduction, expected):
     batch, users = one_dimensional_batch()
     loss = LOSSES.create("bpr", reduction=reduction)
-    targets, _ = batch.flat_targets()
+    targets, _ = batch.real_targets()
     value = loss(users.double(), targets, batch, item_vectors)
     assert value.item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_softmax_reduction_sums_each_window_and_divides_by_windows():
     batch, users = one_dimensional_batch()
-    targets, _ = batch.flat_targets()
+    targets, _ = batch.real_targets()
     batch.candidates = torch.tensor([2, 3, 4])
     batch.candidate_mask = torch.zeros(3, 3, dtype=torch.bool)
     # logits log 2, log 3, log 4 for every target: softmax probabilities 2/9, 3/9, 4/9

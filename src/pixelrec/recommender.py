@@ -77,10 +77,10 @@ class Recommender(nn.Module):
         """Training step output: {"loss": scalar, "images": distinct items encoded}."""
         items = self.lookup(batch)
         users = self.backbone(batch, items)
-        valid = batch.targets > 0
-        targets, _ = batch.flat_targets()
+        targets, positions = batch.real_targets()
         if len(targets):
-            loss = self.loss(users[valid], targets, batch, lambda idx: self.backbone.score_vectors(items, idx))
+            users = users.reshape(-1, users.shape[-1]).index_select(0, positions)
+            loss = self.loss(users, targets, batch, lambda idx: self.backbone.score_vectors(items, idx))
         else:  # a share without targets (PixelRec's one-item windows, a cloze draw that hid nothing): no loss
             loss = users.sum() * 0.0  # zero gradients keep every rank's step in line under DDP
         return {"loss": loss, "items_encoded": torch.tensor(float(len(items.item_ids)))}

@@ -65,21 +65,20 @@ class Batch:
         parts = [self.context.reshape(-1), self.targets.reshape(-1)]
         if self.negatives is not None:
             parts.append(self.negatives.reshape(-1))
-        ids = torch.unique(torch.cat(parts))
-        return ids[ids > 0]
+        ids = torch.unique(torch.cat(parts))  # sorted: padding, if any, is the first
+        return ids[1:] if len(ids) and ids[0] == 0 else ids
 
     def scale_for(self, reduction: str) -> float:
         """The factor of this rank's loss that makes the ranks' average the global batch's loss under
         `reduction` (targets: a mean over targets; windows: over rows)."""
         return self.row_scale if reduction == "windows" else self.loss_scale
 
-    def flat_targets(self) -> tuple[Tensor, Tensor]:
-        """(targets [N], users [N]) of the real targets, in row-major order."""
-        valid = self.targets > 0
-        if self.targets.dim() == 1:
-            return self.targets[valid], self.users[valid]
-        users = self.users[:, None].expand_as(self.targets)
-        return self.targets[valid], users[valid]
+    def real_targets(self) -> tuple[Tensor, Tensor]:
+        """(targets [N], their positions [N] in the flattened targets): the real targets, in row-major
+        order. A backbone's outputs, shaped as the targets plus a width, give their rows by
+        `outputs.reshape(-1, width).index_select(0, positions)`."""
+        positions = (self.targets.reshape(-1) > 0).nonzero().squeeze(1)
+        return self.targets.reshape(-1).index_select(0, positions), positions
 
 
 def _pinned(value: Any) -> Any:

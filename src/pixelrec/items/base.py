@@ -194,7 +194,7 @@ def move_inputs(inputs: Any, device: torch.device) -> Any:
 
 
 class ItemLookup:
-    """Vectors of a set of distinct items, looked up by item index (0 and unknown -> zeros row), and
+    """Vectors of a set of distinct items, looked up by item index (0 -> the zeros row), and
     the other item parts the backbone declared (`part`), as the recommender bound them."""
 
     #: the item encoder's vector for an all-ones input image, when the backbone's mask token is that
@@ -235,17 +235,19 @@ class ItemLookup:
         return values * real.to(values.dtype)
 
     def rows(self, idx: Tensor) -> Tensor:
+        """Table rows of `idx` (each 0 or one of the lookup's items): 0 for padding."""
         if self.is_catalogue:
             return idx
-        where = torch.searchsorted(self.item_ids, idx.clamp(min=1))
-        return torch.where(idx > 0, where + 1, torch.zeros_like(where))
+        # item_ids are sorted and positive: the count of them <= an item is its row after the padding row
+        return torch.searchsorted(self.item_ids, idx.contiguous(), right=True)
 
     def __call__(self, idx: Tensor) -> Tensor:
-        """Vectors for `idx` of any shape: [..., d]; padding gives zeros."""
+        """Vectors for `idx` of any shape (each 0 or one of the lookup's items): [..., d]; padding gives zeros."""
         if self.is_catalogue and idx.shape == (len(self.table),) and bool(
                 (idx == torch.arange(len(self.table), device=idx.device)).all()):
             return self.table  # every row in order (scoring the catalogue): no copy of a table that may be GBs
-        return self.table[self.rows(idx)]
+        # a gather of flat rows: torch's indexing by a tensor costs several times more, forward and back
+        return self.table.index_select(0, self.rows(idx).reshape(-1)).view(*idx.shape, self.table.shape[-1])
 
     def padded(self, idx: Tensor) -> Tensor:
         """Vectors for `idx` as `__call__` gives them, with the padding vector (when the lookup carries
