@@ -16,7 +16,8 @@ defaults, not --config paper):
   * catalogue: encoding every item for evaluation (`catalogue_vectors`, images loaded by workers)
     against the encoder's forward alone on images on the device; target >= 0.8;
   * ranking: full-ranking evaluation (`rank_targets`) of a random ID SASRec (d=512) over ~100K items;
-  * id_sasrec: training steps/s of ID SASRec at d=64 and d=512 over the same catalogue;
+  * id_sasrec: training steps/s of ID SASRec (BPR, lazy item-table rows) at d=64 and d=512 over the
+    same catalogue, and the seconds a Pixel200K-size epoch (6,138 steps) takes at that rate;
   * torchrun: `torchrun --nproc-per-node 1` trains pixel SASRec two epochs inside a process group
     (NCCL on a GPU, gloo on the CPU) that the worker starts itself (a job of one rank would otherwise
     not start one), and the same in a plain process; their metrics must be equal.
@@ -56,6 +57,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 TARGETS = {"pipeline": 0.7, "prefix_cache": 0.8, "catalogue": 0.8}
 EQUAL_TOLERANCE = 1e-6  # metrics of the torchrun job and the plain process
+# steps of 64 in an ID SASRec epoch at Pixel200K's size (392,797 training windows of the synthetic log
+# with its real numbers of users, items and interactions: benchmarks/results/scale_table.json)
+PIXEL200K_STEPS = 6_138
 
 
 @dataclass(frozen=True)
@@ -272,12 +276,12 @@ class Check:
         self.runs = 0
 
     def config(self, data: Path | None, items: dict[str, Any], model: dict[str, Any] | None = None,
-               train: dict[str, Any] | None = None, extra: bool = True) -> Any:
+               train: dict[str, Any] | None = None, extra: bool = True, loss: dict[str, Any] | None = None) -> Any:
         from pixelrec.config import resolve
 
         if data is None:
             raise RuntimeError("its dataset was not built (see the dataset part)")
-        flags = {"data": {"path": str(data)}, "items": items, "model": model or {},
+        flags = {"data": {"path": str(data)}, "items": items, "model": model or {}, **({"loss": loss} if loss else {}),
                  "train": {"batch_size": self.plan.batch_size, "num_workers": self.workers, "device": str(self.device),
                            "threads": self.threads, "progress": False, "seed": 0, **(train or {})}}
         return resolve(model="sasrec", flags=flags, sets=self.extra if extra else [])
@@ -425,12 +429,14 @@ class Check:
     def id_sasrec(self, size: int) -> dict[str, Any]:
         p = self.plan
         config = self.config(self.id_data, {"kind": "id"}, {"embedding_size": size},
-                             {"max_steps": p.warmup + p.steps}, extra=False)
+                             {"max_steps": p.warmup + p.steps}, extra=False, loss={"name": "bpr"})
         out: dict[str, Any] = {"embedding_size": size, "loss": config.loss.name}
         with peak_memory(self.device, out), self.trainer(config, out) as trainer:
             out["items"] = trainer.data.n_items
             out["parameters"] = sum(q.numel() for q in trainer.model.parameters() if q.requires_grad)
+            out["table_optimizer"] = config.train.table_optimizer
             out |= {k: v for k, v in trainer_steps(trainer, p.warmup, p.steps).items() if k != "loss"}
+        out["pixel200k_epoch_seconds"] = round(PIXEL200K_STEPS / out["steps_per_second"], 1)
         return out
 
     def torchrun(self, budget_left: float) -> dict[str, Any]:

@@ -78,6 +78,9 @@ def test_tiny_check_measures_every_part(tmp_path):
     assert ranking["embedding_size"] == 512
     assert [report["id_sasrec"][k]["embedding_size"] for k in ("d64", "d512")] == [64, 512]
     assert report["id_sasrec"]["d512"]["parameters"] > report["id_sasrec"]["d64"]["parameters"]
+    for part in report["id_sasrec"].values():
+        assert part["loss"] == "bpr" and part["table_optimizer"] == "lazy"
+        assert part["pixel200k_epoch_seconds"] == pytest.approx(6138 / part["steps_per_second"], rel=1e-3)
 
     job = report["torchrun"]
     assert job["equal"] is True and job["backend"] == "gloo" and job["max_abs_difference"] <= 1e-6
