@@ -60,9 +60,9 @@ class Packing:
         self.rows = flat.nonzero().squeeze(1)
         n = len(self.rows)
         # each slot's packed row; padding: n (a zero row appended) or n - 1 (the last real slot)
-        self.slots = torch.full_like(flat, n, dtype=torch.long)
-        self.slots[self.rows] = torch.arange(n, device=real.device)
-        self.filled = self.slots.clamp(max=max(n - 1, 0))
+        self.row_of = torch.full_like(flat, n, dtype=torch.long)
+        self.row_of[self.rows] = torch.arange(n, device=real.device)
+        self.filled = self.row_of.clamp(max=max(n - 1, 0))
 
     @classmethod
     def of(cls, real: Tensor) -> Packing | None:
@@ -72,7 +72,7 @@ class Packing:
 
     def pack(self, x: Tensor) -> Tensor:
         """[B, L, w] -> [N, w]: the real slots, in batch then position order; padding gets no gradient."""
-        return _Rows.apply(x.reshape(self.batch * self.length, x.shape[-1]), self.rows, self.slots, True)
+        return _Rows.apply(x.reshape(self.batch * self.length, x.shape[-1]), self.rows, self.row_of, True)
 
     def unpack(self, x: Tensor) -> Tensor:
         """[N, w] -> [B, L, w], padding slots filled with a real slot's values (read by nothing)."""
@@ -81,8 +81,8 @@ class Packing:
 
 class _Rows(torch.autograd.Function):
     """Rows `index` of x; the gradient goes back as rows `back` of the output's gradient (with
-    `zero_row`, an index past its end is a zero row). Both directions are gathers: torch's scatters back are several
-    times slower on small tensors."""
+    `zero_row`, an index past its end is a zero row). Both directions are gathers: torch's scatters
+    back are several times slower on small tensors."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, back: Tensor, zero_row: bool) -> Tensor:  # type: ignore[override]
@@ -127,8 +127,8 @@ class PositionalTransformer(nn.Module):
 
     def forward(self, x: Tensor, real: Tensor, causal: bool) -> Tensor:
         """x [B, L, d] left-padded inputs, real [B, L] non-padding slots -> [B, L, d]. When training on
-        the CPU the padding is packed away (`Packing`; its outputs are then zeros): on a GPU the
-        packing's row count would stall the step on the device."""
+        the CPU the padding is packed away (`Packing`; its outputs then copy a real slot's): on a GPU
+        the packing's row count would stall the step on the device."""
         x = x + self.position.weight[-x.shape[1] :]
         allowed = attention_mask(real.long(), causal=causal)
         slots = Packing.of(real) if self.training and kernels.lean(x) else None
