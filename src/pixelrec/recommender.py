@@ -77,6 +77,9 @@ class Recommender(nn.Module):
         """Training step output: {"loss": scalar, "images": distinct items encoded}."""
         items = self.lookup(batch)
         users = self.backbone(batch, items)
+        if users.shape[:-1] != batch.targets.shape:
+            raise RuntimeError(f"{type(self.backbone).__name__} gave user vectors {tuple(users.shape)} for targets "
+                               f"{tuple(batch.targets.shape)}: one vector per target slot is expected")
         targets, positions = batch.real_targets()
         if len(targets):
             users = users.reshape(-1, users.shape[-1]).index_select(0, positions)
