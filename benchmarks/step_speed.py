@@ -12,7 +12,7 @@ is arithmetic: at d=8 almost none is.
 
 --side-by-side runs a round's trees at the same time, each pinned to its own core and the cores rotated
 from round to round: both see the same moment of a shared machine, whose speed drifts by tens of percent
-over minutes (measured one after the other, the same tree's step varied 15 to 24 ms in one run).
+over minutes (measured one after the other, the same tree's step varied 17 to 24 ms in one run).
 
 Prints (and with --out writes) one JSON object: per tree the median milliseconds per step (wall, and
 CPU seconds of the process, which a shared machine disturbs less) and per phase, the ratio of each
@@ -117,20 +117,19 @@ def main() -> None:
     for round_ in range(args.rounds):
         children = []
         for i, (name, (src, dim)) in enumerate(trees.items()):
+            # side by side, each tree meets each core in turn: one core may be slower than another
+            core = cores[(i + round_) % len(cores)] if args.side_by_side else None
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(src).resolve())}
             command = [sys.executable, __file__, "--child", "--data", str(args.data), "--dim", str(dim),
                        "--warmup", str(args.warmup), "--steps", str(args.steps)]
-            if args.side_by_side:  # each tree meets each core in turn: one core may be slower than another
-                command += ["--core", str(cores[(i + round_) % len(cores)])]
-            child_process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-            children.append((name, dim, command[-1] if args.side_by_side else None, child_process))
-            if not args.side_by_side:
-                child_process.wait()
-        for name, dim, core, child_process in children:
-            out, _ = child_process.communicate()
-            if child_process.returncode:
-                raise SystemExit(f"the {name} child failed (exit {child_process.returncode})")
-            report["runs"].append({"tree": name, "dim": dim, **({"core": int(core)} if core else {}),
+            command += ["--core", str(core)] if core is not None else []
+            started = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+            children.append((name, dim, core, started, None if args.side_by_side else started.communicate()[0]))
+        for name, dim, core, started, out in children:
+            out = started.communicate()[0] if out is None else out
+            if started.returncode:
+                raise SystemExit(f"the {name} child failed (exit {started.returncode})")
+            report["runs"].append({"tree": name, "dim": dim, **({"core": core} if core is not None else {}),
                                    **json.loads(out.strip().splitlines()[-1])})
             print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
     summary = {}

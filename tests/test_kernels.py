@@ -164,10 +164,18 @@ def test_packing_skips_padding_only_when_there_is_some_and_keeps_the_order():
     assert leaf.grad.tolist() == (torch.ones(2, 3, 3) * real[..., None]).tolist()
     assert Packing.of(torch.ones(2, 3, dtype=torch.bool)) is None
     assert Packing.of(torch.zeros(2, 3, dtype=torch.bool)) is None
-    # evaluation and the GPU keep the full grid: only training on the CPU packs
-    body = PositionalTransformer(3, 4, 1, 1, 8, dropout=0.0).eval()
-    out = body(torch.randn(2, 3, 4), real, causal=True)
-    assert out[0, 0].abs().sum() > 0
+
+def test_evaluation_keeps_the_full_grid(monkeypatch):
+    def refuse(cls, real):
+        raise AssertionError("evaluation packed its slots")
+
+    body = PositionalTransformer(3, 4, 1, 1, 8, dropout=0.0)
+    real = torch.tensor([[False, True, True], [True, True, True]])
+    x = torch.randn(2, 3, 4)
+    monkeypatch.setattr(Packing, "of", classmethod(refuse))
+    body.eval()(x, real, causal=True)  # no packing outside training
+    with pytest.raises(AssertionError, match="packed"):
+        body.train()(x, real, causal=True)
 
 
 def test_a_batch_lookup_finds_each_items_row_and_zeros_for_padding():

@@ -67,8 +67,7 @@ class Packing:
     @classmethod
     def of(cls, real: Tensor) -> Packing | None:
         """None when there is no padding to skip (or no real slot at all)."""
-        packing = cls(real)
-        return packing if 0 < len(packing.rows) < real.numel() else None
+        return cls(real) if 0 < int(real.sum()) < real.numel() else None
 
     def pack(self, x: Tensor) -> Tensor:
         """[B, L, w] -> [N, w]: the real slots, in batch then position order; padding gets no gradient."""
