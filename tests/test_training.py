@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from helpers import tiny_config
 from pixelrec.cli import main
 from pixelrec.errors import UserError
 from pixelrec.training import trainer as trainer_module
+from pixelrec.training.optimizer import lr_factor
 from pixelrec.training.trainer import Trainer, train
 
 
@@ -27,8 +29,9 @@ def test_run_directory_is_complete(tiny_data, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_resume_after_interruption_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
-    config = tiny_config(tiny_data, "sasrec", train={"epochs": 4, "patience": 10})
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "warmup_steps": 3}], ids=["constant", "cosine"])
+def test_resume_after_interruption_equals_uninterrupted(tiny_data, tmp_path, monkeypatch, schedule):
+    config = tiny_config(tiny_data, "sasrec", train={"epochs": 4, "patience": 10, **schedule})
     whole = train(config, tmp_path / "whole")
 
     original = Trainer.train_epoch
@@ -50,6 +53,38 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_data, tmp_path, mon
 
     assert rows("cut") == rows("whole")
     assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_lr_factor_by_hand():
+    assert [lr_factor(s, 10, "constant") for s in (0, 5, 20)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, "constant", warmup=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, 10, "cosine") == 1.0 and lr_factor(5, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(2, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert lr_factor(10, 10, "cosine") == pytest.approx(0.0, abs=1e-12) and lr_factor(12, 10, "cosine") == lr_factor(10, 10, "cosine")
+    # warm-up, then the cosine over the remaining 8 steps: step 6 is a quarter of the way down
+    assert lr_factor(1, 10, "cosine", warmup=2) == 1.0 and lr_factor(0, 10, "cosine", warmup=2) == 0.5
+    assert lr_factor(4, 10, "cosine", warmup=2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 8)))
+
+
+def test_a_cosine_run_ends_at_the_rate_of_its_last_planned_step(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, "sasrec", train={"epochs": 2, "lr_schedule": "cosine", "lr": 4e-3}), out)
+    last = torch.load(out / "last.pt", weights_only=True)
+    steps, rates = last["state"]["step"], [group["lr"] for group in last["optimizer"]["param_groups"]]
+    assert steps == 8 and json.loads((out / "results.json").read_text())["epochs_run"] == 2  # 4 steps an epoch
+    # the last of 8 planned steps: 0.5 * (1 + cos(7/8 pi)) of the base rate, in every group
+    assert rates == [pytest.approx(4e-3 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))] * len(rates)
+
+
+def test_a_cosine_run_refuses_a_new_length_on_resume(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, "sasrec", train={"epochs": 1, "lr_schedule": "cosine"})
+    train(config, tmp_path / "run")
+    longer = tiny_config(tiny_data, "sasrec", train={"epochs": 2, "lr_schedule": "cosine"})
+    with pytest.raises(UserError, match=r"cannot change on resume=True: train\.epochs \(1 -> 2\)"):
+        train(longer, tmp_path / "run", resume=True)
+    constant = tiny_config(tiny_data, "sasrec", train={"epochs": 1})
+    train(constant, tmp_path / "constant")
+    assert train(tiny_config(tiny_data, "sasrec", train={"epochs": 2}), tmp_path / "constant", resume=True)["epochs_run"] == 2
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch):

@@ -104,6 +104,10 @@ class TrainConfig:
     ties_improve: bool = False  # a validation metric equal to the best counts as an improvement (the paper's code: >=)
     eval_every: PositiveInt = 1  # evaluate every N epochs
     clip_grad: Positive | None = None  # max gradient norm
+    # learning rate over the run's planned steps (train.epochs x steps per epoch, or max_steps if fewer):
+    # constant, or cosine from lr down to 0 at the last planned step (the paper's code: constant)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: NonNegativeInt = 0  # steps whose lr rises linearly from lr / warmup_steps to lr (any schedule)
     # catalogue-sized tables (item IDs, users): lazy updates only the rows a step touched (AdamW on those
     # rows; an untouched row's decay waits until it is touched: docs/scale.md), dense every row each step
     table_optimizer: Literal["lazy", "dense"] = "lazy"

@@ -333,12 +333,16 @@ def resume_changes(out: Path, saved: Config, config: Config) -> list[tuple[str, 
     after = flat_keys(with_absolute_paths(config).to_dict())
     changed = [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)]
-    fixed = [f"{k} ({was} -> {now})" for k, was, now in changed if k not in RESUME_FREE]
+    free = RESUME_FREE
+    if config.train.lr_schedule != "constant":  # the schedule's length is part of every step's rate
+        free = RESUME_FREE - {"train.epochs", "train.max_steps"}
+    fixed = [f"{k} ({was} -> {now})" for k, was, now in changed if k not in free]
     if fixed:
         raise UserError(f"{out}: cannot change on resume=True: {', '.join(fixed[:3])}"
                         + (f" and {len(fixed) - 3} more" if len(fixed) > 3 else "")
                         + "; the checkpoint continues the run as it was trained: start a new run in another out= "
-                        "(what may change: epochs, max_steps, patience, eval_every, device, workers, evaluation batch)")
+                        "(what may change: epochs and max_steps unless train.lr_schedule is not constant, "
+                        "patience, eval_every, device, workers, evaluation batch)")
     return changed
 
 

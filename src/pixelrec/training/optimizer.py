@@ -16,6 +16,7 @@ this is AdamW exactly. Everything else takes torch's fused AdamW step.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import torch
@@ -79,3 +80,14 @@ class RowAdamW(torch.optim.AdamW):
               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
         for table, new in ((p, weights), (state["exp_avg"], m), (state["exp_avg_sq"], v)):
             table.index_copy_(0, rows, new)
+
+
+def lr_factor(step: int, planned: int, schedule: str, warmup: int = 0) -> float:
+    """The multiple of each group's base learning rate at optimiser step `step` (0-based) of a run
+    planned for `planned` steps: a linear warm-up over the first `warmup` steps, times 1 (constant) or
+    a cosine that falls from 1 at the end of the warm-up to 0 at step `planned` (cosine)."""
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "cosine":
+        progress = min(max(step - warmup, 0) / max(planned - warmup, 1), 1.0)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor

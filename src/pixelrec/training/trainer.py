@@ -37,7 +37,7 @@ from pixelrec.threads import use_threads
 from pixelrec.towers.caveats import transfer_caveat
 from pixelrec.training import report, transfer
 from pixelrec.training.memory import refuse_what_cannot_fit
-from pixelrec.training.optimizer import RowAdamW, row_tables
+from pixelrec.training.optimizer import RowAdamW, lr_factor, row_tables
 
 #: Optimiser steps between looks at the losses: a look synchronises with the device (and feeds the
 #: progress bar), so it is not done every step; a non-finite loss is still found at its exact step.
@@ -142,6 +142,8 @@ class Trainer:
             torch.manual_seed(config.train.seed + 7919 * self.job.rank)  # same weights, own dropout masks
         self.view = TrainingView.of(self.data, self.model.backbone.view_spec(config.data), self.model.loss.sampling)
         self.optimizer = self._optimizer()
+        # the config's rates (resume refuses to change them), scaled each step by train.lr_schedule
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups] if self.optimizer is not None else []
         self.net: nn.Module = self.model
         if self.job.active and self.optimizer is not None:
             self.net = data_parallel(self.model, self.device)
@@ -360,6 +362,8 @@ class Trainer:
             loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+            if t.lr_schedule != "constant" or t.warmup_steps:
+                self._schedule(n_batches)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # gradients never outlive their step (nor sit through validation)
             self.state.step += 1
@@ -385,6 +389,19 @@ class Trainer:
         return {"loss": total / max(count, 1), "steps": count, "seconds": seconds,
                 "items_encoded_per_step": encoded / max(count, 1),
                 "encoded_per_position": encoded / max(positions, 1.0)}
+
+    def planned_steps(self, n_batches: int) -> int:
+        """The optimiser steps the run is planned for: every epoch, or max_steps if fewer."""
+        t = self.config.train
+        return min(t.epochs * n_batches, t.max_steps or t.epochs * n_batches)
+
+    def _schedule(self, n_batches: int) -> None:
+        """Set each group's learning rate for the coming step from the step count alone (so a resumed
+        run continues the curve exactly)."""
+        t = self.config.train
+        factor = lr_factor(self.state.step, self.planned_steps(n_batches), t.lr_schedule, t.warmup_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     def _checked_losses(self, pending: list[torch.Tensor], epoch: int) -> float:
         """Sum of the losses in `pending` (emptied), read in one synchronisation with the device. A
