@@ -69,6 +69,7 @@ def test_lr_factor_by_hand():
 def test_a_cosine_run_ends_at_the_rate_of_its_last_planned_step(tiny_data, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(tiny_data, "sasrec", train={"epochs": 2, "lr_schedule": "cosine", "lr": 4e-3}), out)
+    assert "learning rate 0.004: cosine to 0 at step 8" in (out / "train.log").read_text()
     last = torch.load(out / "last.pt", weights_only=True)
     steps, rates = last["state"]["step"], [group["lr"] for group in last["optimizer"]["param_groups"]]
     assert steps == 8 and json.loads((out / "results.json").read_text())["epochs_run"] == 2  # 4 steps an epoch

@@ -210,7 +210,17 @@ def banner(trainer: Trainer) -> list[str]:
         f"per epoch {examples:,} examples in {-(-examples // t.batch_size):,} steps of {t.batch_size}; "
         f"up to {t.epochs} epochs" + (f" or {t.max_steps:,} steps" if t.max_steps else "")
         + f", validation every {t.eval_every} on {c.eval.valid_metric} (patience {t.patience})",
+        *([schedule_line(trainer)] if t.lr_schedule != "constant" or t.warmup_steps else []),
     ]
+
+
+def schedule_line(trainer: Trainer) -> str:
+    """The learning-rate curve of a run that has one (train.lr_schedule, train.warmup_steps)."""
+    t = trainer.config.train
+    planned = trainer.planned_steps(-(-len(trainer.view) // t.batch_size))
+    warmup = f" after a linear warm-up of {t.warmup_steps:,} steps" if t.warmup_steps else ""
+    curve = f"cosine to 0 at step {planned:,}" if t.lr_schedule == "cosine" else "constant"
+    return f"learning rate {t.lr:g}: {curve}{warmup}"
 
 
 def epoch_line(row: dict[str, Any], metric: str, epochs: int, best: bool) -> str:
