@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from pixelrec.config import resolve
 from pixelrec.models import BACKBONES
 from pixelrec.packaged import CONFIG_DIR
+from pixelrec.runs.directory import flat_keys
 from pixelrec.towers.names import SHORT_NAMES
 
 
@@ -34,6 +38,24 @@ def test_presets_layer_over_paper_settings():
     config = resolve(model="sasrec", files=["cpu-small", "pixels-tiny"])
     assert config.model["embedding_size"] == 64 and config.model["n_layers"] == 2
     assert config.items.kind == "pixels" and config.loss.name == "softmax"
+
+
+def test_the_movielens_preset_is_the_benchmarks_chosen_setting():
+    """`--config ml100k-sasrec` trains what benchmarks/movielens_compare.py ran for the README's chosen
+    setting (windows, window_stride 5, cosine over 30 epochs at lr 2e-3, batch 128)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import movielens_compare
+
+    budget = {"batch_size": 128, "epochs": 30, "patience": 30}
+    sets = ("data.window_stride=5", "train.lr_schedule=cosine", "train.lr=2e-3")
+    bench = flat_keys(resolve(model="sasrec", flags=movielens_compare.settings("sasrec", Path("/d"), budget, "windows",
+                                                                             sets)).to_dict())
+    preset = flat_keys(resolve(model="sasrec", files=["ml100k-sasrec"], flags={"data": {"path": "/d"}}).to_dict())
+    trained = [k for k in bench if k.startswith(("model.", "data.", "loss.", "items.")) or k in {
+        "train.batch_size", "train.lr", "train.lr_schedule", "train.warmup_steps", "train.weight_decay",
+        "train.epochs", "train.patience", "train.table_optimizer", "train.clip_grad", "train.decay_all"}]
+    assert {k: preset[k] for k in trained} == {k: bench[k] for k in trained}
+    assert preset["train.lr_schedule"] == "cosine" and preset["data.window_stride"] == 5
 
 
 def test_explicit_flags_and_sets_win_over_files():

@@ -250,9 +250,9 @@ def test_every_option_of_every_command_has_help_and_says_its_default():
 
 def test_help_lists_presets_profiles_and_defaults(capsys):
     top = help_of(capsys)
-    assert "presets cpu-small, pixels-tiny; profiles default, paper" in top
+    assert "presets cpu-small, ml100k-sasrec, pixels-tiny; profiles default, paper" in top
     train_help = help_of(capsys, "train")
-    assert "packaged: presets cpu-small, pixels-tiny; profiles default, paper" in train_help
+    assert "packaged: presets cpu-small, ml100k-sasrec, pixels-tiny; profiles default, paper" in train_help
     assert "take the configuration's value" in train_help
     recommend_help = help_of(capsys, "recommend")
     assert "-k K items per user" in recommend_help and "(default: 10)" in recommend_help
