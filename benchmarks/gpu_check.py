@@ -281,7 +281,7 @@ class Check:
 
         if data is None:
             raise RuntimeError("its dataset was not built (see the dataset part)")
-        flags = {"data": {"path": str(data)}, "items": items, "model": model or {}, **({"loss": loss} if loss else {}),
+        flags = {"data": {"path": str(data)}, "items": items, "model": model or {}, "loss": loss or {},
                  "train": {"batch_size": self.plan.batch_size, "num_workers": self.workers, "device": str(self.device),
                            "threads": self.threads, "progress": False, "seed": 0, **(train or {})}}
         return resolve(model="sasrec", flags=flags, sets=self.extra if extra else [])

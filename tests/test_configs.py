@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,10 +39,10 @@ def test_presets_layer_over_paper_settings():
     assert config.items.kind == "pixels" and config.loss.name == "softmax"
 
 
-def test_the_movielens_preset_is_the_benchmarks_chosen_setting():
+def test_the_movielens_preset_is_the_benchmarks_chosen_setting(monkeypatch):
     """`--config ml100k-sasrec` trains what benchmarks/movielens_compare.py ran for the README's chosen
     setting (windows, window_stride 5, cosine over 30 epochs at lr 2e-3, batch 128)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import movielens_compare
 
     budget = {"batch_size": 128, "epochs": 30, "patience": 30}

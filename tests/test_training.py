@@ -61,7 +61,7 @@ def test_lr_factor_by_hand():
     assert lr_factor(0, 10, "cosine") == 1.0 and lr_factor(5, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(2, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
     assert lr_factor(10, 10, "cosine") == pytest.approx(0.0, abs=1e-12) and lr_factor(12, 10, "cosine") == lr_factor(10, 10, "cosine")
-    # warm-up, then the cosine over the remaining 8 steps: step 6 is a quarter of the way down
+    # a warm-up of 2 steps, then the cosine over the remaining 8: step 4 is a quarter of the way along
     assert lr_factor(1, 10, "cosine", warmup=2) == 1.0 and lr_factor(0, 10, "cosine", warmup=2) == 0.5
     assert lr_factor(4, 10, "cosine", warmup=2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 8)))
 

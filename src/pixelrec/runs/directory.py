@@ -341,7 +341,7 @@ def resume_changes(out: Path, saved: Config, config: Config) -> list[tuple[str, 
         raise UserError(f"{out}: cannot change on resume=True: {', '.join(fixed[:3])}"
                         + (f" and {len(fixed) - 3} more" if len(fixed) > 3 else "")
                         + "; the checkpoint continues the run as it was trained: start a new run in another out= "
-                        "(what may change: epochs and max_steps unless train.lr_schedule is not constant, "
+                        "(what may change: epochs and max_steps, except under a train.lr_schedule, "
                         "patience, eval_every, device, workers, evaluation batch)")
     return changed
 

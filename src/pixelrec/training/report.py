@@ -207,7 +207,7 @@ def banner(trainer: Trainer) -> list[str]:
         f"{len(data.item_seq):,} interactions",
         f"model {c.model_name}, items {items}, loss {c.loss.name}, profile {c.profile}; "
         f"{trainable:,} trainable parameters",
-        f"per epoch {examples:,} examples in {-(-examples // t.batch_size):,} steps of {t.batch_size}; "
+        f"per epoch {examples:,} examples in {trainer.steps_per_epoch:,} steps of {t.batch_size}; "
         f"up to {t.epochs} epochs" + (f" or {t.max_steps:,} steps" if t.max_steps else "")
         + f", validation every {t.eval_every} on {c.eval.valid_metric} (patience {t.patience})",
         *([schedule_line(trainer)] if t.lr_schedule != "constant" or t.warmup_steps else []),
@@ -217,7 +217,7 @@ def banner(trainer: Trainer) -> list[str]:
 def schedule_line(trainer: Trainer) -> str:
     """The learning-rate curve of a run that has one (train.lr_schedule, train.warmup_steps)."""
     t = trainer.config.train
-    planned = trainer.planned_steps(-(-len(trainer.view) // t.batch_size))
+    planned = trainer.planned_steps
     warmup = f" after a linear warm-up of {t.warmup_steps:,} steps" if t.warmup_steps else ""
     curve = f"cosine to 0 at step {planned:,}" if t.lr_schedule == "cosine" else "constant"
     return f"learning rate {t.lr:g}: {curve}{warmup}"

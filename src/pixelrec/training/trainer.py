@@ -347,7 +347,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         t = self.config.train
         self.model.train()
-        n_batches = -(-len(self.view) // t.batch_size)
+        n_batches = self.steps_per_epoch
         pending: list[torch.Tensor] = []  # the losses not yet looked at, on the device
         total, count, encoded, positions = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
@@ -362,8 +362,7 @@ class Trainer:
             loss.backward()  # under DDP: gradients averaged over ranks
             if t.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-            if t.lr_schedule != "constant" or t.warmup_steps:
-                self._schedule(n_batches)
+            self._schedule()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # gradients never outlive their step (nor sit through validation)
             self.state.step += 1
@@ -390,16 +389,21 @@ class Trainer:
                 "items_encoded_per_step": encoded / max(count, 1),
                 "encoded_per_position": encoded / max(positions, 1.0)}
 
-    def planned_steps(self, n_batches: int) -> int:
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.view) // self.config.train.batch_size)
+
+    @property
+    def planned_steps(self) -> int:
         """The optimiser steps the run is planned for: every epoch, or max_steps if fewer."""
         t = self.config.train
-        return min(t.epochs * n_batches, t.max_steps or t.epochs * n_batches)
+        return min(t.epochs * self.steps_per_epoch, t.max_steps or t.epochs * self.steps_per_epoch)
 
-    def _schedule(self, n_batches: int) -> None:
+    def _schedule(self) -> None:
         """Set each group's learning rate for the coming step from the step count alone (so a resumed
-        run continues the curve exactly)."""
+        run continues the curve exactly); a constant schedule without warm-up keeps the configured rates."""
         t = self.config.train
-        factor = lr_factor(self.state.step, self.planned_steps(n_batches), t.lr_schedule, t.warmup_steps)
+        factor = lr_factor(self.state.step, self.planned_steps, t.lr_schedule, t.warmup_steps)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
